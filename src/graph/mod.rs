@@ -1,0 +1,169 @@
+//! The association graph: each sender's normal, learned from mail.
+//!
+//! One [`Graph`] holds one tenant's data; tenants never share a graph (see
+//! [`Tenants`]). Scoring reads through the [`GraphView`] trait, which the
+//! in-memory graph implements; stores (embedded, shared) persist and reload
+//! it.
+
+pub mod memory;
+
+pub use memory::{Graph, GraphConfig, LearnInput};
+
+use serde::{Deserialize, Serialize};
+
+/// Unix seconds, UTC.
+pub type Ts = i64;
+
+/// Sender-to-recipient (or sender-to-domain) statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct EdgeStats {
+    /// Messages with the recipient in To.
+    pub to: u32,
+    /// ... in Cc.
+    pub cc: u32,
+    /// ... in Bcc (or only in the envelope).
+    pub bcc: u32,
+    /// First and last time seen (Unix seconds).
+    pub first: Ts,
+    pub last: Ts,
+    /// Exponentially decayed message count, as of `last`.
+    pub weight: f32,
+}
+
+impl EdgeStats {
+    /// Messages in all fields.
+    pub fn total(&self) -> u32 {
+        self.to.saturating_add(self.cc).saturating_add(self.bcc)
+    }
+
+    /// The decayed weight as of `now`, with the given half-life in seconds.
+    pub fn weight_at(&self, now: Ts, half_life_secs: f64) -> f64 {
+        decay(self.weight as f64, now - self.last, half_life_secs)
+    }
+}
+
+/// `w` decayed over `elapsed` seconds with the given half-life. Negative
+/// elapsed time (out-of-order mail) does not grow the weight.
+pub fn decay(w: f64, elapsed: Ts, half_life_secs: f64) -> f64 {
+    if elapsed <= 0 || half_life_secs <= 0.0 {
+        return w;
+    }
+    w * (-(elapsed as f64) * std::f64::consts::LN_2 / half_life_secs).exp()
+}
+
+/// What is known about a sender as a whole.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct SenderStats {
+    /// Messages sent.
+    pub messages: u32,
+    /// Distinct recipients ever written to.
+    pub contacts: u32,
+    pub first: Ts,
+    pub last: Ts,
+}
+
+/// Organisation-wide familiarity of one address.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct AddressStats {
+    /// Distinct senders of this tenant that wrote to it.
+    pub senders: u32,
+    /// Messages addressed to it.
+    pub received: u32,
+    /// Messages it sent (seen by the relay or an import).
+    pub sent: u32,
+}
+
+/// Organisation-wide familiarity of one domain.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DomainStats {
+    /// Distinct senders that wrote to the domain.
+    pub senders: u32,
+    /// Distinct addresses at the domain that were written to.
+    pub addresses: u32,
+    /// Messages addressed to the domain (counted once per recipient).
+    pub messages: u32,
+}
+
+/// Read access to one tenant's association graph. Addresses are normalised
+/// (see [`crate::address::Normalizer`]).
+pub trait GraphView: Send + Sync {
+    /// Mail from `sender` to `rcpt`.
+    fn edge(&self, sender: &str, rcpt: &str) -> Option<EdgeStats>;
+    /// The sender as a whole.
+    fn sender(&self, sender: &str) -> SenderStats;
+    /// Organisation-wide familiarity of an address.
+    fn address(&self, addr: &str) -> AddressStats;
+    /// How many messages from `sender` had both `a` and `b` as recipients.
+    fn co_count(&self, sender: &str, a: &str, b: &str) -> u32;
+    /// Mail from `sender` to anyone at `domain`.
+    fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats>;
+    /// Organisation-wide familiarity of a domain.
+    fn domain(&self, domain: &str) -> DomainStats;
+    /// Every address `sender` has written to, with its edge.
+    fn for_each_contact(&self, sender: &str, f: &mut dyn FnMut(&str, &EdgeStats));
+    /// Display names seen for an address (most recent last, a few at most).
+    fn display_names(&self, addr: &str) -> Vec<String>;
+    /// Participants (sender and recipients) of the messages with these
+    /// Message-IDs; empty when none is known.
+    fn thread_participants(&self, message_ids: &[String]) -> Vec<String>;
+    /// Participants of the latest earlier message with this subject
+    /// (`RE:`/`FW:` prefixes removed) involving `sender`, for corpora without
+    /// threading headers.
+    fn subject_participants(&self, sender: &str, subject: &str) -> Vec<String>;
+    /// Recipients `sender` has sent an attachment of this name to before.
+    fn attachment_recipients(&self, sender: &str, name: &str) -> Vec<String>;
+}
+
+/// Strip reply and forward prefixes (`RE:`, `Re[2]:`, `FW:`, `Fwd:`, `AW:`,
+/// `WG:`, `TR:`) and white space; lower-cased. Empty for an empty subject.
+pub fn thread_subject(subject: &str) -> String {
+    let mut s = subject.trim();
+    loop {
+        let lower = s.to_ascii_lowercase();
+        let mut stripped = None;
+        for p in ["re", "fw", "fwd", "aw", "wg", "tr", "sv", "vs"] {
+            if let Some(rest) = lower.strip_prefix(p) {
+                let rest_trim = rest.trim_start();
+                // Optional "[n]" counter.
+                let rest_trim = if rest_trim.starts_with('[') {
+                    match rest_trim.find(']') {
+                        Some(i) => &rest_trim[i + 1..],
+                        None => rest_trim,
+                    }
+                } else {
+                    rest_trim
+                };
+                if let Some(after) = rest_trim.strip_prefix(':') {
+                    stripped = Some(s.len() - after.len());
+                    break;
+                }
+            }
+        }
+        match stripped {
+            Some(cut) => s = s[cut..].trim_start(),
+            None => break,
+        }
+    }
+    s.trim().to_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thread_subject_strips_prefixes() {
+        assert_eq!(thread_subject("RE: Re[2]: FW:  Q3 Plan "), "q3 plan");
+        assert_eq!(thread_subject("Fwd: AW: hello"), "hello");
+        assert_eq!(thread_subject("Reorg"), "reorg");
+        assert_eq!(thread_subject("  "), "");
+    }
+
+    #[test]
+    fn decay_halves_per_half_life() {
+        let hl = 10.0;
+        assert!((decay(8.0, 10, hl) - 4.0).abs() < 1e-9);
+        assert!((decay(8.0, 30, hl) - 1.0).abs() < 1e-9);
+        assert_eq!(decay(8.0, -5, hl), 8.0);
+    }
+}

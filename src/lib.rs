@@ -1,0 +1,18 @@
+//! misdirect: an SMTP relay that stops misaddressed outgoing mail.
+//!
+//! Pipeline: the SMTP session ([`smtp`]) receives a message, [`message`]
+//! parses its metadata, the [`graph`] holds each sender's history, a
+//! [`scorer::Scorer`] ([`classify`]) scores every recipient, the policy picks
+//! an [`verdict::Action`], and [`outbound`] relays, holds, encrypts or
+//! rejects.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+pub mod address;
+pub mod classify;
+pub mod config;
+pub mod envelope;
+pub mod graph;
+pub mod message;
+pub mod scorer;
+pub mod verdict;
