@@ -14,5 +14,7 @@ pub mod config;
 pub mod envelope;
 pub mod graph;
 pub mod message;
+pub mod policy;
 pub mod scorer;
+pub mod store;
 pub mod verdict;
