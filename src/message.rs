@@ -152,6 +152,35 @@ fn id_list(v: &mail_parser::HeaderValue) -> Vec<String> {
     }
 }
 
+/// The recipients a transaction delivers to: every envelope recipient,
+/// normalised, with the header field and display name that named it; one
+/// named in no header is a Bcc. Envelope recipients that do not normalise
+/// are kept verbatim (lower-cased) so that they are still scored.
+pub fn envelope_recipients(
+    meta: &MessageMeta,
+    rcpt_to: &[String],
+    norm: &Normalizer,
+) -> Vec<Recipient> {
+    let mut out: Vec<Recipient> = Vec::with_capacity(rcpt_to.len());
+    for raw in rcpt_to {
+        let address = norm
+            .normalize(raw)
+            .unwrap_or_else(|_| raw.trim().to_lowercase());
+        if out.iter().any(|r| r.address == address) {
+            continue;
+        }
+        match meta.recipients.iter().find(|r| r.address == address) {
+            Some(r) => out.push(r.clone()),
+            None => out.push(Recipient {
+                address,
+                name: None,
+                field: Field::Bcc,
+            }),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -202,33 +231,4 @@ Content-Disposition: attachment; filename=\"q3.pdf\"\r\n\r\n12345\r\n--b--\r\n";
         );
         assert!(!format!("{m:?}").contains("secret body"));
     }
-}
-
-/// The recipients a transaction delivers to: every envelope recipient,
-/// normalised, with the header field and display name that named it; one
-/// named in no header is a Bcc. Envelope recipients that do not normalise
-/// are kept verbatim (lower-cased) so that they are still scored.
-pub fn envelope_recipients(
-    meta: &MessageMeta,
-    rcpt_to: &[String],
-    norm: &Normalizer,
-) -> Vec<Recipient> {
-    let mut out: Vec<Recipient> = Vec::with_capacity(rcpt_to.len());
-    for raw in rcpt_to {
-        let address = norm
-            .normalize(raw)
-            .unwrap_or_else(|_| raw.trim().to_lowercase());
-        if out.iter().any(|r| r.address == address) {
-            continue;
-        }
-        match meta.recipients.iter().find(|r| r.address == address) {
-            Some(r) => out.push(r.clone()),
-            None => out.push(Recipient {
-                address,
-                name: None,
-                field: Field::Bcc,
-            }),
-        }
-    }
-    out
 }
