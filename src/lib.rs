@@ -14,6 +14,7 @@ pub mod config;
 pub mod envelope;
 pub mod graph;
 pub mod message;
+pub mod outbound;
 pub mod policy;
 pub mod scorer;
 pub mod store;

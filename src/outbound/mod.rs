@@ -1,0 +1,4 @@
+//! What happens to a message after the verdict: relaying to the next hop,
+//! holding in the spool, encrypting.
+
+pub mod spool;
