@@ -10,12 +10,19 @@
 
 pub mod address;
 pub mod classify;
+pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod graph;
 pub mod message;
 pub mod outbound;
+pub mod pipeline;
 pub mod policy;
 pub mod scorer;
+pub mod server;
+pub mod shutdown;
+pub mod smtp;
 pub mod store;
+pub mod telemetry;
+pub mod tls;
 pub mod verdict;

@@ -20,6 +20,12 @@ enum Command {
         /// Configuration file.
         file: std::path::PathBuf,
     },
+    /// Run the SMTP relay daemon (SIGTERM stops it, SIGHUP reloads --config).
+    Serve {
+        /// Configuration file (default: built-in defaults).
+        #[arg(long)]
+        config: Option<std::path::PathBuf>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -30,5 +36,6 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", file.display());
             Ok(())
         }
+        Command::Serve { config } => misdirect::cli::serve::run(config),
     }
 }

@@ -87,6 +87,7 @@ impl Config {
         self.store.validate("store", errs);
         self.privacy.validate("privacy", errs);
         self.metrics.validate("metrics", errs);
+        self.log.validate("log", errs);
     }
 }
 

@@ -1,0 +1,174 @@
+//! The DATA reader: undoes dot-stuffing, finds the `CRLF.CRLF` terminator
+//! and enforces the size limit without losing sync with the client.
+
+/// Incremental DATA decoder. Feed it bytes as they arrive; it reports how
+/// many it consumed and whether the terminator was reached.
+#[derive(Debug)]
+pub struct DataDecoder {
+    state: State,
+    max: usize,
+    out: Vec<u8>,
+    overflow: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// At the start of a line.
+    LineStart,
+    /// Saw a `.` at the start of a line (removed).
+    Dot,
+    /// Saw `.` `CR` at the start of a line.
+    DotCr,
+    /// Inside a line.
+    Middle,
+    /// Saw `CR` inside a line.
+    Cr,
+}
+
+impl DataDecoder {
+    /// A decoder keeping at most `max` bytes of message.
+    pub fn new(max: usize) -> DataDecoder {
+        DataDecoder {
+            state: State::LineStart,
+            max,
+            out: Vec::new(),
+            overflow: false,
+        }
+    }
+
+    fn emit(&mut self, bytes: &[u8]) {
+        if self.overflow {
+            return;
+        }
+        if self.out.len() + bytes.len() > self.max {
+            self.overflow = true;
+            self.out = Vec::new();
+        } else {
+            self.out.extend_from_slice(bytes);
+        }
+    }
+
+    /// Consume bytes from `input`. Returns `(consumed, done)`; when `done`,
+    /// the bytes after `consumed` belong to the next command.
+    pub fn feed(&mut self, input: &[u8]) -> (usize, bool) {
+        let mut i = 0;
+        while i < input.len() {
+            match self.state {
+                State::Middle => {
+                    let rest = &input[i..];
+                    match rest.iter().position(|&b| b == b'\r') {
+                        Some(p) => {
+                            self.emit(&rest[..=p]);
+                            i += p + 1;
+                            self.state = State::Cr;
+                        }
+                        None => {
+                            self.emit(rest);
+                            i = input.len();
+                        }
+                    }
+                }
+                State::LineStart => {
+                    let b = input[i];
+                    i += 1;
+                    match b {
+                        b'.' => self.state = State::Dot,
+                        b'\r' => {
+                            self.emit(b"\r");
+                            self.state = State::Cr;
+                        }
+                        _ => {
+                            self.emit(&[b]);
+                            self.state = State::Middle;
+                        }
+                    }
+                }
+                State::Dot => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\r' {
+                        self.state = State::DotCr;
+                    } else {
+                        self.emit(&[b]);
+                        self.state = State::Middle;
+                    }
+                }
+                State::DotCr => {
+                    let b = input[i];
+                    i += 1;
+                    if b == b'\n' {
+                        self.state = State::LineStart;
+                        return (i, true);
+                    }
+                    // ".\rX": the dot was stuffing; keep the CR and go on.
+                    self.emit(b"\r");
+                    self.state = State::Cr;
+                    i -= 1;
+                }
+                State::Cr => {
+                    let b = input[i];
+                    i += 1;
+                    self.emit(&[b]);
+                    self.state = match b {
+                        b'\n' => State::LineStart,
+                        b'\r' => State::Cr,
+                        _ => State::Middle,
+                    };
+                }
+            }
+        }
+        (i, false)
+    }
+
+    /// True when the message exceeded the size limit (its bytes were
+    /// dropped, the terminator is still tracked).
+    pub fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
+    /// The decoded message (empty after an overflow).
+    pub fn into_message(self) -> Vec<u8> {
+        self.out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode_in_pieces(wire: &[u8], piece: usize) -> (Vec<u8>, usize) {
+        let mut d = DataDecoder::new(1 << 20);
+        let mut pos = 0;
+        while pos < wire.len() {
+            let end = (pos + piece).min(wire.len());
+            let (n, done) = d.feed(&wire[pos..end]);
+            pos += n;
+            if done {
+                return (d.into_message(), pos);
+            }
+        }
+        panic!("no terminator");
+    }
+
+    #[test]
+    fn unstuffs_and_stops_at_terminator_in_any_split() {
+        let wire = b"a\r\n..b\r\n.\r\r\n\r\n.x\r\n.\r\nMAIL FROM:<>\r\n";
+        for piece in 1..wire.len() {
+            let (msg, used) = decode_in_pieces(wire, piece);
+            assert_eq!(msg, b"a\r\n.b\r\n\r\r\n\r\nx\r\n", "piece {piece}");
+            assert_eq!(&wire[used..], b"MAIL FROM:<>\r\n");
+        }
+    }
+
+    #[test]
+    fn empty_message_and_overflow() {
+        let (msg, used) = decode_in_pieces(b".\r\n", 3);
+        assert!(msg.is_empty());
+        assert_eq!(used, 3);
+        let mut d = DataDecoder::new(4);
+        let (n, done) = d.feed(b"12345\r\n.\r\nQUIT\r\n");
+        assert!(done);
+        assert_eq!(n, 10);
+        assert!(d.overflowed());
+    }
+}
