@@ -1,0 +1,516 @@
+//! The relay end to end: real SMTP over loopback, in-process next hop.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{message, split_trace, start, Client, Sink};
+
+#[tokio::test]
+async fn delivers_with_envelope_unchanged_and_body_byte_identical() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    let ehlo = c.expect("EHLO client.test", "250").await;
+    for ext in [
+        "PIPELINING",
+        "SIZE",
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+    ] {
+        assert!(ehlo.contains(ext), "{ext} not advertised: {ehlo}");
+    }
+    assert!(
+        !ehlo.contains("STARTTLS"),
+        "STARTTLS offered without a certificate"
+    );
+    let long_line = "x".repeat(5000);
+    let mut original = Vec::new();
+    original.extend_from_slice(
+        b"From: Alice <alice@example.com>\r\nTo: bob@example.org\r\nSubject: caf\xc3\xa9\r\n\r\n",
+    );
+    original.extend_from_slice(b".leading dot\r\n..two dots\r\n.\r\n \r\n");
+    original.extend_from_slice(b"8-bit: \xe2\x82\xac \xff\xfe raw\r\n");
+    original.extend_from_slice(long_line.as_bytes());
+    original.extend_from_slice(b"\r\nbare\rcr and bare\nlf\r\nlast line\r\n");
+    c.expect("MAIL FROM:<alice@example.com> BODY=8BITMIME", "250 2.1.0")
+        .await;
+    c.expect("RCPT TO:<bob@example.org>", "250 2.1.5").await;
+    c.expect("RCPT TO:<Carol+tag@Example.org>", "250 2.1.5")
+        .await;
+    c.expect("DATA", "354").await;
+    c.send(&common::dot_stuff(&original)).await;
+    c.send(b".\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
+    let got = sink.recv().await;
+    assert_eq!(got.mail_from, "alice@example.com");
+    assert_eq!(
+        got.rcpt_to,
+        vec!["bob@example.org", "Carol+tag@Example.org"]
+    );
+    let (trace, body) = split_trace(&got.data);
+    assert_eq!(body, original, "message bytes changed in transit");
+    assert!(trace.starts_with("Received: from client.test ([127.0.0.1])\r\n\tby relay.test (misdirectd) with ESMTP id "), "{trace}");
+    assert!(
+        trace
+            .contains("X-Misdirect-Score: 0.0000; action=deliver; model=baseline-never-seen-1\r\n"),
+        "{trace}"
+    );
+    c.expect("QUIT", "221 2.0.0").await;
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn pipelined_transactions_in_one_write() {
+    let mut sink = Sink::start().await;
+    // Deliver everything: the second message's recipient is new to the sender.
+    let d = start(sink.addr, |c| c.policy.hold_at = None).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m1 = message("a@example.com", "b@example.org", "one");
+    let m2 = message("a@example.com", "c@example.org", "two");
+    let mut batch = Vec::new();
+    batch.extend_from_slice(
+        b"MAIL FROM:<a@example.com>\r\nRCPT TO:<b@example.org>\r\nRCPT TO:<no-at-sign>\r\nDATA\r\n",
+    );
+    c.send(&batch).await;
+    for expect in ["250 2.1.0", "250 2.1.5", "501 5.1.3", "354"] {
+        let r = c.reply().await;
+        assert!(r.starts_with(expect), "expected {expect}, got {r}");
+    }
+    let mut batch = common::dot_stuff(&m1);
+    batch.extend_from_slice(
+        b".\r\nMAIL FROM:<a@example.com>\r\nRCPT TO:<c@example.org>\r\nDATA\r\n",
+    );
+    c.send(&batch).await;
+    for expect in ["250 2.0.0", "250 2.1.0", "250 2.1.5", "354"] {
+        let r = c.reply().await;
+        assert!(r.starts_with(expect), "expected {expect}, got {r}");
+    }
+    let mut batch = common::dot_stuff(&m2);
+    batch.extend_from_slice(b".\r\nRSET\r\nNOOP\r\nQUIT\r\n");
+    c.send(&batch).await;
+    for expect in ["250 2.0.0 Ok", "250 2.0.0", "250 2.0.0", "221"] {
+        let r = c.reply().await;
+        assert!(r.starts_with(expect), "expected {expect}, got {r}");
+    }
+    let a = sink.recv().await;
+    let b = sink.recv().await;
+    assert_eq!(a.rcpt_to, vec!["b@example.org"]);
+    assert_eq!(split_trace(&a.data).1, m1);
+    assert_eq!(b.rcpt_to, vec!["c@example.org"]);
+    assert_eq!(split_trace(&b.data).1, m2);
+}
+
+#[tokio::test]
+async fn bad_and_out_of_order_commands() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.server.max_bad_commands = 50).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("MAIL FROM:<a@example.com>", "503 5.5.1").await;
+    c.expect("FOO bar", "500 5.5.2").await;
+    c.expect("HELO client.test", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "503 5.5.1").await;
+    c.expect("DATA", "503 5.5.1").await;
+    c.expect("MAIL FROM:no-brackets-at-all", "501 5.").await;
+    c.expect("MAIL FROM:<a@example.com> FROBNICATE=1", "5")
+        .await;
+    c.expect("MAIL FROM:<a@example.com>", "250 2.1.0").await;
+    c.expect("MAIL FROM:<a@example.com>", "503 5.5.1").await;
+    c.expect("DATA", "503 5.5.1").await;
+    c.expect("RCPT TO:<>", "501 5.1.3").await;
+    c.expect("VRFY bob", "252 2.5.0").await;
+    c.expect("EXPN staff", "502 5.5.1").await;
+    c.expect("AUTH PLAIN AGFhAGI=", "502 5.5.1").await;
+    c.expect("STARTTLS", "502 5.5.1").await;
+    c.expect("RSET", "250 2.0.0").await;
+    c.expect("NOOP", "250 2.0.0").await;
+    c.expect("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn too_many_bad_commands_gets_421_and_close() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.server.max_bad_commands = 3).await;
+    let mut c = Client::greeted(d.addr).await;
+    for _ in 0..3 {
+        c.expect("BOGUS", "500 5.5.2").await;
+    }
+    let r = c.cmd("BOGUS").await;
+    assert!(r.starts_with("500 5.5.2"), "{r}");
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.7.0"), "{r}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn open_relay_attempt_refused_with_554() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.server.allowed_networks = vec!["10.0.0.0/8".into(), "192.0.2.0/24".into()]
+    })
+    .await;
+    let mut c = Client::connect(d.addr).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("554 5.7.1"), "{r}");
+    assert!(c.closed().await);
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn connection_limit_gets_421() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.server.max_connections = 1).await;
+    let mut first = Client::greeted(d.addr).await;
+    let mut second = Client::connect(d.addr).await;
+    let r = second.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(second.closed().await);
+    first.expect("QUIT", "221").await;
+    assert!(first.closed().await);
+    // The slot is free again once the first session ended.
+    let mut third = Client::connect(d.addr).await;
+    let mut r = third.reply().await;
+    for _ in 0..50 {
+        if r.starts_with("220") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        third = Client::connect(d.addr).await;
+        r = third.reply().await;
+    }
+    assert!(r.starts_with("220"), "{r}");
+}
+
+#[tokio::test]
+async fn recipient_limit_gets_452() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.server.max_recipients = 2).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("RCPT TO:<c@example.org>", "250").await;
+    c.expect("RCPT TO:<d@example.org>", "452 4.5.3").await;
+    c.expect("DATA", "354").await;
+    c.send(&message("a@example.com", "b@example.org", "lim"))
+        .await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("250"), "{r}");
+    assert_eq!(
+        sink.recv().await.rcpt_to,
+        vec!["b@example.org", "c@example.org"]
+    );
+}
+
+#[tokio::test]
+async fn size_limit_gets_552_for_size_param_and_for_data() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.server.max_message_size = 1000).await;
+    let mut c = Client::greeted(d.addr).await;
+    let ehlo = c.expect("EHLO client.test", "250").await;
+    assert!(ehlo.contains("SIZE 1000"), "{ehlo}");
+    c.expect("MAIL FROM:<a@example.com> SIZE=1001", "552 5.3.4")
+        .await;
+    c.expect("MAIL FROM:<a@example.com> SIZE=900", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("DATA", "354").await;
+    let mut big = message("a@example.com", "b@example.org", "big");
+    big.extend_from_slice("y".repeat(2000).as_bytes());
+    big.extend_from_slice(b"\r\n");
+    c.send(&big).await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("552 5.3.4"), "{r}");
+    // The session stays usable and in sync.
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["b@example.org"],
+            &message("a@example.com", "b@example.org", "small"),
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    let got = sink.recv().await;
+    assert!(String::from_utf8_lossy(&got.data).contains("Subject: small"));
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn long_command_line_gets_500() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.server.max_line_length = 512).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let long = format!("MAIL FROM:<{}@example.com>", "a".repeat(600));
+    c.expect(&long, "500 5.5.2").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+}
+
+#[tokio::test]
+async fn idle_and_data_timeouts_get_421() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.server.command_timeout = Duration::from_millis(300);
+        c.server.data_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(c.closed().await);
+
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("HELO client.test", "250").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("DATA", "354").await;
+    c.send(b"Subject: half\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.4.2"), "{r}");
+    assert!(c.closed().await);
+}
+
+#[tokio::test]
+async fn next_hop_down_gives_451_then_delivers_after_it_returns() {
+    let hole = common::dead_port().await;
+    let hop = hole.local_addr().unwrap();
+    drop(hole);
+    let d = start(hop, |_| {}).await;
+    let m = message("a@example.com", "b@example.org", "retry");
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert!(d.cell.current().spool().list().await.unwrap().is_empty());
+    // The upstream keeps the message and retries; the next hop is back.
+    let mut sink = Sink::start_on(tokio::net::TcpListener::bind(hop).await.unwrap());
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+}
+
+#[tokio::test]
+async fn next_hop_tempfail_gives_451() {
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().tempfail = true;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let r = c
+        .send_mail(
+            "a@example.com",
+            &["b@example.org", "c@example.org"],
+            &message("a@example.com", "b@example.org", "t"),
+        )
+        .await;
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn next_hop_5xx_for_all_recipients_is_passed_back() {
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().reject_all = true;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "x");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(
+        r.starts_with("550 5.7.1 Next hop refused: relaying denied"),
+        "{r}"
+    );
+    let r = c
+        .send_mail("a@example.com", &["b@example.org", "c@example.org"], &m)
+        .await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn partial_rejection_gives_250_and_dsn_to_sender() {
+    let mut sink = Sink::start().await;
+    sink.ctl
+        .lock()
+        .unwrap()
+        .reject_rcpts
+        .insert("gone@example.org".into());
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "b@example.org", "partial");
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["b@example.org", "gone@example.org"],
+            &m,
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let delivered = sink.recv().await;
+    assert_eq!(delivered.mail_from, "alice@example.com");
+    assert_eq!(delivered.rcpt_to, vec!["b@example.org"]);
+    assert_eq!(split_trace(&delivered.data).1, m);
+    let dsn = sink.recv().await;
+    assert_eq!(dsn.mail_from, "", "a DSN goes out with the null sender");
+    assert_eq!(dsn.rcpt_to, vec!["alice@example.com"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains("multipart/report; report-type=delivery-status"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; gone@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("Subject: partial"),
+        "original headers missing: {text}"
+    );
+    assert!(!text.contains("Hello."), "DSN must not carry the body");
+    assert!(sink.nothing_more().await);
+}
+
+/// Teach the graph that alice writes to bob, then wait until it learnt.
+async fn teach(d: &common::Daemon, sink: &mut Sink) {
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["bob@example.org"],
+            &message("alice@example.com", "bob@example.org", "hi"),
+        )
+        .await;
+    assert!(r.starts_with("250"), "{r}");
+    sink.recv().await;
+    for _ in 0..200 {
+        let n = d
+            .graph
+            .with_view("default", |g| g.sender("alice@example.com").messages);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the delivered message was never learnt");
+}
+
+#[tokio::test]
+async fn hold_verdict_is_in_the_spool_before_250() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    teach(&d, &mut sink).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "stranger@elsewhere.example", "oops");
+    let r = c
+        .send_mail("alice@example.com", &["stranger@elsewhere.example"], &m)
+        .await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let id = r.trim_end().rsplit(' ').next().unwrap().to_string();
+    // Straight after the 250, without waiting: the file is there.
+    let spool = d.cell.current().spool().clone();
+    let (meta, raw) = spool
+        .get(&id)
+        .await
+        .unwrap()
+        .expect("held message not in spool");
+    assert_eq!(raw, m);
+    assert_eq!(meta.envelope.mail_from, "alice@example.com");
+    assert_eq!(meta.envelope.rcpt_to, vec!["stranger@elsewhere.example"]);
+    assert_eq!(meta.verdict.action, misdirect::verdict::Action::Hold);
+    assert!(d
+        .dir
+        .path()
+        .join("spool")
+        .join(format!("{id}.held"))
+        .exists());
+    assert!(
+        sink.nothing_more().await,
+        "a held message must not be relayed"
+    );
+}
+
+#[tokio::test]
+async fn reject_verdict_gets_550_571() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.policy.reject_at = Some(0.85)).await;
+    teach(&d, &mut sink).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["stranger@elsewhere.example"],
+            &message("alice@example.com", "stranger@elsewhere.example", "no"),
+        )
+        .await;
+    assert!(
+        r.starts_with("550 5.7.1 Message refused: recipient <stranger@elsewhere.example>"),
+        "{r}"
+    );
+    assert!(sink.nothing_more().await);
+    assert!(d.cell.current().spool().list().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn reload_refuses_bad_config_and_applies_good_one() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let dir = d.dir.path().display().to_string();
+    let hop = sink.addr;
+    let before = d.cell.current().config().server.hostname.clone();
+    let bad = "[server]\nhostname = \"new.test\"\nmax_recipients = 0\nbogus_key = 1\n";
+    let err = d
+        .cell
+        .reload_toml(bad, "bad.toml")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.bogus_key"), "{err}");
+    assert!(err.contains("server.max_recipients"), "{err}");
+    assert_eq!(d.cell.current().config().server.hostname, before);
+    let mut c = Client::connect(d.addr).await;
+    assert!(c.reply().await.starts_with("220 relay.test "));
+
+    let good = format!(
+        "[server]\nhostname = \"new.test\"\ndata_dir = \"{dir}\"\n[relay]\nhost = \"{}\"\nport = {}\ntls = \"none\"\n[metrics]\nenabled = false\n",
+        hop.ip(),
+        hop.port()
+    );
+    d.cell.reload_toml(&good, "good.toml").await.unwrap();
+    let mut c = Client::connect(d.addr).await;
+    let g = c.reply().await;
+    assert!(g.starts_with("220 new.test "), "{g}");
+
+    // A file that does not exist is refused too.
+    let missing = d.dir.path().join("missing.toml");
+    assert!(d.cell.reload(&missing).await.is_err());
+    assert_eq!(d.cell.current().config().server.hostname, "new.test");
+}
+
+#[tokio::test]
+async fn shutdown_stops_accepting_and_closes_idle_sessions_with_421() {
+    let sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.server.shutdown_grace = Duration::from_secs(5)
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    d.trigger.trigger();
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert!(c.closed().await);
+    tokio::time::timeout(Duration::from_secs(10), d.server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+    assert!(tokio::net::TcpStream::connect(d.addr).await.is_err());
+}
