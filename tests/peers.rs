@@ -306,7 +306,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
                 let id = format!("load-{w}-{i}");
                 let msg = common::message("alice@example.com", &to, &id);
                 let steps = [
-                    format!("MAIL FROM:<alice@example.com>"),
+                    "MAIL FROM:<alice@example.com>".to_string(),
                     format!("RCPT TO:<{to}>"),
                     "DATA".to_string(),
                 ];
