@@ -886,6 +886,50 @@ impl Graph {
         (counts, touched)
     }
 
+    /// Estimated heap bytes of this graph (hash table buckets, entries,
+    /// strings and lists). The bench measures the real figure with a
+    /// counting allocator.
+    pub fn approx_bytes(&self) -> usize {
+        fn map<K, V>(m: &HashMap<K, V>) -> usize {
+            // hashbrown: buckets = capacity * 8 / 7, one control byte each.
+            let buckets = m.capacity() * 8 / 7;
+            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        let strings: usize = self
+            .addrs
+            .iter()
+            .map(|a| {
+                16 + a.address.len()
+                    + a.contacts.capacity() * 4
+                    + a.names.capacity() * 16
+                    + a.names.iter().map(|n| n.len()).sum::<usize>()
+            })
+            .sum();
+        let lists: usize = self
+            .threads
+            .values()
+            .chain(self.subjects.values())
+            .map(|t| t.participants.capacity() * 4)
+            .sum::<usize>()
+            + self
+                .attachments
+                .values()
+                .map(|l| l.capacity() * 4)
+                .sum::<usize>();
+        map(&self.ids)
+            + self.addrs.capacity() * std::mem::size_of::<AddrEntry>()
+            + strings
+            + map(&self.domain_ids)
+            + self.domains.capacity() * std::mem::size_of::<(Arc<str>, DomainStats)>()
+            + map(&self.edges)
+            + map(&self.co)
+            + map(&self.sender_domains)
+            + map(&self.threads)
+            + map(&self.subjects)
+            + map(&self.attachments)
+            + lists
+    }
+
     /// Number of live (not forgotten) addresses.
     pub fn live_address_count(&self) -> usize {
         self.ids.len()

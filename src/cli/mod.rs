@@ -1,0 +1,3 @@
+//! Subcommand implementations (the argument parsing is in `main.rs`).
+
+pub mod graph;
