@@ -223,7 +223,6 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
             }
         };
         reader.read(src, &mut on_msg)?;
-        drop(on_msg);
         if let Some(e) = failure.take() {
             return Err(e);
         }
