@@ -26,6 +26,18 @@ enum Command {
         #[arg(long)]
         config: Option<std::path::PathBuf>,
     },
+    /// Learn from mail archives (mbox, maildir, .eml, corpus .jsonl[.gz]).
+    Import(misdirect::cli::graph::ImportArgs),
+    /// Score archived messages in Date order, one JSON line each.
+    Replay(misdirect::cli::graph::ReplayArgs),
+    /// Inspect the association graph (stats, show ADDRESS, purge).
+    Graph(misdirect::cli::graph::GraphArgs),
+    /// Erase every association of an address, in every tenant.
+    Forget(misdirect::cli::graph::AddressArgs),
+    /// Print everything stored about an address, as JSON.
+    Export(misdirect::cli::graph::AddressArgs),
+    /// Add a new key to the key file and rewrite the graph store under it.
+    RotateKey(misdirect::cli::graph::ConfigArg),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -37,5 +49,11 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve { config } => misdirect::cli::serve::run(config),
+        Command::Import(a) => misdirect::cli::graph::import(a),
+        Command::Replay(a) => misdirect::cli::graph::replay(a),
+        Command::Graph(a) => misdirect::cli::graph::graph(a),
+        Command::Forget(a) => misdirect::cli::graph::forget(a),
+        Command::Export(a) => misdirect::cli::graph::export(a),
+        Command::RotateKey(a) => misdirect::cli::graph::rotate_key(a),
     }
 }

@@ -1,25 +1,100 @@
 //! Configuration sections: store, privacy, tenants (see config/misdirectd.toml for documentation).
 
+use std::path::PathBuf;
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 
 use crate::address::domain_of;
 
-/// `[store]` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// Which graph store backend to use.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreBackend {
+    /// Embedded redb file, no server needed.
+    #[default]
+    Embedded,
+}
+
+/// `[store]` section: where the association graph is persisted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
-pub struct StoreConfig {}
+pub struct StoreConfig {
+    /// Store backend (only `embedded` for now).
+    pub backend: StoreBackend,
+    /// Path of the embedded store file.
+    pub path: PathBuf,
+    /// How often learnt changes are committed to disk. A crash loses at most
+    /// the learning of one interval (plus what is still queued).
+    #[serde(with = "humantime_serde")]
+    pub batch_interval: Duration,
+    /// Bound of the learning queue between the relay and the store task.
+    pub queue: usize,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            backend: StoreBackend::Embedded,
+            path: PathBuf::from("misdirect-data/graph.redb"),
+            batch_interval: Duration::from_secs(1),
+            queue: 10_000,
+        }
+    }
+}
 
 impl StoreConfig {
-    pub fn validate(&self, _path: &str, _errs: &mut Vec<String>) {}
+    pub fn validate(&self, path: &str, errs: &mut Vec<String>) {
+        if self.path.as_os_str().is_empty() {
+            errs.push(format!("{path}.path: must not be empty"));
+        }
+        if self.batch_interval.is_zero() {
+            errs.push(format!("{path}.batch_interval: must be greater than zero"));
+        }
+        if self.queue == 0 {
+            errs.push(format!("{path}.queue: must be at least 1"));
+        }
+    }
 }
 
 /// `[privacy]` section.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
-pub struct PrivacyConfig {}
+pub struct PrivacyConfig {
+    /// Secret key file (created with mode 0600 on first start when missing;
+    /// refused when group- or world-readable).
+    pub key_file: PathBuf,
+    /// Associations not seen for this many days are deleted (0: keep forever).
+    pub retention_days: u32,
+    /// How often the retention job runs.
+    #[serde(with = "humantime_serde")]
+    pub retention_interval: Duration,
+    /// Log addresses as pseudonyms (default) rather than in clear.
+    pub pseudonymise_logs: bool,
+}
+
+impl Default for PrivacyConfig {
+    fn default() -> Self {
+        PrivacyConfig {
+            key_file: PathBuf::from("misdirect-data/keys.json"),
+            retention_days: 730,
+            retention_interval: Duration::from_secs(3600),
+            pseudonymise_logs: true,
+        }
+    }
+}
 
 impl PrivacyConfig {
-    pub fn validate(&self, _path: &str, _errs: &mut Vec<String>) {}
+    pub fn validate(&self, path: &str, errs: &mut Vec<String>) {
+        if self.key_file.as_os_str().is_empty() {
+            errs.push(format!("{path}.key_file: must not be empty"));
+        }
+        if self.retention_interval.is_zero() {
+            errs.push(format!(
+                "{path}.retention_interval: must be greater than zero"
+            ));
+        }
+    }
 }
 
 /// One tenant: an organisation whose data is kept apart from every other.

@@ -522,6 +522,541 @@ impl GraphView for Graph {
     }
 }
 
+/// One persisted record of a graph, named by ids (the store turns ids into
+/// pseudonyms). A record absent from memory is deleted from the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RecordKey {
+    Addr(Id),
+    Domain(Id),
+    Edge(Id, Id),
+    SenderDomain(Id, Id),
+    Co(Id, Id, Id),
+    Thread(u64),
+    Subject(u64),
+    Attachment(Id, u64),
+}
+
+/// What a retention run removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeCounts {
+    pub edges: usize,
+    pub co_pairs: usize,
+    pub threads: usize,
+    pub addresses: usize,
+}
+
+impl Graph {
+    /// Whether an id is a forgotten address slot.
+    fn is_tombstone(&self, id: Id) -> bool {
+        self.addrs
+            .get(id as usize)
+            .is_none_or(|a| a.address.is_empty())
+    }
+
+    /// Every record a learn of `m` changed (call after [`Graph::learn`]).
+    pub fn touched_by(&self, m: &LearnInput<'_>, out: &mut std::collections::HashSet<RecordKey>) {
+        let Some(s) = self.id(m.sender) else { return };
+        out.insert(RecordKey::Addr(s));
+        let mut rids: Vec<Id> = Vec::with_capacity(m.recipients.len());
+        for r in m.recipients {
+            if r.address == m.sender {
+                continue;
+            }
+            let Some(rid) = self.id(&r.address) else {
+                continue;
+            };
+            if rids.contains(&rid) {
+                continue;
+            }
+            rids.push(rid);
+            out.insert(RecordKey::Addr(rid));
+            out.insert(RecordKey::Edge(s, rid));
+            if let Some(d) = self.domain_ids.get(domain_of(&r.address)) {
+                out.insert(RecordKey::Domain(*d));
+                out.insert(RecordKey::SenderDomain(s, *d));
+            }
+        }
+        if rids.len() >= 2 && rids.len() <= self.cfg.max_corecipients {
+            for i in 0..rids.len() {
+                for j in i + 1..rids.len() {
+                    let (a, b) = if rids[i] < rids[j] {
+                        (rids[i], rids[j])
+                    } else {
+                        (rids[j], rids[i])
+                    };
+                    out.insert(RecordKey::Co(s, a, b));
+                }
+            }
+        }
+        if let Some(mid) = m.message_id {
+            out.insert(RecordKey::Thread(key_hash(mid)));
+        }
+        if let Some(subj) = m.subject {
+            let ts = thread_subject(subj);
+            if !ts.is_empty() {
+                out.insert(RecordKey::Subject(key_hash(&ts)));
+            }
+        }
+        for name in &m.attachments {
+            out.insert(RecordKey::Attachment(s, attachment_key(name)));
+        }
+    }
+
+    /// Every record in the graph (for a full rewrite of the store).
+    pub fn all_records(&self) -> Vec<RecordKey> {
+        let mut out = Vec::with_capacity(
+            self.addrs.len() + self.edges.len() * 2 + self.co.len() + self.threads.len(),
+        );
+        for id in 0..self.addrs.len() as Id {
+            if !self.is_tombstone(id) {
+                out.push(RecordKey::Addr(id));
+            }
+        }
+        out.extend((0..self.domains.len() as Id).map(RecordKey::Domain));
+        out.extend(self.edges.keys().map(|(s, r)| RecordKey::Edge(*s, *r)));
+        out.extend(
+            self.sender_domains
+                .keys()
+                .map(|(s, d)| RecordKey::SenderDomain(*s, *d)),
+        );
+        out.extend(self.co.keys().map(|(s, a, b)| RecordKey::Co(*s, *a, *b)));
+        out.extend(self.threads.keys().map(|h| RecordKey::Thread(*h)));
+        out.extend(self.subjects.keys().map(|h| RecordKey::Subject(*h)));
+        out.extend(
+            self.attachments
+                .keys()
+                .map(|(s, h)| RecordKey::Attachment(*s, *h)),
+        );
+        out
+    }
+
+    /// Remove the edge `s -> r` and undo its contribution to the counters
+    /// of `r`, of `r`'s domain and of the sender's domain edge; co-recipient
+    /// pairs and attachment lists are cleaned by [`Graph::prune_orphans`].
+    fn remove_edge(&mut self, s: Id, r: Id, touched: &mut Vec<RecordKey>) -> bool {
+        let Some(e) = self.edges.remove(&(s, r)) else {
+            return false;
+        };
+        touched.push(RecordKey::Edge(s, r));
+        touched.push(RecordKey::Addr(s));
+        touched.push(RecordKey::Addr(r));
+        let n = e.to.saturating_add(e.cc).saturating_add(e.bcc);
+        if let Some(se) = self.addrs.get_mut(s as usize) {
+            se.contacts.retain(|c| *c != r);
+        }
+        let raddr = self.address_of(r).map(str::to_string).unwrap_or_default();
+        let did = self.domain_ids.get(domain_of(&raddr)).copied();
+        let mut now_unreceived = false;
+        if let Some(re) = self.addrs.get_mut(r as usize) {
+            re.senders = re.senders.saturating_sub(1);
+            let before = re.received;
+            re.received = re.received.saturating_sub(n);
+            now_unreceived = before > 0 && re.received == 0;
+        }
+        if let Some(d) = did {
+            touched.push(RecordKey::Domain(d));
+            touched.push(RecordKey::SenderDomain(s, d));
+            let mut drop_sd = false;
+            if let Some(sd) = self.sender_domains.get_mut(&(s, d)) {
+                sd.to = sd.to.saturating_sub(e.to);
+                sd.cc = sd.cc.saturating_sub(e.cc);
+                sd.bcc = sd.bcc.saturating_sub(e.bcc);
+                sd.weight = (sd.weight - e.weight).max(0.0);
+                drop_sd = sd.to == 0 && sd.cc == 0 && sd.bcc == 0;
+            }
+            if let Some((_, ds)) = self.domains.get_mut(d as usize) {
+                ds.messages = ds.messages.saturating_sub(n);
+                if drop_sd {
+                    ds.senders = ds.senders.saturating_sub(1);
+                }
+                if now_unreceived {
+                    ds.addresses = ds.addresses.saturating_sub(1);
+                }
+            }
+            if drop_sd {
+                self.sender_domains.remove(&(s, d));
+            }
+        }
+        true
+    }
+
+    /// After edges were removed: drop co-recipient pairs and attachment
+    /// list entries whose sender-recipient edge no longer exists (one pass).
+    fn prune_orphans(&mut self, touched: &mut Vec<RecordKey>) -> usize {
+        let edges = &self.edges;
+        let dead: Vec<(Id, Id, Id)> = self
+            .co
+            .keys()
+            .filter(|(s, a, b)| !edges.contains_key(&(*s, *a)) || !edges.contains_key(&(*s, *b)))
+            .copied()
+            .collect();
+        for k in &dead {
+            self.co.remove(k);
+            touched.push(RecordKey::Co(k.0, k.1, k.2));
+        }
+        for ((s, h), list) in self.attachments.iter_mut() {
+            let before = list.len();
+            list.retain(|r| edges.contains_key(&(*s, *r)));
+            if list.len() != before {
+                touched.push(RecordKey::Attachment(*s, *h));
+            }
+        }
+        self.attachments.retain(|_, l| !l.is_empty());
+        dead.len()
+    }
+
+    /// Remove an id from every thread and subject participant list.
+    fn remove_participant(&mut self, id: Id, touched: &mut Vec<RecordKey>) {
+        for (h, t) in self.threads.iter_mut() {
+            if t.participants.contains(&id) {
+                t.participants.retain(|p| *p != id);
+                touched.push(RecordKey::Thread(*h));
+            }
+        }
+        for (h, t) in self.subjects.iter_mut() {
+            if t.participants.contains(&id) {
+                t.participants.retain(|p| *p != id);
+                touched.push(RecordKey::Subject(*h));
+            }
+        }
+        self.threads.retain(|_, t| !t.participants.is_empty());
+        self.subjects.retain(|_, t| !t.participants.is_empty());
+    }
+
+    /// Turn an address slot into a tombstone: unknown to lookups, nothing
+    /// kept about it.
+    fn tombstone(&mut self, id: Id) {
+        if let Some(e) = self.addrs.get_mut(id as usize) {
+            self.ids.remove(&e.address);
+            *e = AddrEntry {
+                address: Arc::from(""),
+                ..Default::default()
+            };
+        }
+    }
+
+    /// Erase every association involving `addr`: as sender, recipient,
+    /// co-recipient, display names, thread participant and attachment
+    /// recipient. Afterwards the address scores as never seen. Returns the
+    /// forgotten id (its slot is now a tombstone) and every record changed,
+    /// or `None` when the address is unknown.
+    pub fn forget(&mut self, addr: &str) -> Option<(Id, Vec<RecordKey>)> {
+        let x = self.id(addr)?;
+        let mut touched = Vec::new();
+        let as_sender: Vec<Id> = self
+            .addrs
+            .get(x as usize)
+            .map(|e| e.contacts.clone())
+            .unwrap_or_default();
+        for r in as_sender {
+            self.remove_edge(x, r, &mut touched);
+        }
+        let as_rcpt: Vec<Id> = self
+            .edges
+            .keys()
+            .filter(|(_, r)| *r == x)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in as_rcpt {
+            self.remove_edge(s, x, &mut touched);
+        }
+        self.prune_orphans(&mut touched);
+        // Co-recipient pairs naming x under any sender, and everything x sent.
+        let co_keys: Vec<(Id, Id, Id)> = self
+            .co
+            .keys()
+            .filter(|(s, a, b)| *s == x || *a == x || *b == x)
+            .copied()
+            .collect();
+        for k in co_keys {
+            self.co.remove(&k);
+            touched.push(RecordKey::Co(k.0, k.1, k.2));
+        }
+        let sd_keys: Vec<(Id, Id)> = self
+            .sender_domains
+            .keys()
+            .filter(|(s, _)| *s == x)
+            .copied()
+            .collect();
+        for k in sd_keys {
+            if self.sender_domains.remove(&k).is_some() {
+                if let Some((_, ds)) = self.domains.get_mut(k.1 as usize) {
+                    ds.senders = ds.senders.saturating_sub(1);
+                }
+            }
+            touched.push(RecordKey::SenderDomain(k.0, k.1));
+            touched.push(RecordKey::Domain(k.1));
+        }
+        let att_keys: Vec<(Id, u64)> = self
+            .attachments
+            .iter()
+            .filter(|((s, _), l)| *s == x || l.contains(&x))
+            .map(|(k, _)| *k)
+            .collect();
+        for k in att_keys {
+            if k.0 == x {
+                self.attachments.remove(&k);
+            } else if let Some(l) = self.attachments.get_mut(&k) {
+                l.retain(|r| *r != x);
+                if l.is_empty() {
+                    self.attachments.remove(&k);
+                }
+            }
+            touched.push(RecordKey::Attachment(k.0, k.1));
+        }
+        self.remove_participant(x, &mut touched);
+        self.tombstone(x);
+        touched.push(RecordKey::Addr(x));
+        touched.sort_unstable();
+        touched.dedup();
+        Some((x, touched))
+    }
+
+    /// Retention: delete associations last seen before `cutoff` (edges,
+    /// co-recipient pairs, threads, subjects) and addresses with nothing
+    /// left that were last seen before it. Returns the counts and every
+    /// record changed.
+    pub fn purge_older_than(&mut self, cutoff: Ts) -> (PurgeCounts, Vec<RecordKey>) {
+        let c = clamp_ts(cutoff);
+        let mut counts = PurgeCounts::default();
+        let mut touched = Vec::new();
+        let old: Vec<(Id, Id)> = self
+            .edges
+            .iter()
+            .filter(|(_, e)| e.last < c)
+            .map(|(k, _)| *k)
+            .collect();
+        for (s, r) in old {
+            if self.remove_edge(s, r, &mut touched) {
+                counts.edges += 1;
+            }
+        }
+        counts.co_pairs += self.prune_orphans(&mut touched);
+        let old_co: Vec<(Id, Id, Id)> = self
+            .co
+            .iter()
+            .filter(|(_, e)| e.last < c)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in old_co {
+            self.co.remove(&k);
+            counts.co_pairs += 1;
+            touched.push(RecordKey::Co(k.0, k.1, k.2));
+        }
+        let before = self.threads.len() + self.subjects.len();
+        for (h, _) in self.threads.iter().filter(|(_, t)| t.last < c) {
+            touched.push(RecordKey::Thread(*h));
+        }
+        for (h, _) in self.subjects.iter().filter(|(_, t)| t.last < c) {
+            touched.push(RecordKey::Subject(*h));
+        }
+        self.threads.retain(|_, t| t.last >= c);
+        self.subjects.retain(|_, t| t.last >= c);
+        counts.threads = before - self.threads.len() - self.subjects.len();
+        let in_use: std::collections::HashSet<Id> = self
+            .threads
+            .values()
+            .chain(self.subjects.values())
+            .flat_map(|t| t.participants.iter().copied())
+            .chain(self.attachments.values().flatten().copied())
+            .collect();
+        for id in 0..self.addrs.len() as Id {
+            let e = &self.addrs[id as usize];
+            if e.address.is_empty() || e.last_seen >= c {
+                continue;
+            }
+            if e.contacts.is_empty() && e.senders == 0 && !in_use.contains(&id) {
+                let att: Vec<(Id, u64)> = self
+                    .attachments
+                    .keys()
+                    .filter(|(s, _)| *s == id)
+                    .copied()
+                    .collect();
+                for k in att {
+                    self.attachments.remove(&k);
+                    touched.push(RecordKey::Attachment(k.0, k.1));
+                }
+                self.tombstone(id);
+                touched.push(RecordKey::Addr(id));
+                counts.addresses += 1;
+            }
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        (counts, touched)
+    }
+
+    /// Estimated heap bytes of this graph (hash table buckets, entries,
+    /// strings and lists). The bench measures the real figure with a
+    /// counting allocator.
+    pub fn approx_bytes(&self) -> usize {
+        fn map<K, V>(m: &HashMap<K, V>) -> usize {
+            // hashbrown: buckets = capacity * 8 / 7, one control byte each.
+            let buckets = m.capacity() * 8 / 7;
+            buckets * (std::mem::size_of::<(K, V)>() + 1)
+        }
+        let strings: usize = self
+            .addrs
+            .iter()
+            .map(|a| {
+                16 + a.address.len()
+                    + a.contacts.capacity() * 4
+                    + a.names.capacity() * 16
+                    + a.names.iter().map(|n| n.len()).sum::<usize>()
+            })
+            .sum();
+        let lists: usize = self
+            .threads
+            .values()
+            .chain(self.subjects.values())
+            .map(|t| t.participants.capacity() * 4)
+            .sum::<usize>()
+            + self
+                .attachments
+                .values()
+                .map(|l| l.capacity() * 4)
+                .sum::<usize>();
+        map(&self.ids)
+            + self.addrs.capacity() * std::mem::size_of::<AddrEntry>()
+            + strings
+            + map(&self.domain_ids)
+            + self.domains.capacity() * std::mem::size_of::<(Arc<str>, DomainStats)>()
+            + map(&self.edges)
+            + map(&self.co)
+            + map(&self.sender_domains)
+            + map(&self.threads)
+            + map(&self.subjects)
+            + map(&self.attachments)
+            + lists
+    }
+
+    /// Number of live (not forgotten) addresses.
+    pub fn live_address_count(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Number of domains, threads (Message-ID) and subjects.
+    pub fn domain_count(&self) -> usize {
+        self.domains.len()
+    }
+    pub fn thread_count(&self) -> usize {
+        self.threads.len()
+    }
+    pub fn subject_count(&self) -> usize {
+        self.subjects.len()
+    }
+    pub fn attachment_count(&self) -> usize {
+        self.attachments.len()
+    }
+
+    /// Everything stored about one address, readable (data subject access).
+    /// `None` when the address is unknown.
+    pub fn export(&self, addr: &str) -> Option<serde_json::Value> {
+        use serde_json::json;
+        let x = self.id(addr)?;
+        let e = self.addrs.get(x as usize)?;
+        let day = |t: u32| -> String { format_ts(t as Ts) };
+        let edge_json = |other: &str, ed: &Edge| {
+            json!({
+                "address": other,
+                "to": ed.to, "cc": ed.cc, "bcc": ed.bcc,
+                "first": day(ed.first), "last": day(ed.last),
+                "weight": ed.weight,
+            })
+        };
+        let sent_to: Vec<_> = e
+            .contacts
+            .iter()
+            .filter_map(|r| {
+                let ed = self.edges.get(&(x, *r))?;
+                Some(edge_json(self.address_of(*r)?, ed))
+            })
+            .collect();
+        let mut received_from: Vec<_> = self
+            .edges
+            .iter()
+            .filter(|((_, r), _)| *r == x)
+            .filter_map(|((s, _), ed)| Some(edge_json(self.address_of(*s)?, ed)))
+            .collect();
+        received_from.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
+        let mut co: Vec<_> = self
+            .co
+            .iter()
+            .filter(|((s, a, b), _)| *s == x || *a == x || *b == x)
+            .filter_map(|((s, a, b), c)| {
+                Some(json!({
+                    "sender": self.address_of(*s)?,
+                    "recipients": [self.address_of(*a)?, self.address_of(*b)?],
+                    "messages": c.count,
+                    "last": day(c.last),
+                }))
+            })
+            .collect();
+        co.sort_by_key(|v| v.to_string());
+        let mut domains: Vec<_> = self
+            .sender_domains
+            .iter()
+            .filter(|((s, _), _)| *s == x)
+            .filter_map(|((_, d), ed)| Some(edge_json(&self.domains.get(*d as usize)?.0, ed)))
+            .collect();
+        domains.sort_by_key(|v| v.to_string());
+        let threads = self
+            .threads
+            .values()
+            .filter(|t| t.participants.contains(&x))
+            .count();
+        let subjects = self
+            .subjects
+            .values()
+            .filter(|t| t.participants.contains(&x))
+            .count();
+        let att_sent = self.attachments.keys().filter(|(s, _)| *s == x).count();
+        let att_received = self.attachments.values().filter(|l| l.contains(&x)).count();
+        Some(json!({
+            "address": &*e.address,
+            "display_names": e.names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
+            "messages_sent": e.sent,
+            "messages_received": e.received,
+            "distinct_senders": e.senders,
+            "first_sent": (e.first_sent > 0).then(|| day(e.first_sent)),
+            "last_sent": (e.last_sent > 0).then(|| day(e.last_sent)),
+            "last_seen": day(e.last_seen),
+            "sent_to": sent_to,
+            "received_from": received_from,
+            "sent_to_domains": domains,
+            "co_recipient_pairs": co,
+            "threads_participated": threads,
+            "subject_threads_participated": subjects,
+            "attachment_names_sent": att_sent,
+            "attachment_names_received": att_received,
+            "note": "thread keys and attachment names are stored only as hashes, so they are counted, not listed",
+        }))
+    }
+}
+
+/// RFC 3339 UTC form of Unix seconds.
+pub fn format_ts(t: Ts) -> String {
+    let days = t.div_euclid(86400);
+    let secs = t.rem_euclid(86400);
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
 /// One graph per tenant. Scoring for a tenant only ever sees that tenant's
 /// graph.
 #[derive(Debug, Default)]

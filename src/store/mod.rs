@@ -5,14 +5,224 @@
 //! Learning goes through a bounded queue to a background task
 //! ([`GraphHandle::learn`]) so it never delays an SMTP reply.
 
-use std::collections::HashMap;
+pub mod embedded;
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
 
-use crate::config::TenantsConfig;
+use crate::config::store::StoreBackend;
+use crate::config::{Config, TenantsConfig};
+use crate::graph::memory::{PurgeCounts, RecordKey};
 use crate::graph::{Graph, GraphConfig, GraphView, LearnInput, Ts};
 use crate::message::{MessageMeta, Recipient};
+use crate::privacy::Keys;
+
+pub use embedded::{Batch, EmbeddedStore};
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("graph store: {0}")]
+    Db(#[from] redb::Error),
+    #[error("graph store {0} is in use by another process (a running daemon?)")]
+    InUse(String),
+    #[error("graph store {0}: {1}")]
+    Io(String, #[source] std::io::Error),
+    #[error("graph store was written with key id {0}, which the key file does not hold")]
+    MissingKey(u32),
+    #[error("graph store is damaged: {0}")]
+    Corrupt(String),
+    #[error("graph store task failed: {0}")]
+    Task(String),
+}
+
+macro_rules! from_redb {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+from_redb!(
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::DatabaseError
+);
+
+/// A graph store backend. Only the embedded store exists today; a shared
+/// (PostgreSQL) backend is meant to become another variant.
+#[derive(Debug)]
+pub enum Store {
+    Embedded(EmbeddedStore),
+}
+
+impl Store {
+    /// Open the configured store. Blocking.
+    pub fn open(cfg: &Config, keys: Arc<Keys>) -> Result<Store, StoreError> {
+        match cfg.store.backend {
+            StoreBackend::Embedded => {
+                Ok(Store::Embedded(EmbeddedStore::open(&cfg.store.path, keys)?))
+            }
+        }
+    }
+
+    /// Open an embedded store file directly. Blocking.
+    pub fn open_embedded(path: &Path, keys: Arc<Keys>) -> Result<Store, StoreError> {
+        Ok(Store::Embedded(EmbeddedStore::open(path, keys)?))
+    }
+
+    /// Load every tenant's graph. Blocking.
+    pub fn load(&self, cfg: &GraphConfig) -> Result<HashMap<String, Graph>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.load(cfg),
+        }
+    }
+
+    /// Encode records of one tenant from memory (deletes for absent ones).
+    pub fn encode(
+        &self,
+        batch: &mut Batch,
+        tenant: &str,
+        g: &Graph,
+        records: impl IntoIterator<Item = RecordKey>,
+    ) {
+        match self {
+            Store::Embedded(s) => s.encode(batch, tenant, g, records),
+        }
+    }
+
+    /// Commit durably, all or nothing. Blocking.
+    pub fn commit(&self, batch: Batch) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.commit(batch),
+        }
+    }
+
+    fn prime(&self, tenant: &str, g: &Graph, ids: &[crate::graph::memory::Id]) {
+        match self {
+            Store::Embedded(s) => s.prime(tenant, g, ids),
+        }
+    }
+
+    /// Record counts per table.
+    pub fn table_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
+        match self {
+            Store::Embedded(s) => s.table_counts(),
+        }
+    }
+
+    /// Rewrite everything under the current key (after `Keys::rotate`).
+    pub fn rekey(self, graphs: &HashMap<String, Graph>) -> Result<Store, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(Store::Embedded(s.rekey(graphs)?)),
+        }
+    }
+}
+
+/// What an erasure removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ForgetReport {
+    /// Tenants in which the address was known.
+    pub tenants: usize,
+    /// Records deleted or updated.
+    pub records: usize,
+}
+
+/// Erase an address from every tenant in memory; encode the store changes.
+pub fn forget_all(
+    graphs: &mut HashMap<String, Graph>,
+    store: Option<&Store>,
+    addr: &str,
+) -> (ForgetReport, Batch) {
+    let mut report = ForgetReport::default();
+    let mut batch = Batch::default();
+    let mut names: Vec<String> = graphs.keys().cloned().collect();
+    names.sort();
+    for t in names {
+        let Some(g) = graphs.get_mut(&t) else {
+            continue;
+        };
+        let Some(id) = g.id(addr) else { continue };
+        if let Some(st) = store {
+            st.prime(&t, g, &[id]);
+        }
+        if let Some((_, touched)) = g.forget(addr) {
+            report.tenants += 1;
+            report.records += touched.len();
+            if let Some(st) = store {
+                st.encode(&mut batch, &t, g, touched);
+            }
+        }
+    }
+    (report, batch)
+}
+
+/// Retention: purge associations last seen before `cutoff` in every
+/// tenant; encode the store changes.
+pub fn purge_all(
+    graphs: &mut HashMap<String, Graph>,
+    store: Option<&Store>,
+    cutoff: Ts,
+) -> (Vec<(String, PurgeCounts)>, Batch) {
+    let mut out = Vec::new();
+    let mut batch = Batch::default();
+    let mut names: Vec<String> = graphs.keys().cloned().collect();
+    names.sort();
+    for t in names {
+        let Some(g) = graphs.get_mut(&t) else {
+            continue;
+        };
+        let (counts, touched) = g.purge_older_than(cutoff);
+        if let Some(st) = store {
+            st.encode(&mut batch, &t, g, touched);
+        }
+        out.push((t, counts));
+    }
+    (out, batch)
+}
+
+/// Log a retention run: cutoff date and counts per tenant.
+pub fn log_purge(cutoff: Ts, counts: &[(String, PurgeCounts)]) {
+    let cutoff = crate::graph::memory::format_ts(cutoff);
+    for (t, c) in counts {
+        tracing::info!(
+            tenant = %t,
+            %cutoff,
+            edges = c.edges,
+            co_pairs = c.co_pairs,
+            threads = c.threads,
+            addresses = c.addresses,
+            "Retention removed associations last seen before the cutoff."
+        );
+    }
+}
+
+fn unix_now() -> Ts {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as Ts)
+        .unwrap_or(0)
+}
+
+/// Retention cutoff for `retention_days` before `now` (`None`: keep forever).
+pub fn retention_cutoff(retention_days: u32, now: Ts) -> Option<Ts> {
+    (retention_days > 0).then(|| now - retention_days as Ts * 86400)
+}
+
+/// Persistence state shared by the learning task and erasures.
+struct Persist {
+    store: Store,
+    /// Serialises encode + commit so that an older snapshot never lands
+    /// after a newer one.
+    flush_lock: tokio::sync::Mutex<()>,
+}
 
 /// One message to learn from, owned so it can cross the queue.
 #[derive(Debug, Clone)]
@@ -25,6 +235,11 @@ pub struct LearnEvent {
 }
 
 impl LearnEvent {
+    /// The learn input of this event (`None` without a sender).
+    pub fn input(&self) -> Option<LearnInput<'_>> {
+        LearnInput::from_meta(&self.meta, &self.recipients, self.ts)
+    }
+
     /// Apply to an in-memory tenant map.
     pub fn apply(&self, graphs: &mut HashMap<String, Graph>, cfg: &GraphConfig) {
         if let Some(input) = LearnInput::from_meta(&self.meta, &self.recipients, self.ts) {
@@ -42,6 +257,7 @@ pub struct GraphHandle {
     graphs: Arc<RwLock<HashMap<String, Graph>>>,
     tx: mpsc::Sender<LearnEvent>,
     tenants: Arc<TenantsConfig>,
+    persist: Option<Arc<Persist>>,
 }
 
 /// Why a learn event was not queued.
@@ -80,9 +296,89 @@ impl GraphHandle {
                 graphs,
                 tx,
                 tenants: Arc::new(tenants),
+                persist: None,
             },
             task,
         )
+    }
+
+    /// Open the configured store, load every tenant's graph into memory and
+    /// start the learning task. Learning is applied to memory at once and
+    /// committed to the store every `store.batch_interval` (each commit
+    /// durable, all or nothing): a crash (even `kill -9`) loses at most the
+    /// learning of the last interval plus what was still queued. The
+    /// retention job runs every `privacy.retention_interval`. The task
+    /// commits what is pending and ends when every handle is dropped.
+    pub async fn open(
+        cfg: &Config,
+        keys: Arc<Keys>,
+    ) -> Result<(GraphHandle, tokio::task::JoinHandle<()>), StoreError> {
+        let c = cfg.clone();
+        let (store, loaded) = tokio::task::spawn_blocking(move || {
+            let store = Store::open(&c, keys)?;
+            let graphs = store.load(&c.graph)?;
+            Ok::<_, StoreError>((store, graphs))
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let edges: usize = loaded.values().map(Graph::edge_count).sum();
+        tracing::info!(
+            tenants = loaded.len(),
+            edges,
+            "Association graph loaded from the store."
+        );
+        let graphs = Arc::new(RwLock::new(loaded));
+        let persist = Arc::new(Persist {
+            store,
+            flush_lock: tokio::sync::Mutex::new(()),
+        });
+        let (tx, rx) = mpsc::channel::<LearnEvent>(cfg.store.queue.max(1));
+        let task = tokio::spawn(learn_task(
+            rx,
+            graphs.clone(),
+            persist.clone(),
+            cfg.graph.clone(),
+            cfg.store.batch_interval,
+            cfg.privacy.retention_days,
+            cfg.privacy.retention_interval,
+        ));
+        Ok((
+            GraphHandle {
+                graphs,
+                tx,
+                tenants: Arc::new(cfg.tenants.clone()),
+                persist: Some(persist),
+            },
+            task,
+        ))
+    }
+
+    /// Erase every association of `addr` in every tenant, in memory and
+    /// durably in the store, before returning. Logs an audit line that does
+    /// not name the address.
+    pub async fn forget(&self, addr: &str) -> Result<ForgetReport, StoreError> {
+        let guard = match &self.persist {
+            Some(p) => Some(p.flush_lock.lock().await),
+            None => None,
+        };
+        let (report, batch) = {
+            let mut map = self.graphs.write().unwrap_or_else(|p| p.into_inner());
+            forget_all(&mut map, self.persist.as_ref().map(|p| &p.store), addr)
+        };
+        if let Some(p) = &self.persist {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || p.store.commit(batch))
+                .await
+                .map_err(|e| StoreError::Task(e.to_string()))??;
+        }
+        drop(guard);
+        tracing::info!(
+            target: "audit",
+            tenants = report.tenants,
+            records = report.records,
+            "Erasure of one address performed."
+        );
+        Ok(report)
     }
 
     /// The tenant a sender address belongs to.
@@ -120,5 +416,87 @@ impl GraphHandle {
     /// Shared access to the graphs, for stores and admin commands.
     pub fn graphs(&self) -> &Arc<RwLock<HashMap<String, Graph>>> {
         &self.graphs
+    }
+}
+
+/// Encode what is pending and commit it; on failure the records stay
+/// pending for the next round.
+async fn flush(
+    graphs: &Arc<RwLock<HashMap<String, Graph>>>,
+    persist: &Arc<Persist>,
+    pending: &mut HashMap<String, HashSet<RecordKey>>,
+) {
+    if pending.values().all(HashSet::is_empty) {
+        return;
+    }
+    let _guard = persist.flush_lock.lock().await;
+    let mut batch = Batch::default();
+    {
+        let map = graphs.read().unwrap_or_else(|p| p.into_inner());
+        for (t, keys) in pending.iter() {
+            if let Some(g) = map.get(t) {
+                persist.store.encode(&mut batch, t, g, keys.iter().copied());
+            }
+        }
+    }
+    let p = persist.clone();
+    let records = batch.len();
+    match tokio::task::spawn_blocking(move || p.store.commit(batch)).await {
+        Ok(Ok(())) => {
+            pending.clear();
+            tracing::debug!(records, "Graph changes committed.");
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "Committing graph changes failed; will retry."),
+        Err(e) => tracing::error!(error = %e, "Graph commit task failed; will retry."),
+    }
+}
+
+async fn learn_task(
+    mut rx: mpsc::Receiver<LearnEvent>,
+    graphs: Arc<RwLock<HashMap<String, Graph>>>,
+    persist: Arc<Persist>,
+    cfg: GraphConfig,
+    interval: std::time::Duration,
+    retention_days: u32,
+    retention_interval: std::time::Duration,
+) {
+    let mut pending: HashMap<String, HashSet<RecordKey>> = HashMap::new();
+    let mut batch: Vec<LearnEvent> = Vec::with_capacity(256);
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut retention = tokio::time::interval(retention_interval);
+    retention.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            n = rx.recv_many(&mut batch, 256) => {
+                if n == 0 {
+                    flush(&graphs, &persist, &mut pending).await;
+                    break;
+                }
+                let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
+                for ev in batch.drain(..) {
+                    ev.apply(&mut map, &cfg);
+                    if let (Some(input), Some(g)) = (ev.input(), map.get(&ev.tenant)) {
+                        g.touched_by(&input, pending.entry(ev.tenant.clone()).or_default());
+                    }
+                }
+            }
+            _ = tick.tick() => flush(&graphs, &persist, &mut pending).await,
+            _ = retention.tick() => {
+                let Some(cutoff) = retention_cutoff(retention_days, unix_now()) else { continue };
+                flush(&graphs, &persist, &mut pending).await;
+                let _guard = persist.flush_lock.lock().await;
+                let (counts, b) = {
+                    let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
+                    purge_all(&mut map, Some(&persist.store), cutoff)
+                };
+                let p = persist.clone();
+                match tokio::task::spawn_blocking(move || p.store.commit(b)).await {
+                    Ok(Ok(())) => log_purge(cutoff, &counts),
+                    Ok(Err(e)) => tracing::error!(error = %e, "Committing the retention run failed."),
+                    Err(e) => tracing::error!(error = %e, "Retention commit task failed."),
+                }
+            }
+        }
     }
 }
