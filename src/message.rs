@@ -4,10 +4,29 @@
 //! into this structure and never stored; attachments contribute only their
 //! file name and decoded size.
 
-use mail_parser::{Address, MessageParser, MimeHeaders};
+use std::sync::LazyLock;
+
+use mail_parser::{Address, HeaderName, MessageParser, MimeHeaders};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Normalizer;
+
+/// A parser that decodes only the headers misdirect reads (addresses, date,
+/// ids, subject, MIME structure) and skips every other header; built once.
+static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .header_date(HeaderName::Date)
+        .header_address(HeaderName::From)
+        .header_address(HeaderName::To)
+        .header_address(HeaderName::Cc)
+        .header_address(HeaderName::Bcc)
+        .header_id(HeaderName::MessageId)
+        .header_id(HeaderName::InReplyTo)
+        .header_id(HeaderName::References)
+        .header_text(HeaderName::Subject)
+        .default_header_ignore()
+});
 
 /// Which header a recipient was named in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,7 +92,7 @@ impl MessageMeta {
     /// sense of yields empty metadata (the envelope still carries the
     /// recipients). Addresses that do not normalise are dropped.
     pub fn parse(raw: &[u8], norm: &Normalizer) -> MessageMeta {
-        let Some(msg) = MessageParser::default().parse(raw) else {
+        let Some(msg) = PARSER.parse(raw) else {
             return MessageMeta::default();
         };
         let mut meta = MessageMeta {

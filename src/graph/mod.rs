@@ -6,6 +6,7 @@
 //! it.
 
 pub mod memory;
+pub mod synth;
 
 pub use memory::{Graph, GraphConfig, LearnInput};
 

@@ -1,0 +1,144 @@
+//! Per-message cost of the in-process pipeline: metadata parsing alone, and
+//! parse → recipients → tenant → graph lookup → score → decide, for
+//! realistic messages with 1, 5 and 50 recipients against a synthetic
+//! organisation graph of about a million edges (`PIPELINE_BENCH_EDGES`
+//! changes the size). One thread: messages per second per core is
+//! 1 / (time per message).
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use misdirect::address::{AddressConfig, Normalizer};
+use misdirect::config::{PolicyConfig, TenantsConfig};
+use misdirect::graph::synth::{person, Org};
+use misdirect::graph::GraphConfig;
+use misdirect::message::{envelope_recipients, MessageMeta};
+use misdirect::policy::Policy;
+use misdirect::scorer::{ScoreInput, Scorer};
+use misdirect::store::GraphHandle;
+
+fn scorer() -> Box<dyn Scorer> {
+    Box::new(misdirect::classify::baseline::NeverSeenScorer)
+}
+
+/// A realistic outgoing message: display names, Cc, threading headers, a
+/// multipart body with a PDF attachment; about 6 KiB.
+fn message(sender: &str, rcpts: &[String]) -> Vec<u8> {
+    let (to, cc) = rcpts.split_at(rcpts.len().min(3));
+    let names = |v: &[String]| {
+        v.iter()
+            .map(|a| format!("\"{}\" <{a}>", a.split('@').next().unwrap_or("")))
+            .collect::<Vec<_>>()
+            .join(",\r\n ")
+    };
+    let mut m = format!(
+        "Received: from workstation.corp.example ([10.1.2.3]) by mx.corp.example\r\n\
+         From: \"Sender Person\" <{sender}>\r\n\
+         To: {}\r\n",
+        names(to)
+    );
+    if !cc.is_empty() {
+        m.push_str(&format!("Cc: {}\r\n", names(cc)));
+    }
+    m.push_str(
+        "Subject: RE: Q3 forecast and the revised pipeline numbers\r\n\
+         Date: Mon, 23 Nov 2026 10:15:00 +0100\r\n\
+         Message-ID: <20261123101500.4711@corp.example>\r\n\
+         In-Reply-To: <20261122090000.4242@corp.example>\r\n\
+         References: <20261120080000.1@corp.example> <20261122090000.4242@corp.example>\r\n\
+         MIME-Version: 1.0\r\n\
+         Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+         --b1\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n",
+    );
+    for _ in 0..40 {
+        m.push_str("Thanks for the numbers, see my comments inline and the attached sheet.\r\n");
+    }
+    m.push_str(
+        "--b1\r\nContent-Type: application/pdf; name=\"forecast-q3.pdf\"\r\n\
+         Content-Disposition: attachment; filename=\"forecast-q3.pdf\"\r\n\
+         Content-Transfer-Encoding: base64\r\n\r\n",
+    );
+    for _ in 0..30 {
+        m.push_str(
+            "JVBERi0xLjQKJcfsj6IKNSAwIG9iago8PC9MZW5ndGggNiAwIFIvRmlsdGVyIC9GbGF0ZURlY29kZT4+\r\n",
+        );
+    }
+    m.push_str("--b1--\r\n");
+    m.into_bytes()
+}
+
+fn bench(c: &mut Criterion) {
+    let edges: usize = std::env::var("PIPELINE_BENCH_EDGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let org = Org::new(Org::people_for_edges(edges), 1);
+    let graph = org.graph(1, GraphConfig::default());
+    eprintln!(
+        "pipeline bench: {} edges, {} co-recipient pairs, {} addresses",
+        graph.edge_count(),
+        graph.co_count_total(),
+        graph.address_count()
+    );
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => panic!("runtime: {e}"),
+    };
+    let _guard = rt.enter();
+    let (handle, _task) =
+        GraphHandle::in_memory(GraphConfig::default(), TenantsConfig::default(), 1024);
+    if let Ok(mut map) = handle.graphs().write() {
+        map.insert("default".into(), graph);
+    }
+    let norm = Normalizer::new(AddressConfig::default());
+    let policy = Policy::new(PolicyConfig::default());
+    let scorer = scorer();
+    let sender_ix = 4321 % org.people;
+    let sender = person(sender_ix);
+    let circle = org.circle(sender_ix).to_vec();
+
+    let mut group = c.benchmark_group("pipeline");
+    group.throughput(Throughput::Elements(1));
+    for n in [1usize, 5, 50] {
+        // Mostly known contacts, one stranger from elsewhere in the company.
+        let mut rcpts: Vec<String> = circle.iter().take(n.saturating_sub(1)).cloned().collect();
+        rcpts.push(person((sender_ix + org.people / 2) % org.people));
+        while rcpts.len() < n {
+            rcpts.push(format!("extra{}@partner9.example", rcpts.len()));
+        }
+        let raw = message(&sender, &rcpts);
+        let rcpt_to: Vec<String> = rcpts.iter().map(|a| format!("<{a}>")).collect();
+        group.bench_with_input(BenchmarkId::new("parse", n), &raw, |b, raw| {
+            b.iter(|| black_box(MessageMeta::parse(black_box(raw), &norm)))
+        });
+        group.bench_with_input(BenchmarkId::new("full", n), &raw, |b, raw| {
+            b.iter(|| {
+                let meta = MessageMeta::parse(black_box(raw), &norm);
+                let recipients = envelope_recipients(&meta, &rcpt_to, &norm);
+                let tenant = handle.tenant_for(meta.sender().unwrap_or(""));
+                let scores = handle.with_view(&tenant, |g| {
+                    scorer.score(
+                        g,
+                        &ScoreInput {
+                            meta: &meta,
+                            recipients: &recipients,
+                            now: meta.date.unwrap_or(0),
+                        },
+                    )
+                });
+                black_box(scores.map(|s| policy.decide(s)))
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(30);
+    targets = bench
+}
+criterion_main!(benches);

@@ -1,0 +1,539 @@
+//! Relay harness: what it costs to put misdirectd in the mail path.
+//!
+//! `cargo bench --bench relay` starts, on loopback only, Postfix's
+//! `smtp-sink` as the final hop and drives three set-ups side by side with
+//! Postfix's `smtp-source`:
+//!
+//! * `direct`: smtp-source straight to the sink (the limit);
+//! * `postfix`: through a throwaway Postfix instance configured as a plain
+//!   relay to the same sink (what admins run today);
+//! * `misdirectd`: through misdirectd (scoring every recipient) to the sink.
+//!
+//! For each it runs concurrency 1, 20 and 100 with 4 KiB and 64 KiB messages
+//! and prints messages per second. Postfix is store-and-forward, so its
+//! figure is taken when its queue is empty again (every message delivered);
+//! misdirectd and the sink answer only after delivery anyway. A second pass
+//! with the harness's own SMTP client measures per-message latency (MAIL FROM
+//! to the final `250`) at concurrency 1 and 20, p50 and p99. Finally it
+//! reports misdirectd's peak RSS.
+//!
+//! Environment: `RELAY_BENCH_MESSAGES` (default 2000) scales the message
+//! count; `RELAY_BENCH_SETUPS` (default `direct,postfix,misdirectd`) picks
+//! set-ups; `RELAY_BENCH_OUT` names a file for the results as JSON.
+//! Needs Debian's `postfix` (smtp-sink, smtp-source, postfix) and root (Postfix
+//! starts its daemons as root and drops to the `postfix` user).
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+type Res<T> = Result<T, String>;
+
+const CONCURRENCY: [usize; 3] = [1, 20, 100];
+const SIZES: [usize; 2] = [4 * 1024, 64 * 1024];
+const LATENCY_CONCURRENCY: [usize; 2] = [1, 20];
+
+/// A child process killed when dropped.
+struct Proc {
+    name: String,
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        eprintln!("harness: stopped {}", self.name);
+    }
+}
+
+/// A throwaway Postfix instance, stopped when dropped.
+struct Postfix {
+    conf: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Postfix {
+    fn drop(&mut self) {
+        let _ = Command::new("postfix")
+            .arg("-c")
+            .arg(&self.conf)
+            .arg("stop")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        eprintln!("harness: stopped postfix relay");
+    }
+}
+
+fn tool(name: &str) -> Res<PathBuf> {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return Ok(p);
+        }
+    }
+    Err(format!(
+        "{name} not found: install Debian's postfix package (apt-get install postfix)"
+    ))
+}
+
+fn free_port() -> Res<u16> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn wait_port(port: u16, what: &str) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!("{what} did not listen on port {port} within 30 s"))
+}
+
+fn start_sink(port: u16) -> Res<Proc> {
+    let child = Command::new(tool("smtp-sink")?)
+        .args(["-u", "nobody", &format!("127.0.0.1:{port}"), "1024"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("smtp-sink: {e}"))?;
+    let p = Proc {
+        name: "smtp-sink".into(),
+        child,
+    };
+    wait_port(port, "smtp-sink")?;
+    Ok(p)
+}
+
+fn start_postfix(port: u16, sink: u16) -> Res<Postfix> {
+    let dir = tempfile::Builder::new()
+        .prefix("misdirect-bench-postfix")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let d = dir.path();
+    let conf = d.join("etc");
+    for sub in ["etc", "queue", "data"] {
+        std::fs::create_dir_all(d.join(sub)).map_err(|e| e.to_string())?;
+    }
+    // Postfix's daemons run as the postfix user and must reach the queue.
+    let _ = Command::new("chmod").arg("755").arg(d).status();
+    let _ = Command::new("chown")
+        .args(["postfix"])
+        .arg(d.join("data"))
+        .status();
+    let master = std::fs::read_to_string("/etc/postfix/master.cf")
+        .map_err(|e| format!("/etc/postfix/master.cf: {e} (install postfix)"))?;
+    let mut out = String::new();
+    for line in master.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if line.starts_with("smtp ") && fields.get(1) == Some(&"inet") {
+            continue; // no listener on port 25
+        }
+        if !line.starts_with('#') && !line.starts_with(' ') && fields.len() >= 8 && fields[4] == "y"
+        {
+            // chroot off: the throwaway queue is not a chroot jail
+            let mut f = fields.clone();
+            f[4] = "n";
+            out.push_str(&f.join(" "));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out.push_str(&format!("127.0.0.1:{port} inet n - n - - smtpd\n"));
+    std::fs::write(conf.join("master.cf"), out).map_err(|e| e.to_string())?;
+    let main = format!(
+        "compatibility_level = 3.6\n\
+         queue_directory = {q}\n\
+         data_directory = {data}\n\
+         mail_owner = postfix\n\
+         setgid_group = postdrop\n\
+         inet_interfaces = 127.0.0.1\n\
+         inet_protocols = ipv4\n\
+         myhostname = bench-relay.localdomain\n\
+         mydestination =\n\
+         mynetworks = 127.0.0.0/8\n\
+         relayhost = [127.0.0.1]:{sink}\n\
+         smtp_dns_support_level = disabled\n\
+         smtpd_relay_restrictions = permit_mynetworks, reject\n\
+         maillog_file = {d}/maillog\n\
+         maillog_file_prefixes = {d}\n\
+         default_process_limit = 200\n\
+         smtpd_client_connection_count_limit = 0\n\
+         smtpd_client_message_rate_limit = 0\n\
+         smtp_destination_concurrency_limit = 100\n\
+         default_destination_concurrency_limit = 100\n\
+         in_flow_delay = 0\n",
+        q = d.join("queue").display(),
+        data = d.join("data").display(),
+        d = d.display(),
+    );
+    std::fs::write(conf.join("main.cf"), main).map_err(|e| e.to_string())?;
+    let st = Command::new(tool("postfix")?)
+        .arg("-c")
+        .arg(&conf)
+        .arg("start")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map_err(|e| format!("postfix start: {e}"))?;
+    let pf = Postfix { conf, _dir: dir };
+    if !st.success() {
+        let log = std::fs::read_to_string(pf._dir.path().join("maillog")).unwrap_or_default();
+        return Err(format!("postfix start failed:\n{log}"));
+    }
+    wait_port(port, "postfix")?;
+    Ok(pf)
+}
+
+fn start_misdirectd(port: u16, sink: u16) -> Res<(Proc, tempfile::TempDir)> {
+    let dir = tempfile::Builder::new()
+        .prefix("misdirect-bench")
+        .tempdir()
+        .map_err(|e| e.to_string())?;
+    let cfg = dir.path().join("misdirectd.toml");
+    std::fs::write(&cfg, misdirectd_config(port, sink, dir.path())).map_err(|e| e.to_string())?;
+    let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .map_err(|e| format!("misdirectd: {e}"))?;
+    let p = Proc {
+        name: "misdirectd".into(),
+        child,
+    };
+    wait_port(port, "misdirectd")?;
+    Ok((p, dir))
+}
+
+fn misdirectd_config(port: u16, sink: u16, data: &Path) -> String {
+    format!(
+        "[server]\n\
+         listen = \"127.0.0.1:{port}\"\n\
+         data_dir = \"{data}\"\n\
+         max_connections = 1000\n\
+         [relay]\n\
+         host = \"127.0.0.1\"\n\
+         port = {sink}\n\
+         tls = \"none\"\n\
+         pool_size = 100\n",
+        data = data.display()
+    )
+}
+
+/// Run smtp-source; returns the wall time.
+fn source(port: u16, conc: usize, msgs: usize, size: usize) -> Res<Duration> {
+    let t0 = Instant::now();
+    let out = Command::new(tool("smtp-source")?)
+        .args([
+            "-d",
+            "-s",
+            &conc.to_string(),
+            "-m",
+            &msgs.to_string(),
+            "-l",
+            &size.to_string(),
+            "-f",
+            "alice@bench.example",
+            "-t",
+            "bob@partner.example",
+            "-S",
+            "benchmark",
+            &format!("127.0.0.1:{port}"),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .map_err(|e| format!("smtp-source: {e}"))?;
+    let el = t0.elapsed();
+    if !out.status.success() {
+        return Err(format!(
+            "smtp-source to port {port} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(el)
+}
+
+fn postfix_drained(pf: &Postfix) -> Res<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let out = Command::new("postqueue")
+            .arg("-c")
+            .arg(&pf.conf)
+            .arg("-p")
+            .output()
+            .map_err(|e| format!("postqueue: {e}"))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("Mail queue is empty") {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err("postfix queue did not drain in 10 minutes".into());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn message(size: usize, n: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: Alice <alice@bench.example>\r\n\
+         To: Bob <bob@partner.example>\r\n\
+         Subject: latency probe {n}\r\n\
+         Date: Mon, 23 Nov 2026 10:00:00 +0000\r\n\
+         Message-ID: <probe-{n}@bench.example>\r\n\
+         \r\n"
+    )
+    .into_bytes();
+    let line = b"The quick brown fox jumps over the lazy dog 0123456789 ABCDEFGHIJ.\r\n";
+    while m.len() + line.len() < size {
+        m.extend_from_slice(line);
+    }
+    m
+}
+
+fn read_reply(r: &mut BufReader<TcpStream>) -> Res<u16> {
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).map_err(|e| e.to_string())? == 0 {
+            return Err("connection closed".into());
+        }
+        if line.len() < 4 {
+            return Err(format!("bad reply {line:?}"));
+        }
+        if line.as_bytes()[3] == b' ' {
+            return line[..3].parse().map_err(|_| format!("bad reply {line:?}"));
+        }
+    }
+}
+
+fn expect(r: &mut BufReader<TcpStream>, class: u16, what: &str) -> Res<()> {
+    let code = read_reply(r)?;
+    if code / 100 != class {
+        return Err(format!("{what}: got {code}"));
+    }
+    Ok(())
+}
+
+/// One connection sending `msgs` messages one after another; latencies of
+/// each transaction (MAIL FROM to the final reply).
+fn latency_conn(port: u16, msgs: usize, size: usize, id: usize) -> Res<Vec<Duration>> {
+    let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut w = s.try_clone().map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(s);
+    expect(&mut r, 2, "greeting")?;
+    w.write_all(b"EHLO bench.example\r\n")
+        .map_err(|e| e.to_string())?;
+    expect(&mut r, 2, "EHLO")?;
+    let mut out = Vec::with_capacity(msgs);
+    for i in 0..msgs {
+        let body = message(size, id * 1_000_000 + i);
+        let t0 = Instant::now();
+        w.write_all(b"MAIL FROM:<alice@bench.example>\r\n")
+            .map_err(|e| e.to_string())?;
+        expect(&mut r, 2, "MAIL")?;
+        w.write_all(b"RCPT TO:<bob@partner.example>\r\n")
+            .map_err(|e| e.to_string())?;
+        expect(&mut r, 2, "RCPT")?;
+        w.write_all(b"DATA\r\n").map_err(|e| e.to_string())?;
+        expect(&mut r, 3, "DATA")?;
+        w.write_all(&body).map_err(|e| e.to_string())?;
+        w.write_all(b".\r\n").map_err(|e| e.to_string())?;
+        expect(&mut r, 2, "end of data")?;
+        out.push(t0.elapsed());
+    }
+    let _ = w.write_all(b"QUIT\r\n");
+    let mut rest = Vec::new();
+    let _ = r.read_to_end(&mut rest);
+    Ok(out)
+}
+
+fn latency(port: u16, conc: usize, per_conn: usize, size: usize) -> Res<(f64, f64)> {
+    let handles: Vec<_> = (0..conc)
+        .map(|id| std::thread::spawn(move || latency_conn(port, per_conn, size, id)))
+        .collect();
+    let mut all = Vec::new();
+    for h in handles {
+        let v = h
+            .join()
+            .map_err(|_| "latency thread panicked".to_string())??;
+        all.extend(v);
+    }
+    all.sort();
+    let q = |p: f64| {
+        let i = ((all.len() as f64 - 1.0) * p).round() as usize;
+        all.get(i)
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    Ok((q(0.50), q(0.99)))
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
+    // useful either way: the harness only runs under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("relay harness: run it with `cargo bench --bench relay`");
+        return;
+    }
+    if let Err(e) = run() {
+        eprintln!("relay harness failed: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> Res<()> {
+    let base: usize = std::env::var("RELAY_BENCH_MESSAGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2000);
+    for t in ["smtp-sink", "smtp-source", "postfix", "postqueue"] {
+        tool(t)?;
+    }
+    let sink_port = free_port()?;
+    let _sink = start_sink(sink_port)?;
+    let pf_port = free_port()?;
+    let pf = start_postfix(pf_port, sink_port)?;
+    let md_port = free_port()?;
+    let wanted =
+        std::env::var("RELAY_BENCH_SETUPS").unwrap_or_else(|_| "direct,postfix,misdirectd".into());
+    let md = if wanted.contains("misdirectd") {
+        Some(start_misdirectd(md_port, sink_port)?)
+    } else {
+        None
+    };
+    let setups: Vec<(&str, u16)> = [
+        ("direct", sink_port),
+        ("postfix", pf_port),
+        ("misdirectd", md_port),
+    ]
+    .into_iter()
+    .filter(|(n, _)| wanted.contains(n))
+    .collect();
+
+    // Warm-up: pools, caches, Postfix processes.
+    for &(_, port) in &setups {
+        source(port, 20, 200, 4096)?;
+    }
+    postfix_drained(&pf)?;
+
+    let mut rate: BTreeMap<(usize, usize, &str), f64> = BTreeMap::new();
+    println!("\nThroughput (smtp-source -d; messages per second, end to end)");
+    println!(
+        "{:>5} {:>7} {:>7} | {:>10} {:>10} {:>10} | {:>9} {:>9}",
+        "conc", "size", "msgs", "direct", "postfix", "misdirectd", "md/pfx", "md/direct"
+    );
+    for size in SIZES {
+        for conc in CONCURRENCY {
+            let msgs = if size > 16 * 1024 { base / 2 } else { base }.max(conc);
+            for &(name, port) in &setups {
+                let t0 = Instant::now();
+                source(port, conc, msgs, size)?;
+                if name == "postfix" {
+                    postfix_drained(&pf)?;
+                }
+                let el = t0.elapsed().as_secs_f64();
+                rate.insert((size, conc, name), msgs as f64 / el);
+            }
+            let g = |n| rate.get(&(size, conc, n)).copied().unwrap_or(f64::NAN);
+            println!(
+                "{:>5} {:>6}K {:>7} | {:>10.0} {:>10.0} {:>10.0} | {:>9.2} {:>9.2}",
+                conc,
+                size / 1024,
+                msgs,
+                g("direct"),
+                g("postfix"),
+                g("misdirectd"),
+                g("misdirectd") / g("postfix"),
+                g("misdirectd") / g("direct"),
+            );
+        }
+    }
+
+    println!("\nLatency per message, MAIL FROM to final 250 (ms), 4 KiB, harness client");
+    println!(
+        "{:>5} | {:>17} {:>17} {:>17} | {:>14}",
+        "conc", "direct p50/p99", "postfix p50/p99", "misdirectd p50/p99", "added p99"
+    );
+    let mut lat = BTreeMap::new();
+    for conc in LATENCY_CONCURRENCY {
+        let per_conn = (base / 4 / conc).max(20);
+        for &(name, port) in &setups {
+            lat.insert((conc, name), latency(port, conc, per_conn, 4096)?);
+        }
+        postfix_drained(&pf)?;
+        let g = |n| lat.get(&(conc, n)).copied().unwrap_or((f64::NAN, f64::NAN));
+        let (d, p, m) = (g("direct"), g("postfix"), g("misdirectd"));
+        println!(
+            "{:>5} | {:>8.3}/{:<8.3} {:>8.3}/{:<8.3} {:>8.3}/{:<8.3} | {:>14.3}",
+            conc,
+            d.0,
+            d.1,
+            p.0,
+            p.1,
+            m.0,
+            m.1,
+            m.1 - d.1
+        );
+    }
+    let rss = md.as_ref().and_then(|(p, _)| peak_rss_kib(p.child.id()));
+    match rss {
+        Some(kib) => println!(
+            "\nmisdirectd peak RSS during the run: {:.1} MiB",
+            kib as f64 / 1024.0
+        ),
+        None => println!("\nmisdirectd peak RSS: not readable"),
+    }
+
+    if let Ok(path) = std::env::var("RELAY_BENCH_OUT") {
+        let mut j = String::from("{\"throughput\":[");
+        let mut first = true;
+        for ((size, conc, name), r) in &rate {
+            if !first {
+                j.push(',');
+            }
+            first = false;
+            j.push_str(&format!(
+                "{{\"setup\":\"{name}\",\"size\":{size},\"concurrency\":{conc},\"msgs_per_s\":{r:.1}}}"
+            ));
+        }
+        j.push_str("],\"latency_ms\":[");
+        first = true;
+        for ((conc, name), (p50, p99)) in &lat {
+            if !first {
+                j.push(',');
+            }
+            first = false;
+            j.push_str(&format!(
+                "{{\"setup\":\"{name}\",\"concurrency\":{conc},\"p50\":{p50:.3},\"p99\":{p99:.3}}}"
+            ));
+        }
+        j.push_str(&format!(
+            "],\"misdirectd_peak_rss_kib\":{}}}\n",
+            rss.unwrap_or(0)
+        ));
+        std::fs::write(&path, j).map_err(|e| format!("{path}: {e}"))?;
+    }
+    Ok(())
+}
