@@ -227,7 +227,9 @@ fn misdirectd_config(port: u16, sink: u16, data: &Path) -> String {
          host = \"127.0.0.1\"\n\
          port = {sink}\n\
          tls = \"none\"\n\
-         pool_size = 100\n",
+         pool_size = 100\n\
+         [metrics]\n\
+         enabled = false\n",
         data = data.display()
     )
 }
