@@ -514,3 +514,48 @@ async fn shutdown_stops_accepting_and_closes_idle_sessions_with_421() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(d.addr).await.is_err());
 }
+
+#[test]
+fn shipped_config_is_valid_and_equals_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/misdirectd.toml");
+    let cfg = misdirect::config::Config::load(&path).unwrap();
+    let def = misdirect::config::Config::default();
+    assert_eq!(cfg.server, def.server);
+    assert_eq!(cfg.relay, def.relay);
+    assert_eq!(cfg.metrics, def.metrics);
+    assert_eq!(cfg.log, def.log);
+    assert_eq!(cfg.policy, def.policy);
+    assert_eq!(cfg.addresses, def.addresses);
+    assert_eq!(cfg.tenants, def.tenants);
+    assert_eq!(
+        serde_json::to_value(&cfg.graph).unwrap(),
+        serde_json::to_value(&def.graph).unwrap()
+    );
+}
+
+#[test]
+fn config_errors_name_every_bad_relay_key() {
+    let e = misdirect::config::Config::from_toml(
+        "[server]\nlisten = \"nowhere\"\nallowed_networks = [\"10.0.0.0/33\"]\nrequire_tls = true\n\
+         [relay]\ntls = \"sometimes\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tls"), "{e}");
+    let e = misdirect::config::Config::from_toml(
+        "[server]\nlisten = \"nowhere\"\nallowed_networks = [\"10.0.0.0/33\"]\nrequire_tls = true\n\
+         [relay]\npool_size = 0\nusername = \"u\"\n[metrics]\nlisten = \"0.0.0.0:9325\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "server.listen",
+        "server.allowed_networks[0]",
+        "server.require_tls",
+        "relay.pool_size",
+        "relay.username/password",
+        "metrics.listen",
+    ] {
+        assert!(e.contains(key), "{key} not named in: {e}");
+    }
+}
