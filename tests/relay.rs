@@ -559,3 +559,96 @@ fn config_errors_name_every_bad_relay_key() {
         assert!(e.contains(key), "{key} not named in: {e}");
     }
 }
+
+#[tokio::test]
+async fn shutdown_lets_a_transaction_in_flight_finish() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.server.shutdown_grace = Duration::from_secs(10)
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("DATA", "354").await;
+    let m = message("a@example.com", "b@example.org", "inflight");
+    c.send(&m[..20]).await;
+    d.trigger.trigger();
+    // New connections are no longer accepted once the loop has stopped.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(d.addr).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(tokio::net::TcpStream::connect(d.addr).await.is_err());
+    c.send(&m[20..]).await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    tokio::time::timeout(Duration::from_secs(10), d.server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
+struct ReleaseInterceptor {
+    seen: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl misdirect::pipeline::Intercept for ReleaseInterceptor {
+    fn wants(&self, env: &misdirect::envelope::Envelope) -> bool {
+        env.rcpt_to.iter().any(|r| r == "release@relay.test")
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _ctx: &'a misdirect::pipeline::TxContext,
+        _env: &'a misdirect::envelope::Envelope,
+        raw: &'a [u8],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = misdirect::smtp::reply::Reply> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            self.seen.lock().unwrap().push(raw.to_vec());
+            misdirect::smtp::reply::Reply::new(250, "2.0.0", "Release request taken")
+        })
+    }
+}
+
+#[tokio::test]
+async fn interceptor_takes_matching_transactions_before_scoring() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let current = d.cell.current();
+    let icpt = std::sync::Arc::new(ReleaseInterceptor {
+        seen: Default::default(),
+    });
+    let p = misdirect::pipeline::Pipeline::build(
+        (**current.config()).clone(),
+        current.shared().clone(),
+    )
+    .await
+    .unwrap()
+    .with_interceptor(icpt.clone());
+    d.cell.replace(p);
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "release@relay.test", "release");
+    let r = c
+        .send_mail("alice@example.com", &["release@relay.test"], &m)
+        .await;
+    assert!(r.starts_with("250 2.0.0 Release request taken"), "{r}");
+    assert_eq!(icpt.seen.lock().unwrap().as_slice(), &[m]);
+    assert!(sink.nothing_more().await);
+    // Everything else still goes the normal way.
+    let m = message("alice@example.com", "bob@example.org", "normal");
+    let r = c
+        .send_mail("alice@example.com", &["bob@example.org"], &m)
+        .await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+}
