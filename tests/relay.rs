@@ -652,3 +652,39 @@ async fn interceptor_takes_matching_transactions_before_scoring() {
     assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
     assert_eq!(split_trace(&sink.recv().await.data).1, m);
 }
+
+#[tokio::test]
+async fn next_hop_auth_is_used_when_configured() {
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().require_auth = true;
+    let d = start(sink.addr, |c| {
+        c.relay.username = Some("relayuser".into());
+        c.relay.password = Some("s3cret".into());
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "auth");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    assert_eq!(
+        sink.ctl.lock().unwrap().auth_seen.as_deref(),
+        Some("|relayuser|s3cret")
+    );
+}
+
+#[tokio::test]
+async fn required_tls_to_a_next_hop_without_starttls_gives_451() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.relay.tls = misdirect::config::server::RelayTls::Required
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "tlsreq");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert!(sink.nothing_more().await);
+}
