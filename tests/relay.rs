@@ -688,3 +688,19 @@ async fn required_tls_to_a_next_hop_without_starttls_gives_451() {
     assert!(r.starts_with("451 4.4.1"), "{r}");
     assert!(sink.nothing_more().await);
 }
+
+#[tokio::test]
+async fn smuggling_attempt_with_bare_lf_dot_is_refused() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("DATA", "354").await;
+    c.send(b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: forged\r\n\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    c.expect("NOOP", "250").await;
+    assert!(sink.nothing_more().await);
+}

@@ -441,6 +441,15 @@ impl Session {
             ));
             return true;
         }
+        if dec.bare_dot() {
+            info!("Message with a dot after a bare CR or LF refused.");
+            self.push(&r(
+                550,
+                "5.6.0",
+                "Bare CR or LF followed by '.' is not accepted; use CRLF line endings",
+            ));
+            return true;
+        }
         let env = Envelope {
             mail_from: tx.mail_from,
             rcpt_to: tx.rcpt_to,
