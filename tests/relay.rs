@@ -704,3 +704,34 @@ async fn smuggling_attempt_with_bare_lf_dot_is_refused() {
     c.expect("NOOP", "250").await;
     assert!(sink.nothing_more().await);
 }
+
+#[tokio::test]
+async fn encrypt_verdict_is_relayed_with_the_header_saying_encrypt() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.policy.encrypt_at = Some(0.0);
+        c.policy.hold_at = None;
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "enc");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let (trace, body) = split_trace(&sink.recv().await.data);
+    assert!(trace.contains("; action=encrypt; "), "{trace}");
+    assert_eq!(body, m);
+}
+
+#[tokio::test]
+async fn scoring_failure_is_fail_closed_451() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    // No From header: the baseline scorer has no sender to score against.
+    let m = b"To: <b@example.org>\r\nSubject: no from\r\n\r\nbody\r\n";
+    let r = c.send_mail("a@example.com", &["b@example.org"], m).await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert!(sink.nothing_more().await);
+}
