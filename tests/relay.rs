@@ -735,3 +735,32 @@ async fn scoring_failure_is_fail_closed_451() {
     assert!(r.starts_with("451 4.3.0"), "{r}");
     assert!(sink.nothing_more().await);
 }
+
+#[tokio::test]
+async fn next_hop_connections_are_reused_and_a_closed_one_is_replaced() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.relay.pool_size = 1).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    for i in 0..3 {
+        let m = message("a@example.com", "b@example.org", &format!("reuse{i}"));
+        let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    }
+    assert_eq!(
+        sink.ctl.lock().unwrap().connections,
+        1,
+        "pooled connection not reused"
+    );
+    // The next hop now hangs up after every message: the pooled connection
+    // it closed is detected and a fresh one carries the message.
+    sink.ctl.lock().unwrap().close_after_message = true;
+    for i in 0..3 {
+        let m = message("a@example.com", "b@example.org", &format!("fresh{i}"));
+        let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    }
+    assert!(sink.nothing_more().await, "a message was sent twice");
+}

@@ -39,6 +39,10 @@ pub struct SinkCtl {
     pub require_auth: bool,
     /// The decoded `AUTH PLAIN` credentials last received.
     pub auth_seen: Option<String>,
+    /// Close the connection right after accepting each message.
+    pub close_after_message: bool,
+    /// Connections accepted so far.
+    pub connections: usize,
 }
 
 /// In-process next hop: a minimal ESMTP server written independently of
@@ -120,6 +124,7 @@ async fn sink_session(
     tx: mpsc::UnboundedSender<Received>,
     ctl: Arc<Mutex<SinkCtl>>,
 ) -> std::io::Result<()> {
+    ctl.lock().unwrap().connections += 1;
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 sink ESMTP\r\n").await?;
@@ -191,6 +196,10 @@ async fn sink_session(
                 rcpt_to: std::mem::take(&mut rcpts),
                 data,
             });
+            if ctl.lock().unwrap().close_after_message {
+                w.write_all(b"250 2.0.0 queued at sink\r\n").await?;
+                return Ok(());
+            }
             "250 2.0.0 queued at sink\r\n".into()
         } else if up.starts_with("RSET") || up.starts_with("NOOP") {
             rcpts.clear();
