@@ -380,3 +380,11 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
         in_spool.len()
     );
 }
+
+#[test]
+fn a_missing_tool_fails_naming_its_package() {
+    let err = std::panic::catch_unwind(|| tool("misdirect-no-such-tool", "some-package"))
+        .expect_err("a missing tool must fail the test");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("apt-get install -y some-package"), "{msg}");
+}
