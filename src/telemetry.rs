@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 
 use crate::config::{LogConfig, MetricsConfig};
 
-/// Messages by final action (`action` label: deliver, encrypt, hold, reject,
-/// tempfail, refused).
+/// Messages that reached the pipeline, by outcome (`action` label: deliver,
+/// encrypt, hold, reject, tempfail (451), refused (next hop 5xx for all),
+/// intercepted).
 pub const MESSAGES: &str = "misdirect_messages_total";
 /// Seconds from end of DATA to the reply.
 pub const MESSAGE_LATENCY: &str = "misdirect_message_latency_seconds";
