@@ -178,6 +178,7 @@ impl Pipeline {
         let start = Instant::now();
         let now = now_ts();
         let queue_id = new_id(now);
+        let rcpts = env.rcpt_to.len();
         let span = tracing::info_span!("message", queue_id = %queue_id);
         let (reply, action, score, next_hop) = async {
             if let Some(i) = self.interceptors.iter().find(|i| i.wants(&env)) {
@@ -217,6 +218,7 @@ impl Pipeline {
         let _enter = span.enter();
         info!(
             queue_id = %queue_id,
+            rcpts,
             score = score.map(|s| format!("{s:.4}")).unwrap_or_else(|| "-".into()),
             action,
             next_hop = %next_hop,

@@ -7,8 +7,9 @@ use std::net::SocketAddr;
 
 use crate::config::{LogConfig, MetricsConfig};
 
-/// Messages by final action (`action` label: deliver, encrypt, hold, reject,
-/// tempfail, refused).
+/// Messages that reached the pipeline, by outcome (`action` label: deliver,
+/// encrypt, hold, reject, tempfail (451), refused (next hop 5xx for all),
+/// intercepted).
 pub const MESSAGES: &str = "misdirect_messages_total";
 /// Seconds from end of DATA to the reply.
 pub const MESSAGE_LATENCY: &str = "misdirect_message_latency_seconds";
@@ -30,7 +31,8 @@ pub enum TelemetryError {
     Metrics(String, String),
 }
 
-/// Install the global tracing subscriber. `RUST_LOG` overrides `log.level`.
+/// Install the global tracing subscriber (stderr; colours only on a
+/// terminal). `RUST_LOG` overrides `log.level`.
 pub fn init_logging(cfg: &LogConfig) -> Result<(), TelemetryError> {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => tracing_subscriber::EnvFilter::try_new(v),
@@ -40,6 +42,8 @@ pub fn init_logging(cfg: &LogConfig) -> Result<(), TelemetryError> {
     if tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init()
         .is_err()
     {

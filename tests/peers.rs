@@ -380,3 +380,80 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
         in_spool.len()
     );
 }
+
+#[test]
+fn a_missing_tool_fails_naming_its_package() {
+    let err = std::panic::catch_unwind(|| tool("misdirect-no-such-tool", "some-package"))
+        .expect_err("a missing tool must fail the test");
+    let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+    assert!(msg.contains("apt-get install -y some-package"), "{msg}");
+}
+
+fn greeting(port: u16) -> String {
+    use std::io::{BufRead, BufReader};
+    let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    line
+}
+
+#[test]
+fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::spawn(dir.path(), free_port(), "");
+    let path = dir.path().join("misdirectd.toml");
+    let hup = |d: &Daemon| {
+        let st = Command::new("kill")
+            .args(["-HUP", &d.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    let wait_for = |port: u16, want: &str| {
+        let start = Instant::now();
+        loop {
+            let g = greeting(port);
+            if g.starts_with(want) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "still {g:?}, want {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert!(greeting(daemon.port).starts_with("220 relay.test "));
+    let good = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("hostname = \"relay.test\"", "hostname = \"reloaded.test\"");
+    std::fs::write(&path, &good).unwrap();
+    hup(&daemon);
+    wait_for(daemon.port, "220 reloaded.test ");
+    std::fs::write(&path, format!("{good}\n[tenants]\nbogus = 1\n")).unwrap();
+    hup(&daemon);
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(greeting(daemon.port).starts_with("220 reloaded.test "));
+    daemon.terminate();
+}
+
+#[test]
+fn serve_refuses_a_bad_config_naming_every_bad_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[server]\nmax_recipients = 0\nlisten = \"x\"\n[relay]\nprot = 25\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    for key in ["server.max_recipients", "server.listen", "relay.prot"] {
+        assert!(err.contains(key), "{key} not named: {err}");
+    }
+}

@@ -514,3 +514,253 @@ async fn shutdown_stops_accepting_and_closes_idle_sessions_with_421() {
         .unwrap();
     assert!(tokio::net::TcpStream::connect(d.addr).await.is_err());
 }
+
+#[test]
+fn shipped_config_is_valid_and_equals_the_defaults() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/misdirectd.toml");
+    let cfg = misdirect::config::Config::load(&path).unwrap();
+    let def = misdirect::config::Config::default();
+    assert_eq!(cfg.server, def.server);
+    assert_eq!(cfg.relay, def.relay);
+    assert_eq!(cfg.metrics, def.metrics);
+    assert_eq!(cfg.log, def.log);
+    assert_eq!(cfg.policy, def.policy);
+    assert_eq!(cfg.addresses, def.addresses);
+    assert_eq!(cfg.tenants, def.tenants);
+    assert_eq!(
+        serde_json::to_value(&cfg.graph).unwrap(),
+        serde_json::to_value(&def.graph).unwrap()
+    );
+}
+
+#[test]
+fn config_errors_name_every_bad_relay_key() {
+    let e = misdirect::config::Config::from_toml(
+        "[server]\nlisten = \"nowhere\"\nallowed_networks = [\"10.0.0.0/33\"]\nrequire_tls = true\n\
+         [relay]\ntls = \"sometimes\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("tls"), "{e}");
+    let e = misdirect::config::Config::from_toml(
+        "[server]\nlisten = \"nowhere\"\nallowed_networks = [\"10.0.0.0/33\"]\nrequire_tls = true\n\
+         [relay]\npool_size = 0\nusername = \"u\"\n[metrics]\nlisten = \"0.0.0.0:9325\"\n",
+    )
+    .unwrap_err()
+    .to_string();
+    for key in [
+        "server.listen",
+        "server.allowed_networks[0]",
+        "server.require_tls",
+        "relay.pool_size",
+        "relay.username/password",
+        "metrics.listen",
+    ] {
+        assert!(e.contains(key), "{key} not named in: {e}");
+    }
+}
+
+#[tokio::test]
+async fn shutdown_lets_a_transaction_in_flight_finish() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.server.shutdown_grace = Duration::from_secs(10)
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("DATA", "354").await;
+    let m = message("a@example.com", "b@example.org", "inflight");
+    c.send(&m[..20]).await;
+    d.trigger.trigger();
+    // New connections are no longer accepted once the loop has stopped.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(d.addr).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(tokio::net::TcpStream::connect(d.addr).await.is_err());
+    c.send(&m[20..]).await;
+    let r = c.cmd(".").await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let r = c.reply().await;
+    assert!(r.starts_with("421 4.3.2"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    tokio::time::timeout(Duration::from_secs(10), d.server)
+        .await
+        .expect("server did not stop")
+        .unwrap();
+}
+
+struct ReleaseInterceptor {
+    seen: std::sync::Mutex<Vec<Vec<u8>>>,
+}
+
+impl misdirect::pipeline::Intercept for ReleaseInterceptor {
+    fn wants(&self, env: &misdirect::envelope::Envelope) -> bool {
+        env.rcpt_to.iter().any(|r| r == "release@relay.test")
+    }
+
+    fn handle<'a>(
+        &'a self,
+        _ctx: &'a misdirect::pipeline::TxContext,
+        _env: &'a misdirect::envelope::Envelope,
+        raw: &'a [u8],
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = misdirect::smtp::reply::Reply> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            self.seen.lock().unwrap().push(raw.to_vec());
+            misdirect::smtp::reply::Reply::new(250, "2.0.0", "Release request taken")
+        })
+    }
+}
+
+#[tokio::test]
+async fn interceptor_takes_matching_transactions_before_scoring() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let current = d.cell.current();
+    let icpt = std::sync::Arc::new(ReleaseInterceptor {
+        seen: Default::default(),
+    });
+    let p = misdirect::pipeline::Pipeline::build(
+        (**current.config()).clone(),
+        current.shared().clone(),
+    )
+    .await
+    .unwrap()
+    .with_interceptor(icpt.clone());
+    d.cell.replace(p);
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "release@relay.test", "release");
+    let r = c
+        .send_mail("alice@example.com", &["release@relay.test"], &m)
+        .await;
+    assert!(r.starts_with("250 2.0.0 Release request taken"), "{r}");
+    assert_eq!(icpt.seen.lock().unwrap().as_slice(), &[m]);
+    assert!(sink.nothing_more().await);
+    // Everything else still goes the normal way.
+    let m = message("alice@example.com", "bob@example.org", "normal");
+    let r = c
+        .send_mail("alice@example.com", &["bob@example.org"], &m)
+        .await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+}
+
+#[tokio::test]
+async fn next_hop_auth_is_used_when_configured() {
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().require_auth = true;
+    let d = start(sink.addr, |c| {
+        c.relay.username = Some("relayuser".into());
+        c.relay.password = Some("s3cret".into());
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "auth");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    assert_eq!(
+        sink.ctl.lock().unwrap().auth_seen.as_deref(),
+        Some("|relayuser|s3cret")
+    );
+}
+
+#[tokio::test]
+async fn required_tls_to_a_next_hop_without_starttls_gives_451() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.relay.tls = misdirect::config::server::RelayTls::Required
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "tlsreq");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("451 4.4.1"), "{r}");
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn smuggling_attempt_with_bare_lf_dot_is_refused() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    c.expect("MAIL FROM:<a@example.com>", "250").await;
+    c.expect("RCPT TO:<b@example.org>", "250").await;
+    c.expect("DATA", "354").await;
+    c.send(b"Subject: x\r\n\r\nhi\n.\r\nMAIL FROM:<evil@example.com>\r\nRCPT TO:<victim@example.org>\r\nDATA\r\nSubject: forged\r\n\r\n.\r\n").await;
+    let r = c.reply().await;
+    assert!(r.starts_with("550 5.6.0"), "{r}");
+    c.expect("NOOP", "250").await;
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn encrypt_verdict_is_relayed_with_the_header_saying_encrypt() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| {
+        c.policy.encrypt_at = Some(0.0);
+        c.policy.hold_at = None;
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("a@example.com", "b@example.org", "enc");
+    let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let (trace, body) = split_trace(&sink.recv().await.data);
+    assert!(trace.contains("; action=encrypt; "), "{trace}");
+    assert_eq!(body, m);
+}
+
+#[tokio::test]
+async fn scoring_failure_is_fail_closed_451() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    // No From header: the baseline scorer has no sender to score against.
+    let m = b"To: <b@example.org>\r\nSubject: no from\r\n\r\nbody\r\n";
+    let r = c.send_mail("a@example.com", &["b@example.org"], m).await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert!(sink.nothing_more().await);
+}
+
+#[tokio::test]
+async fn next_hop_connections_are_reused_and_a_closed_one_is_replaced() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |c| c.relay.pool_size = 1).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    for i in 0..3 {
+        let m = message("a@example.com", "b@example.org", &format!("reuse{i}"));
+        let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    }
+    assert_eq!(
+        sink.ctl.lock().unwrap().connections,
+        1,
+        "pooled connection not reused"
+    );
+    // The next hop now hangs up after every message: the pooled connection
+    // it closed is detected and a fresh one carries the message.
+    sink.ctl.lock().unwrap().close_after_message = true;
+    for i in 0..3 {
+        let m = message("a@example.com", "b@example.org", &format!("fresh{i}"));
+        let r = c.send_mail("a@example.com", &["b@example.org"], &m).await;
+        assert!(r.starts_with("250 2.0.0"), "{r}");
+        assert_eq!(split_trace(&sink.recv().await.data).1, m);
+    }
+    assert!(sink.nothing_more().await, "a message was sent twice");
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
-use tracing::{error, info};
+use tracing::{debug, info};
 
 use crate::classify::baseline::NeverSeenScorer;
 use crate::config::Config;
@@ -69,9 +69,10 @@ async fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
                 _ = hup.recv() => match &path {
                     Some(p) => {
                         info!(file = %p.display(), "SIGHUP: reloading configuration.");
-                        // A refused reload is logged inside and the old one stays.
-                        if reload_cell.reload(p).await.is_err() {
-                            error!("Reload failed; still running the previous configuration.");
+                        // A refused reload is logged (as an error) inside and
+                        // the old configuration stays.
+                        if let Err(e) = reload_cell.reload(p).await {
+                            debug!(error = %e, "Reload refused.");
                         }
                     }
                     None => info!("SIGHUP: no --config file given; nothing to reload."),

@@ -165,7 +165,7 @@ pub struct RelayConfig {
     pub username: Option<String>,
     /// AUTH password.
     pub password: Option<String>,
-    /// Pooled connections to the next hop.
+    /// Most connections open to the next hop at once; idle ones are reused.
     pub pool_size: u32,
     /// Timeout for each next-hop command.
     #[serde(with = "humantime_serde")]

@@ -1,27 +1,36 @@
-//! Relaying to the next hop with lettre's pooled async SMTP transport.
+//! Relaying to the next hop over lettre's async SMTP client connections,
+//! pooled here.
 //!
-//! The envelope goes out unchanged. The common case is one pooled
-//! `send_raw`. When the next hop refuses permanently and there is more than
-//! one recipient, the transaction is replayed on a fresh connection one
-//! command at a time to learn which recipients it refuses: the accepted ones
-//! get the message, the refused ones are reported for a DSN. Nothing was
-//! delivered by the first attempt (lettre stops before DATA on a refused
-//! RCPT, and a refused DATA delivers nothing), so nothing is sent twice.
+//! The envelope goes out unchanged; every RCPT is answered on its own, so a
+//! next hop that refuses some recipients still gets the message for the
+//! others, and the refused ones are reported for a DSN. Nothing is sent twice.
+//!
+//! Why not lettre's `AsyncSmtpTransport` pool: its sockets keep Nagle's
+//! algorithm on, and lettre writes the message and the final `CRLF.CRLF` in
+//! two writes, so every message waited for the next hop's delayed ACK
+//! (about 40 ms each on Linux). Connections made here set `TCP_NODELAY`,
+//! then lettre's `AsyncSmtpConnection` does EHLO, STARTTLS, AUTH and the
+//! commands.
 
 use std::error::Error as _;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use lettre::address::Envelope as LettreEnvelope;
-use lettre::transport::smtp::authentication::Credentials;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
-use lettre::transport::smtp::extension::{ClientId, MailBodyParameter, MailParameter};
-use lettre::transport::smtp::{Error as SmtpError, PoolConfig};
-use lettre::{Address, AsyncSmtpTransport, AsyncTransport, Tokio1Executor};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::response::Response;
+use lettre::transport::smtp::Error as SmtpError;
+use lettre::Address;
+use tokio::sync::Semaphore;
 
 use crate::config::server::RelayTls;
 use crate::config::RelayConfig;
 use crate::envelope::Envelope;
+
+/// Idle pooled connections older than this are closed instead of reused.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Why the relay could not be set up.
 #[derive(Debug, thiserror::Error)]
@@ -56,23 +65,84 @@ pub enum RelayOutcome {
     Deferred { reason: String },
 }
 
-/// The next hop.
-#[derive(Clone)]
-pub struct Relay {
-    transport: AsyncSmtpTransport<Tokio1Executor>,
+/// One failed step of a transaction.
+#[derive(Debug)]
+enum StepError {
+    Smtp(SmtpError),
+    Connect(std::io::Error),
+    Timeout,
+}
+
+impl StepError {
+    /// No reply was read: the connection itself failed.
+    fn is_network(&self) -> bool {
+        match self {
+            StepError::Smtp(e) => e.status().is_none(),
+            StepError::Connect(_) | StepError::Timeout => true,
+        }
+    }
+
+    fn code(&self) -> Option<u16> {
+        match self {
+            StepError::Smtp(e) => e.status().and_then(|c| c.to_string().parse().ok()),
+            StepError::Connect(_) | StepError::Timeout => None,
+        }
+    }
+
+    fn text(&self) -> String {
+        match self {
+            StepError::Smtp(e) => match e.source() {
+                Some(s) => s.to_string(),
+                None => e.to_string(),
+            },
+            StepError::Connect(e) => format!("connect: {e}"),
+            StepError::Timeout => "timed out".into(),
+        }
+    }
+
+    fn outcome(&self) -> RelayOutcome {
+        match self.code() {
+            Some(code) if (500..600).contains(&code) => RelayOutcome::Rejected {
+                code,
+                text: self.text(),
+            },
+            Some(code) => RelayOutcome::Deferred {
+                reason: format!("{code} {}", self.text()),
+            },
+            None => RelayOutcome::Deferred {
+                reason: self.text(),
+            },
+        }
+    }
+}
+
+struct Idle {
+    conn: AsyncSmtpConnection,
+    since: Instant,
+}
+
+struct Inner {
     host: String,
     port: u16,
     timeout: Duration,
     hello: ClientId,
     tls: Tls,
     credentials: Option<Credentials>,
+    idle: Mutex<Vec<Idle>>,
+    slots: Semaphore,
+}
+
+/// The next hop: at most `pool_size` connections, idle ones reused.
+#[derive(Clone)]
+pub struct Relay {
+    inner: Arc<Inner>,
 }
 
 impl std::fmt::Debug for Relay {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Relay")
-            .field("host", &self.host)
-            .field("port", &self.port)
+            .field("host", &self.inner.host)
+            .field("port", &self.inner.port)
             .finish()
     }
 }
@@ -94,38 +164,18 @@ pub fn relayable_address(a: &str) -> bool {
     to_address(a).is_ok() && !a.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>')
 }
 
-fn code_of(e: &SmtpError) -> Option<u16> {
-    e.status().and_then(|c| c.to_string().parse().ok())
-}
-
-fn text_of(e: &SmtpError) -> String {
-    match e.source() {
-        Some(s) => s.to_string(),
-        None => e.to_string(),
-    }
-}
-
-fn lettre_envelope(env: &Envelope, rcpts: &[String]) -> Result<LettreEnvelope, RelayError> {
-    let from = if env.mail_from.is_empty() {
-        None
-    } else {
-        Some(to_address(&env.mail_from)?)
-    };
-    let to = rcpts
-        .iter()
-        .map(|r| to_address(r))
-        .collect::<Result<Vec<_>, _>>()?;
-    LettreEnvelope::new(from, to).map_err(|e| RelayError::Address(e.to_string()))
-}
-
 /// lettre appends `CRLF.CRLF` itself; drop the message's own final CRLF so
 /// the next hop receives exactly the bytes given.
 fn wire_body(msg: &[u8]) -> &[u8] {
     msg.strip_suffix(b"\r\n").unwrap_or(msg)
 }
 
+fn reply_text(r: &Response) -> String {
+    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+}
+
 impl Relay {
-    /// Build the pooled transport (connects lazily).
+    /// Set up the next hop (connections are made on first use).
     pub fn new(cfg: &RelayConfig, hostname: &str) -> Result<Relay, RelayError> {
         let hello = ClientId::Domain(cfg.hello_name.clone().unwrap_or_else(|| hostname.into()));
         let params = || {
@@ -144,98 +194,104 @@ impl Relay {
             (Some(u), Some(p)) => Some(Credentials::new(u.clone(), p.clone())),
             _ => None,
         };
-        let mut b = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(cfg.host.clone())
-            .port(cfg.port)
-            .hello_name(hello.clone())
-            .timeout(Some(cfg.timeout))
-            .tls(tls.clone())
-            .pool_config(PoolConfig::new().max_size(cfg.pool_size));
-        if let Some(c) = &credentials {
-            b = b.credentials(c.clone());
-        }
         Ok(Relay {
-            transport: b.build(),
-            host: cfg.host.clone(),
-            port: cfg.port,
-            timeout: cfg.timeout,
-            hello,
-            tls,
-            credentials,
+            inner: Arc::new(Inner {
+                host: cfg.host.clone(),
+                port: cfg.port,
+                timeout: cfg.timeout,
+                hello,
+                tls,
+                credentials,
+                idle: Mutex::new(Vec::new()),
+                slots: Semaphore::new(cfg.pool_size.max(1) as usize),
+            }),
         })
     }
 
-    /// Relay `msg` to every envelope recipient.
-    pub async fn send_raw(&self, env: &Envelope, msg: &[u8]) -> RelayOutcome {
-        let lenv = match lettre_envelope(env, &env.rcpt_to) {
-            Ok(e) => e,
-            Err(e) => {
-                return RelayOutcome::Rejected {
-                    code: 550,
-                    text: e.to_string(),
-                }
-            }
-        };
-        match self.transport.send_raw(&lenv, wire_body(msg)).await {
-            Ok(resp) => RelayOutcome::Delivered {
-                reply: format!(
-                    "{} {}",
-                    resp.code(),
-                    resp.message().collect::<Vec<_>>().join(" ")
-                ),
-            },
-            Err(e) if e.is_permanent() && env.rcpt_to.len() > 1 => self.send_each(env, msg).await,
-            Err(e) if e.is_permanent() => RelayOutcome::Rejected {
-                code: code_of(&e).unwrap_or(550),
-                text: text_of(&e),
-            },
-            Err(e) => RelayOutcome::Deferred {
-                reason: e.to_string(),
-            },
+    async fn step<T>(
+        &self,
+        f: impl std::future::Future<Output = Result<T, SmtpError>>,
+    ) -> Result<T, StepError> {
+        match tokio::time::timeout(self.inner.timeout, f).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(StepError::Smtp(e)),
+            Err(_) => Err(StepError::Timeout),
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, SmtpError> {
-        let wrapper = None;
-        let mut conn = AsyncSmtpConnection::connect_tokio1(
-            (self.host.as_str(), self.port),
-            Some(self.timeout),
-            &self.hello,
-            wrapper,
-            None,
+    async fn connect(&self) -> Result<AsyncSmtpConnection, StepError> {
+        let i = &self.inner;
+        let tcp = match tokio::time::timeout(
+            i.timeout,
+            tokio::net::TcpStream::connect((i.host.as_str(), i.port)),
         )
-        .await?;
-        match &self.tls {
+        .await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(StepError::Connect(e)),
+            Err(_) => return Err(StepError::Timeout),
+        };
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "set_nodelay failed on next-hop socket.");
+        }
+        let mut conn = self
+            .step(AsyncSmtpConnection::connect_with_transport(
+                Box::new(tcp),
+                &i.hello,
+            ))
+            .await?;
+        match &i.tls {
             Tls::Opportunistic(p) if conn.can_starttls() => {
-                conn.starttls(p.clone(), &self.hello).await?
+                self.step(conn.starttls(p.clone(), &i.hello)).await?
             }
-            Tls::Required(p) => conn.starttls(p.clone(), &self.hello).await?,
+            Tls::Required(p) => self.step(conn.starttls(p.clone(), &i.hello)).await?,
             _ => {}
         }
-        if let Some(c) = &self.credentials {
-            conn.auth(
-                &[
-                    lettre::transport::smtp::authentication::Mechanism::Plain,
-                    lettre::transport::smtp::authentication::Mechanism::Login,
-                ],
-                c,
-            )
-            .await?;
+        if let Some(c) = &i.credentials {
+            self.step(conn.auth(&[Mechanism::Plain, Mechanism::Login], c))
+                .await?;
         }
         Ok(conn)
     }
 
-    /// One command at a time, to find out which recipients are refused.
-    async fn send_each(&self, env: &Envelope, msg: &[u8]) -> RelayOutcome {
-        let deferred = |e: SmtpError| RelayOutcome::Deferred {
-            reason: e.to_string(),
+    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+        let mut idle = match self.inner.idle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         };
-        let mut conn = match self.connect().await {
-            Ok(c) => c,
-            Err(e) => return deferred(e),
+        while let Some(i) = idle.pop() {
+            if i.since.elapsed() < IDLE_TIMEOUT && !i.conn.has_broken() {
+                return Some(i.conn);
+            }
+        }
+        None
+    }
+
+    fn put_idle(&self, conn: AsyncSmtpConnection) {
+        if conn.has_broken() {
+            return;
+        }
+        let mut idle = match self.inner.idle.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
         };
-        let from = match env.mail_from.is_empty() {
-            true => None,
-            false => match to_address(&env.mail_from) {
+        idle.push(Idle {
+            conn,
+            since: Instant::now(),
+        });
+    }
+
+    /// Relay `msg` to every envelope recipient.
+    pub async fn send_raw(&self, env: &Envelope, msg: &[u8]) -> RelayOutcome {
+        let Ok(_slot) = self.inner.slots.acquire().await else {
+            return RelayOutcome::Deferred {
+                reason: "relay closed".into(),
+            };
+        };
+        let from = if env.mail_from.is_empty() {
+            None
+        } else {
+            match to_address(&env.mail_from) {
                 Ok(a) => Some(a),
                 Err(e) => {
                     return RelayOutcome::Rejected {
@@ -243,79 +299,136 @@ impl Relay {
                         text: e.to_string(),
                     }
                 }
-            },
+            }
         };
-        let mut params = Vec::new();
-        if !msg.is_ascii() {
-            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
-        }
-        if env.smtputf8 {
-            params.push(MailParameter::SmtpUtfEight);
-        }
-        let outcome = async {
-            conn.command(Mail::new(from, params)).await?;
-            let mut rejected = Vec::new();
-            let mut accepted = 0usize;
-            for r in &env.rcpt_to {
-                let addr = match to_address(r) {
-                    Ok(a) => a,
-                    Err(e) => {
-                        rejected.push(RcptFailure {
-                            address: r.clone(),
-                            code: 550,
-                            text: e.to_string(),
-                        });
+        // A pooled connection the next hop has since closed fails on its
+        // first command; then one fresh connection is tried.
+        let mut reused = self.take_idle();
+        loop {
+            let was_reused = reused.is_some();
+            let mut conn = match reused.take() {
+                Some(c) => c,
+                None => match self.connect().await {
+                    Ok(c) => c,
+                    Err(e) => return e.outcome(),
+                },
+            };
+            match self.transaction(&mut conn, from.clone(), env, msg).await {
+                Ok((outcome, reusable)) => {
+                    if reusable {
+                        self.put_idle(conn);
+                    } else {
+                        conn.abort().await;
+                    }
+                    return outcome;
+                }
+                Err((e, first)) => {
+                    conn.abort().await;
+                    let stale = first && (e.is_network() || e.code() == Some(421));
+                    if was_reused && stale {
                         continue;
                     }
-                };
-                match conn.command(Rcpt::new(addr, vec![])).await {
-                    Ok(_) => accepted += 1,
-                    Err(e) if e.is_permanent() => rejected.push(RcptFailure {
-                        address: r.clone(),
-                        code: code_of(&e).unwrap_or(550),
-                        text: text_of(&e),
-                    }),
-                    Err(e) => return Err(e),
+                    return e.outcome();
                 }
             }
-            if accepted == 0 {
-                let first = rejected.first().cloned();
-                return Ok(match first {
-                    Some(f) => RelayOutcome::Rejected {
-                        code: f.code,
-                        text: f.text,
-                    },
-                    None => RelayOutcome::Rejected {
+        }
+    }
+
+    /// One transaction. Err carries whether it failed on the first command.
+    async fn transaction(
+        &self,
+        conn: &mut AsyncSmtpConnection,
+        from: Option<Address>,
+        env: &Envelope,
+        msg: &[u8],
+    ) -> Result<(RelayOutcome, bool), (StepError, bool)> {
+        let mut params = Vec::new();
+        if !msg.is_ascii() {
+            if !conn.server_info().supports_feature(Extension::EightBitMime) {
+                return Ok((
+                    RelayOutcome::Rejected {
                         code: 554,
-                        text: "no valid recipients".into(),
+                        text: "5.6.3 next hop does not accept 8-bit data (no 8BITMIME)".into(),
                     },
-                });
+                    true,
+                ));
             }
-            conn.command(Data).await?;
-            let resp = conn.message(wire_body(msg)).await?;
-            let reply = format!(
-                "{} {}",
-                resp.code(),
-                resp.message().collect::<Vec<_>>().join(" ")
-            );
-            Ok(if rejected.is_empty() {
+            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+        }
+        let utf8 =
+            env.smtputf8 || !env.mail_from.is_ascii() || env.rcpt_to.iter().any(|r| !r.is_ascii());
+        if utf8 {
+            if !conn.server_info().supports_feature(Extension::SmtpUtfEight) {
+                return Ok((
+                    RelayOutcome::Rejected {
+                        code: 553,
+                        text: "5.6.7 next hop does not accept UTF-8 addresses (no SMTPUTF8)".into(),
+                    },
+                    true,
+                ));
+            }
+            params.push(MailParameter::SmtpUtfEight);
+        }
+        self.step(conn.command(Mail::new(from, params)))
+            .await
+            .map_err(|e| (e, true))?;
+        let mut rejected = Vec::new();
+        let mut accepted = 0usize;
+        for r in &env.rcpt_to {
+            let addr = match to_address(r) {
+                Ok(a) => a,
+                Err(e) => {
+                    rejected.push(RcptFailure {
+                        address: r.clone(),
+                        code: 550,
+                        text: e.to_string(),
+                    });
+                    continue;
+                }
+            };
+            match self.step(conn.command(Rcpt::new(addr, vec![]))).await {
+                Ok(_) => accepted += 1,
+                Err(e) if e.code().is_some_and(|c| (500..600).contains(&c)) => {
+                    rejected.push(RcptFailure {
+                        address: r.clone(),
+                        code: e.code().unwrap_or(550),
+                        text: e.text(),
+                    })
+                }
+                // A 4xx for any recipient defers the whole message: the
+                // upstream retries it all and nothing was delivered yet.
+                Err(e) => return Err((e, false)),
+            }
+        }
+        if accepted == 0 {
+            let outcome = match rejected.into_iter().next() {
+                Some(f) => RelayOutcome::Rejected {
+                    code: f.code,
+                    text: f.text,
+                },
+                None => RelayOutcome::Rejected {
+                    code: 554,
+                    text: "5.5.1 no valid recipients".into(),
+                },
+            };
+            let reusable = self.step(conn.command(Rset)).await.is_ok();
+            return Ok((outcome, reusable));
+        }
+        self.step(conn.command(Data))
+            .await
+            .map_err(|e| (e, false))?;
+        let resp = self
+            .step(conn.message(wire_body(msg)))
+            .await
+            .map_err(|e| (e, false))?;
+        let reply = reply_text(&resp);
+        Ok((
+            if rejected.is_empty() {
                 RelayOutcome::Delivered { reply }
             } else {
                 RelayOutcome::Partial { reply, rejected }
-            })
-        }
-        .await;
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) if e.is_permanent() => RelayOutcome::Rejected {
-                code: code_of(&e).unwrap_or(550),
-                text: text_of(&e),
             },
-            Err(e) => deferred(e),
-        };
-        if conn.quit().await.is_err() {
-            conn.abort().await;
-        }
-        outcome
+            true,
+        ))
     }
 }

@@ -9,6 +9,7 @@ pub struct DataDecoder {
     max: usize,
     out: Vec<u8>,
     overflow: bool,
+    bare_dot: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -23,6 +24,8 @@ enum State {
     Middle,
     /// Saw `CR` inside a line.
     Cr,
+    /// Saw a bare `LF` (not preceded by `CR`).
+    Lf,
 }
 
 impl DataDecoder {
@@ -33,6 +36,7 @@ impl DataDecoder {
             max,
             out: Vec::new(),
             overflow: false,
+            bare_dot: false,
         }
     }
 
@@ -56,11 +60,15 @@ impl DataDecoder {
             match self.state {
                 State::Middle => {
                     let rest = &input[i..];
-                    match rest.iter().position(|&b| b == b'\r') {
+                    match rest.iter().position(|&b| b == b'\r' || b == b'\n') {
                         Some(p) => {
                             self.emit(&rest[..=p]);
                             i += p + 1;
-                            self.state = State::Cr;
+                            self.state = if rest[p] == b'\r' {
+                                State::Cr
+                            } else {
+                                State::Lf
+                            };
                         }
                         None => {
                             self.emit(rest);
@@ -77,6 +85,10 @@ impl DataDecoder {
                             self.emit(b"\r");
                             self.state = State::Cr;
                         }
+                        b'\n' => {
+                            self.emit(b"\n");
+                            self.state = State::Lf;
+                        }
                         _ => {
                             self.emit(&[b]);
                             self.state = State::Middle;
@@ -86,11 +98,16 @@ impl DataDecoder {
                 State::Dot => {
                     let b = input[i];
                     i += 1;
-                    if b == b'\r' {
-                        self.state = State::DotCr;
-                    } else {
-                        self.emit(&[b]);
-                        self.state = State::Middle;
+                    match b {
+                        b'\r' => self.state = State::DotCr,
+                        b'\n' => {
+                            self.emit(b"\n");
+                            self.state = State::Lf;
+                        }
+                        _ => {
+                            self.emit(&[b]);
+                            self.state = State::Middle;
+                        }
                     }
                 }
                 State::DotCr => {
@@ -105,13 +122,18 @@ impl DataDecoder {
                     self.state = State::Cr;
                     i -= 1;
                 }
-                State::Cr => {
+                State::Cr | State::Lf => {
                     let b = input[i];
                     i += 1;
                     self.emit(&[b]);
-                    self.state = match b {
-                        b'\n' => State::LineStart,
-                        b'\r' => State::Cr,
+                    self.state = match (self.state, b) {
+                        (State::Cr, b'\n') => State::LineStart,
+                        (_, b'\r') => State::Cr,
+                        (_, b'\n') => State::Lf,
+                        (_, b'.') => {
+                            self.bare_dot = true;
+                            State::Middle
+                        }
                         _ => State::Middle,
                     };
                 }
@@ -124,6 +146,13 @@ impl DataDecoder {
     /// dropped, the terminator is still tracked).
     pub fn overflowed(&self) -> bool {
         self.overflow
+    }
+
+    /// True when a `.` followed a bare CR or LF: a next hop that takes a
+    /// bare line ending for CRLF could see an end of data there (SMTP
+    /// smuggling), so such messages are refused.
+    pub fn bare_dot(&self) -> bool {
+        self.bare_dot
     }
 
     /// The decoded message (empty after an overflow).
@@ -158,6 +187,34 @@ mod tests {
             assert_eq!(msg, b"a\r\n.b\r\n\r\r\n\r\nx\r\n", "piece {piece}");
             assert_eq!(&wire[used..], b"MAIL FROM:<>\r\n");
         }
+    }
+
+    #[test]
+    fn flags_a_dot_after_a_bare_line_ending_in_any_split() {
+        for wire in [
+            &b"a\n.\r\nb\r\n.\r\n"[..],
+            b"a\r.\rb\r\n.\r\n",
+            b"a\n.\nb\r\n.\r\n",
+            b"a\r\n\n.b\r\n.\r\n",
+        ] {
+            for piece in 1..wire.len() {
+                let mut d = DataDecoder::new(1 << 20);
+                let mut pos = 0;
+                loop {
+                    let end = (pos + piece).min(wire.len());
+                    let (n, done) = d.feed(&wire[pos..end]);
+                    pos += n;
+                    if done {
+                        break;
+                    }
+                }
+                assert!(d.bare_dot(), "{wire:?} piece {piece}");
+                assert_eq!(d.into_message(), wire[..wire.len() - 3].to_vec());
+            }
+        }
+        let mut d = DataDecoder::new(1 << 20);
+        d.feed(b"a\nb\rc\r\n..d\r\n.\r\n");
+        assert!(!d.bare_dot());
     }
 
     #[test]

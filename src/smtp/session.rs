@@ -9,7 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use smtp_proto::{Error as ProtoError, Request, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8};
+use smtp_proto::{
+    Error as ProtoError, Request, MAIL_BODY_8BITMIME, MAIL_BODY_BINARYMIME, MAIL_REQUIRETLS,
+    MAIL_SMTPUTF8,
+};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tracing::{debug, info};
 
@@ -320,6 +323,9 @@ impl Session {
                 if self.tx.is_some() {
                     return Next::Reply(r(503, "5.5.1", "Nested MAIL command"));
                 }
+                if from.flags & (MAIL_BODY_BINARYMIME | MAIL_REQUIRETLS) != 0 {
+                    return Next::Reply(r(555, "5.5.4", "Unsupported parameter"));
+                }
                 if from.size > cfg.max_message_size {
                     return Next::Reply(r(
                         552,
@@ -432,6 +438,15 @@ impl Session {
                 552,
                 "5.3.4",
                 "Message size exceeds fixed maximum message size",
+            ));
+            return true;
+        }
+        if dec.bare_dot() {
+            info!("Message with a dot after a bare CR or LF refused.");
+            self.push(&r(
+                550,
+                "5.6.0",
+                "Bare CR or LF followed by '.' is not accepted; use CRLF line endings",
             ));
             return true;
         }

@@ -35,6 +35,14 @@ pub struct SinkCtl {
     pub reject_all: bool,
     /// Every MAIL answered `451 4.3.0`.
     pub tempfail: bool,
+    /// Offer AUTH PLAIN and require it before MAIL.
+    pub require_auth: bool,
+    /// The decoded `AUTH PLAIN` credentials last received.
+    pub auth_seen: Option<String>,
+    /// Close the connection right after accepting each message.
+    pub close_after_message: bool,
+    /// Connections accepted so far.
+    pub connections: usize,
 }
 
 /// In-process next hop: a minimal ESMTP server written independently of
@@ -116,11 +124,13 @@ async fn sink_session(
     tx: mpsc::UnboundedSender<Received>,
     ctl: Arc<Mutex<SinkCtl>>,
 ) -> std::io::Result<()> {
+    ctl.lock().unwrap().connections += 1;
     let (r, mut w) = s.into_split();
     let mut r = BufReader::new(r);
     w.write_all(b"220 sink ESMTP\r\n").await?;
     let mut from = String::new();
     let mut rcpts = Vec::new();
+    let mut authed = false;
     loop {
         let mut line = String::new();
         if r.read_line(&mut line).await? == 0 {
@@ -128,8 +138,22 @@ async fn sink_session(
         }
         let up = line.to_ascii_uppercase();
         let reply: String = if up.starts_with("EHLO") {
-            "250-sink\r\n250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n"
-                .into()
+            let auth = if ctl.lock().unwrap().require_auth {
+                "250-AUTH PLAIN\r\n"
+            } else {
+                ""
+            };
+            format!("250-sink\r\n{auth}250-PIPELINING\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 SIZE 100000000\r\n")
+        } else if up.starts_with("AUTH PLAIN ") {
+            use base64::Engine;
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(line[11..].trim())
+                .unwrap_or_default();
+            ctl.lock().unwrap().auth_seen = Some(String::from_utf8_lossy(&b).replace('\0', "|"));
+            authed = true;
+            "235 2.7.0 ok\r\n".into()
+        } else if up.starts_with("MAIL FROM:") && ctl.lock().unwrap().require_auth && !authed {
+            "530 5.7.0 authentication required\r\n".into()
         } else if up.starts_with("HELO") {
             "250 sink\r\n".into()
         } else if up.starts_with("MAIL FROM:") {
@@ -172,6 +196,10 @@ async fn sink_session(
                 rcpt_to: std::mem::take(&mut rcpts),
                 data,
             });
+            if ctl.lock().unwrap().close_after_message {
+                w.write_all(b"250 2.0.0 queued at sink\r\n").await?;
+                return Ok(());
+            }
             "250 2.0.0 queued at sink\r\n".into()
         } else if up.starts_with("RSET") || up.starts_with("NOOP") {
             rcpts.clear();
