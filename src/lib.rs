@@ -13,6 +13,7 @@ pub mod classify;
 pub mod config;
 pub mod envelope;
 pub mod graph;
+pub mod hold;
 pub mod message;
 pub mod outbound;
 pub mod policy;
