@@ -9,8 +9,10 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod address;
+pub mod admin;
 pub mod classify;
 pub mod config;
+pub mod encrypt;
 pub mod envelope;
 pub mod graph;
 pub mod hold;
