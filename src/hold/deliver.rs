@@ -1,5 +1,6 @@
 //! [`Deliver`] over SMTP to one next hop with lettre (no TLS: a next hop on
-//! a trusted network, as for the relay itself).
+//! a trusted network, as for the relay itself). The message arrives at the
+//! next hop byte for byte as given.
 
 use std::str::FromStr;
 
@@ -57,8 +58,11 @@ impl Deliver for SmtpDeliver {
                 permanent: true,
                 message: e.to_string(),
             })?;
+            // lettre always ends DATA with "\r\n.\r\n"; a message that
+            // already ends in CRLF would gain an empty line.
+            let body = raw.strip_suffix(b"\r\n").unwrap_or(raw);
             self.transport
-                .send_raw(&env, raw)
+                .send_raw(&env, body)
                 .await
                 .map(|_| ())
                 .map_err(|e| DeliverError {
