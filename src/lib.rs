@@ -11,6 +11,7 @@
 pub mod address;
 pub mod admin;
 pub mod classify;
+pub mod cli;
 pub mod config;
 pub mod encrypt;
 pub mod envelope;

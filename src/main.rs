@@ -20,6 +20,29 @@ enum Command {
         /// Configuration file.
         file: std::path::PathBuf,
     },
+    /// Held messages: list, show, release, discard, expire (on the spool
+    /// directory from the configuration).
+    Hold {
+        /// Configuration file.
+        #[arg(short, long, default_value = misdirect::cli::hold::DEFAULT_CONFIG)]
+        config: std::path::PathBuf,
+        #[command(subcommand)]
+        cmd: misdirect::cli::hold::HoldCmd,
+    },
+    /// Print the verdict, score and reasons for one message.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = misdirect::cli::hold::DEFAULT_CONFIG)]
+        config: std::path::PathBuf,
+        /// Earlier mail (files or directories of .eml) to learn the graph from.
+        #[arg(long)]
+        history: Vec<std::path::PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The message.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,6 +52,17 @@ fn main() -> anyhow::Result<()> {
             misdirect::config::Config::load(&file)?;
             println!("{}: ok", file.display());
             Ok(())
+        }
+        Command::Hold { config, cmd } => {
+            misdirect::cli::hold::run_hold(&config, cmd, &mut std::io::stdout())
+        }
+        Command::Check {
+            config,
+            history,
+            json,
+            file,
+        } => {
+            misdirect::cli::hold::run_check(&config, &file, &history, json, &mut std::io::stdout())
         }
     }
 }
