@@ -9,11 +9,14 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod address;
+pub mod admin;
 pub mod classify;
 pub mod cli;
 pub mod config;
+pub mod encrypt;
 pub mod envelope;
 pub mod graph;
+pub mod hold;
 pub mod import;
 pub mod message;
 pub mod outbound;

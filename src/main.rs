@@ -38,6 +38,29 @@ enum Command {
     Export(misdirect::cli::graph::AddressArgs),
     /// Add a new key to the key file and rewrite the graph store under it.
     RotateKey(misdirect::cli::graph::ConfigArg),
+    /// Held messages: list, show, release, discard, expire (on the spool
+    /// directory from the configuration).
+    Hold {
+        /// Configuration file.
+        #[arg(short, long, default_value = misdirect::cli::hold::DEFAULT_CONFIG)]
+        config: std::path::PathBuf,
+        #[command(subcommand)]
+        cmd: misdirect::cli::hold::HoldCmd,
+    },
+    /// Print the verdict, score and reasons for one message.
+    Check {
+        /// Configuration file.
+        #[arg(short, long, default_value = misdirect::cli::hold::DEFAULT_CONFIG)]
+        config: std::path::PathBuf,
+        /// Earlier mail (files or directories of .eml) to learn the graph from.
+        #[arg(long)]
+        history: Vec<std::path::PathBuf>,
+        /// Print the verdict as JSON.
+        #[arg(long)]
+        json: bool,
+        /// The message.
+        file: std::path::PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +78,16 @@ fn main() -> anyhow::Result<()> {
         Command::Forget(a) => misdirect::cli::graph::forget(a),
         Command::Export(a) => misdirect::cli::graph::export(a),
         Command::RotateKey(a) => misdirect::cli::graph::rotate_key(a),
+        Command::Hold { config, cmd } => {
+            misdirect::cli::hold::run_hold(&config, cmd, &mut std::io::stdout())
+        }
+        Command::Check {
+            config,
+            history,
+            json,
+            file,
+        } => {
+            misdirect::cli::hold::run_check(&config, &file, &history, json, &mut std::io::stdout())
+        }
     }
 }

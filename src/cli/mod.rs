@@ -1,4 +1,6 @@
-//! Subcommand implementations (the argument parsing is in `main.rs`).
+//! Subcommand implementations, one file per area (the argument parsing is in
+//! `main.rs`).
 
-pub mod serve;
 pub mod graph;
+pub mod hold;
+pub mod serve;

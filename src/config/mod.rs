@@ -15,7 +15,10 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use model::ModelConfig;
-pub use policy::{AdminConfig, EncryptConfig, HoldConfig, PolicyConfig};
+pub use policy::{
+    AdminConfig, EncryptConfig, EncryptFallback, ExpiryAction, FailMode, HoldConfig, PolicyConfig,
+    ThresholdOverride,
+};
 pub use server::{LogConfig, MetricsConfig, RelayConfig, ServerConfig};
 pub use store::{PrivacyConfig, StoreConfig, TenantsConfig};
 

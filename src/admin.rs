@@ -1,0 +1,174 @@
+//! HTTP admin API on loopback (hyper 1), JSON, every request but
+//! `GET /health` carrying `Authorization: Bearer <[admin] token>`.
+//!
+//! - `GET /health`: `{"status":"ok"}`
+//! - `GET /holds`: held messages (metadata, oldest first)
+//! - `GET /holds/{id}`: one held message: metadata and its header section
+//!   (never the body)
+//! - `POST /holds/{id}/release`: deliver it and remove it from the spool
+//! - `POST /holds/{id}/discard`: remove it without delivering
+//!
+//! Errors are JSON `{"error": "..."}` with 400 (bad id), 401 (missing or
+//! wrong token), 404, 405, 502 (the next hop refused a release) or 500.
+//!
+//! Entry point: [`serve`], given an already bound listener.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde_json::json;
+use tokio::net::TcpListener;
+
+use crate::hold::{now, Actor, HoldError, HoldService};
+use crate::outbound::spool::SpoolError;
+
+/// What the admin API works on.
+#[derive(Clone)]
+pub struct AdminState {
+    pub hold: HoldService,
+    token: Arc<String>,
+}
+
+impl AdminState {
+    pub fn new(hold: HoldService, token: String) -> Self {
+        AdminState {
+            hold,
+            token: Arc::new(token),
+        }
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn json_resp(status: StatusCode, v: serde_json::Value) -> Resp {
+    let mut r = Response::new(Full::new(Bytes::from(v.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+fn error(status: StatusCode, msg: &str) -> Resp {
+    json_resp(status, json!({ "error": msg }))
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn authorized(req: &Request<Incoming>, token: &str) -> bool {
+    req.headers()
+        .get(hyper::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .is_some_and(|t| ct_eq(t.trim().as_bytes(), token.as_bytes()))
+}
+
+fn hold_error(e: HoldError) -> Resp {
+    match e {
+        HoldError::NotFound(_) => error(StatusCode::NOT_FOUND, "no such hold"),
+        HoldError::Spool(SpoolError::BadId) => error(StatusCode::BAD_REQUEST, "invalid hold id"),
+        HoldError::Deliver(d) => error(StatusCode::BAD_GATEWAY, &d.to_string()),
+        HoldError::Spool(s) => {
+            tracing::error!(error = %s, "Admin API spool error.");
+            error(StatusCode::INTERNAL_SERVER_ERROR, "spool error")
+        }
+    }
+}
+
+/// The header section of a raw message (up to the first empty line).
+pub fn header_section(raw: &[u8]) -> String {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 2)
+        .or_else(|| raw.windows(2).position(|w| w == b"\n\n").map(|i| i + 1))
+        .unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+async fn handle(state: AdminState, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    if path == "/health" {
+        return json_resp(StatusCode::OK, json!({ "status": "ok" }));
+    }
+    if !authorized(&req, &state.token) {
+        let mut r = error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
+    // Drain any request body (none is expected).
+    if let Err(e) = req.into_body().collect().await {
+        return error(StatusCode::BAD_REQUEST, &e.to_string());
+    }
+    let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let h = &state.hold;
+    match (parts.as_slice(), &method) {
+        (["holds"], &Method::GET) => match h.list().await {
+            Ok(list) => json_resp(StatusCode::OK, json!(list)),
+            Err(e) => hold_error(e),
+        },
+        (["holds", id], &Method::GET) => match h.show(id).await {
+            Ok((meta, raw)) => json_resp(
+                StatusCode::OK,
+                json!({ "hold": meta, "headers": header_section(&raw), "size": raw.len() }),
+            ),
+            Err(e) => hold_error(e),
+        },
+        (["holds", id, "release"], &Method::POST) => {
+            match h.release(id, Actor::Admin, now()).await {
+                Ok(()) => json_resp(StatusCode::OK, json!({ "released": id })),
+                Err(e) => hold_error(e),
+            }
+        }
+        (["holds", id, "discard"], &Method::POST) => match h.discard(id, Actor::Admin).await {
+            Ok(()) => json_resp(StatusCode::OK, json!({ "discarded": id })),
+            Err(e) => hold_error(e),
+        },
+        (["holds"] | ["holds", _] | ["holds", _, "release" | "discard"], _) => {
+            error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+        }
+        _ => error(StatusCode::NOT_FOUND, "not found"),
+    }
+}
+
+/// Serve the admin API on `listener` until `shutdown` completes.
+pub async fn serve(listener: TcpListener, state: AdminState, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "Admin API accept failed.");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let st = state.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let st = st.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
+            });
+            if let Err(e) = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "Admin API connection ended with an error.");
+            }
+        });
+    }
+}
