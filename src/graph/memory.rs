@@ -964,7 +964,7 @@ impl Graph {
                 "weight": ed.weight,
             })
         };
-        let sent_to: Vec<_> = e
+        let mut sent_to: Vec<_> = e
             .contacts
             .iter()
             .filter_map(|r| {
@@ -972,6 +972,7 @@ impl Graph {
                 Some(edge_json(self.address_of(*r)?, ed))
             })
             .collect();
+        sent_to.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
         let mut received_from: Vec<_> = self
             .edges
             .iter()
@@ -984,9 +985,11 @@ impl Graph {
             .iter()
             .filter(|((s, a, b), _)| *s == x || *a == x || *b == x)
             .filter_map(|((s, a, b), c)| {
+                let mut pair = [self.address_of(*a)?, self.address_of(*b)?];
+                pair.sort_unstable();
                 Some(json!({
                     "sender": self.address_of(*s)?,
-                    "recipients": [self.address_of(*a)?, self.address_of(*b)?],
+                    "recipients": pair,
                     "messages": c.count,
                     "last": day(c.last),
                 }))
