@@ -257,3 +257,43 @@ fn replay_prints_the_json_contract_in_date_order_and_learns_from_delivered() {
     // Replay never touches the store.
     assert!(!dir.path().join("data/graph.redb").exists());
 }
+
+#[test]
+fn imports_corpus_json_lines_plain_and_gzipped() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let rows = [
+        r#"{"user":"u","folder":"sent","message_id":"<1.x@thyme>","date":"2001-05-14T23:39:00Z","from":"a.b@corp.test","to":["c@x.test"],"cc":["d@x.test"],"bcc":["d@x.test"],"subject":"RE: plan","x_from":"A B","attachments":["q3.xls"]}"#,
+        r#"{"user":"u","folder":"sent","message_id":"<2.x@thyme>","date":"2001-05-15T10:00:00Z","from":"a.b@corp.test","to":[],"cc":[],"bcc":[],"subject":"note"}"#,
+        "not json",
+    ];
+    let plain = dir.path().join("rows.jsonl");
+    std::fs::write(&plain, rows.join("\n")).unwrap();
+    let gz = dir.path().join("more.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::default(),
+    );
+    enc.write_all(rows[0].replace("<1.x", "<3.x").as_bytes())
+        .unwrap();
+    enc.finish().unwrap();
+    let out = run_ok(&[
+        "import",
+        "--quiet",
+        "--config",
+        cfg.to_str().unwrap(),
+        plain.to_str().unwrap(),
+        gz.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["messages"], 2, "{out}");
+    assert_eq!(v["bad_by_reason"]["no recipients"], 1, "{out}");
+    assert_eq!(v["bad_by_reason"]["invalid JSON line"], 1, "{out}");
+    let g = load(&cfg);
+    let e = g.edge("a.b@corp.test", "d@x.test").unwrap();
+    // The corpus's bcc copies cc, so it is ignored.
+    assert_eq!((e.cc, e.bcc, e.first), (2, 0, 989_883_540));
+    assert_eq!(g.display_names("a.b@corp.test"), vec!["A B"]);
+    assert_eq!(g.attachment_recipients("a.b@corp.test", "Q3.xls").len(), 2);
+}

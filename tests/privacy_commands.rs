@@ -77,6 +77,12 @@ fn key_file_is_created_private_and_a_readable_one_is_refused() {
         .mode()
         & 0o777;
     assert_eq!(dmode, 0o700);
+    let smode = std::fs::metadata(dir.path().join("data/graph.redb"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(smode, 0o600);
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = run(&["graph", "stats", "--config", c]);
     assert!(!out.status.success());
@@ -292,4 +298,50 @@ fn rotate_key_rewrites_the_store_and_old_sealed_data_still_opens() {
     let g = &store.load(&cfg.graph).unwrap()["default"];
     assert_eq!(g.sender("alice@a.test").messages, 3);
     assert!(g.edge("alice@a.test", "zoe@z.test").is_some());
+}
+
+#[tokio::test]
+async fn the_daemon_runs_the_retention_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = write_config(dir.path(), "");
+    let c = cfg_path.to_str().unwrap();
+    let mbox = dir.path().join("mix.mbox");
+    write_mbox(
+        &mbox,
+        &[
+            msg("alice@a.test", &["old@x.test"], &[], now() - 40 * 86400, 1),
+            msg("alice@a.test", &["new@x.test"], &[], now() - 86400, 2),
+        ],
+    );
+    run_ok(&["import", "--quiet", "--config", c, mbox.to_str().unwrap()]);
+    let mut cfg = load_config(&cfg_path);
+    cfg.privacy.retention_days = 30;
+    cfg.privacy.retention_interval = std::time::Duration::from_millis(100);
+    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
+    let (h, task) = misdirect::store::GraphHandle::open(&cfg, keys)
+        .await
+        .unwrap();
+    for _ in 0..200 {
+        if h.with_view("default", |g| {
+            g.edge("alice@a.test", "old@x.test").is_none()
+        }) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    h.with_view("default", |g| {
+        assert!(g.edge("alice@a.test", "old@x.test").is_none());
+        assert!(g.edge("alice@a.test", "new@x.test").is_some());
+    });
+    drop(h);
+    task.await.unwrap();
+    // Durable: a fresh load no longer has it.
+    let store = Store::open(
+        &cfg,
+        Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap()),
+    )
+    .unwrap();
+    let g = &store.load(&cfg.graph).unwrap()["default"];
+    assert!(g.edge("alice@a.test", "old@x.test").is_none());
+    assert!(g.id("old@x.test").is_none());
 }
