@@ -345,3 +345,19 @@ async fn the_daemon_runs_the_retention_job() {
     assert!(g.edge("alice@a.test", "old@x.test").is_none());
     assert!(g.id("old@x.test").is_none());
 }
+
+#[test]
+fn commands_refuse_a_store_another_process_has_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = write_config(dir.path(), "");
+    let c = cfg_path.to_str().unwrap();
+    let cfg = load_config(&cfg_path);
+    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
+    let held = Store::open(&cfg, keys).unwrap();
+    let out = run(&["forget", "--config", c, "bob@x.test"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("in use by another process"), "{err}");
+    drop(held);
+    run_ok(&["forget", "--config", c, "bob@x.test"]);
+}

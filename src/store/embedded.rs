@@ -368,9 +368,10 @@ impl EmbeddedStore {
                     g.attachments.insert((s, h), list);
                 }
             }
-            if let Ok(mut c) = self.cache.lock() {
-                c.insert(tenant.clone(), cache);
-            }
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone(), cache);
             out.insert(tenant, g);
         }
         Ok(out)
@@ -400,11 +401,10 @@ impl EmbeddedStore {
     /// Make sure the pseudonyms of these ids are cached (call before
     /// forgetting them, so their records can still be found).
     pub fn prime(&self, tenant: &str, g: &Graph, ids: &[Id]) {
-        if let Ok(mut c) = self.cache.lock() {
-            let cache = c.entry(tenant.to_string()).or_default();
-            for id in ids {
-                self.id_ps(cache, tenant, g, *id);
-            }
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = c.entry(tenant.to_string()).or_default();
+        for id in ids {
+            self.id_ps(cache, tenant, g, *id);
         }
     }
 
@@ -420,9 +420,7 @@ impl EmbeddedStore {
         if !batch.tenants.iter().any(|t| t == tenant) {
             batch.tenants.push(tenant.to_string());
         }
-        let Ok(mut caches) = self.cache.lock() else {
-            return;
-        };
+        let mut caches = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let cache = caches.entry(tenant.to_string()).or_default();
         let dom_ps = |d: Id| -> Option<Pseudonym> {
             let name = &g.domains.get(d as usize)?.0;
