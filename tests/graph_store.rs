@@ -339,3 +339,57 @@ async fn handle_forget_is_durable() {
     drop(h);
     task.await.unwrap();
 }
+
+#[tokio::test]
+async fn records_learnt_across_restarts_update_the_same_store_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(&write_config(dir.path(), ""));
+    // Enough addresses that reload order (by pseudonym) differs from intern order.
+    let rcpts: Vec<String> = (0..12).map(|i| format!("r{i}@x.test")).collect();
+    let all: Vec<&str> = rcpts.iter().map(String::as_str).collect();
+    for round in 0..3i64 {
+        let (h, task) = open(&cfg).await;
+        let mut order = all.clone();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        h.learn(event(
+            &h,
+            &msg(
+                "alice@a.test",
+                &order,
+                &[],
+                1_700_000_000 + round,
+                round as usize,
+            ),
+        ))
+        .unwrap();
+        drop(h);
+        task.await.unwrap();
+    }
+    let (h, task) = open(&cfg).await;
+    h.with_view("default", |g| {
+        for a in &all {
+            for b in &all {
+                if a != b {
+                    assert_eq!(g.co_count("alice@a.test", a, b), 3, "{a} {b}");
+                }
+            }
+            assert_eq!(g.edge("alice@a.test", a).unwrap().to, 3);
+        }
+    });
+    drop(h);
+    task.await.unwrap();
+    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
+    let counts = Store::open(&cfg, keys).unwrap().table_counts().unwrap();
+    let get = |k: &str| {
+        counts
+            .iter()
+            .find(|(n, _)| n == &format!("g/default/{k}"))
+            .unwrap()
+            .1
+    };
+    assert_eq!(get("co"), 66);
+    assert_eq!(get("edge"), 12);
+    assert_eq!(get("addr"), 13);
+}

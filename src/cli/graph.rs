@@ -411,6 +411,16 @@ fn purge(c: &ConfigArg) -> anyhow::Result<()> {
     };
     let (counts, batch) = store::purge_all(&mut o.graphs, Some(&o.store), cutoff);
     o.store.commit(batch)?;
+    let removed = counts
+        .iter()
+        .any(|(_, c)| c.edges + c.co_pairs + c.threads + c.addresses > 0);
+    let Opened {
+        cfg, store, graphs, ..
+    } = o;
+    if removed {
+        // Drop the freed pages that still held the purged records.
+        store.rewrite(&cfg, &graphs)?;
+    }
     store::log_purge(cutoff, &counts);
     let out: Vec<_> = counts
         .iter()
@@ -431,6 +441,11 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
     let addr = normalise_arg(&o.cfg, &a.address)?;
     let (report, batch) = store::forget_all(&mut o.graphs, Some(&o.store), &addr);
     o.store.commit(batch)?;
+    // The commit above is the durable erasure; the rewrite also drops the
+    // freed pages that still held the erased records.
+    if report.tenants > 0 {
+        o.store.rewrite(&o.cfg, &o.graphs)?;
+    }
     tracing::info!(
         target: "audit",
         tenants = report.tenants,
@@ -478,7 +493,7 @@ pub fn rotate_key(c: ConfigArg) -> anyhow::Result<()> {
     let (keys, id) = Keys::rotate(&cfg.privacy.key_file)?;
     drop(o.store);
     let store = Store::open(&cfg, Arc::new(keys))?;
-    let store = store.rekey(&o.graphs)?;
+    let store = store.rekey(&cfg, &o.graphs)?;
     drop(store);
     tracing::info!(
         key_id = id,

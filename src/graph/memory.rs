@@ -964,7 +964,7 @@ impl Graph {
                 "weight": ed.weight,
             })
         };
-        let sent_to: Vec<_> = e
+        let mut sent_to: Vec<_> = e
             .contacts
             .iter()
             .filter_map(|r| {
@@ -972,6 +972,7 @@ impl Graph {
                 Some(edge_json(self.address_of(*r)?, ed))
             })
             .collect();
+        sent_to.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
         let mut received_from: Vec<_> = self
             .edges
             .iter()
@@ -984,9 +985,11 @@ impl Graph {
             .iter()
             .filter(|((s, a, b), _)| *s == x || *a == x || *b == x)
             .filter_map(|((s, a, b), c)| {
+                let mut pair = [self.address_of(*a)?, self.address_of(*b)?];
+                pair.sort_unstable();
                 Some(json!({
                     "sender": self.address_of(*s)?,
-                    "recipients": [self.address_of(*a)?, self.address_of(*b)?],
+                    "recipients": pair,
                     "messages": c.count,
                     "last": day(c.last),
                 }))
@@ -1152,5 +1155,60 @@ mod tests {
             g.attachment_recipients("alice@a.com", "q3.XLS"),
             vec!["bob@a.com"]
         );
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod privacy_tests {
+    use super::*;
+
+    fn r(a: &str) -> Recipient {
+        Recipient {
+            address: a.into(),
+            name: Some("Name".into()),
+            field: Field::To,
+        }
+    }
+
+    #[test]
+    fn forget_leaves_no_trace_and_fixes_counters() {
+        let mut g = Graph::new(GraphConfig::default());
+        let rc = [r("bob@x.com"), r("carol@x.com")];
+        g.learn(&LearnInput {
+            sender: "alice@a.com",
+            sender_name: None,
+            recipients: &rc,
+            message_id: Some("<1@a>"),
+            subject: Some("hi"),
+            attachments: vec!["a.pdf"],
+            ts: 100,
+        });
+        let (_, touched) = g.forget("bob@x.com").unwrap();
+        assert!(touched.contains(&RecordKey::Edge(0, 1)));
+        assert!(g.id("bob@x.com").is_none());
+        assert!(g.display_names("bob@x.com").is_empty());
+        assert_eq!(g.co_count("alice@a.com", "bob@x.com", "carol@x.com"), 0);
+        assert_eq!(g.thread_participants(&["<1@a>".into()]).len(), 2);
+        assert_eq!(
+            g.attachment_recipients("alice@a.com", "a.pdf"),
+            vec!["carol@x.com"]
+        );
+        let d = g.domain("x.com");
+        assert_eq!((d.senders, d.addresses, d.messages), (1, 1, 1));
+        assert_eq!(g.sender_domain("alice@a.com", "x.com").unwrap().to, 1);
+        assert!(g.forget("bob@x.com").is_none());
+        // Forgetting the sender removes everything it sent.
+        g.forget("alice@a.com").unwrap();
+        assert_eq!(g.edge_count(), 0);
+        assert_eq!(g.address("carol@x.com"), AddressStats::default());
+        assert_eq!(g.domain("x.com").senders, 0);
+    }
+
+    #[test]
+    fn formats_rfc3339() {
+        assert_eq!(format_ts(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_ts(989_883_540), "2001-05-14T23:39:00Z");
+        assert_eq!(format_ts(1_709_164_800), "2024-02-29T00:00:00Z");
     }
 }

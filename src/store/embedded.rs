@@ -9,7 +9,8 @@
 //! - `edge`: pseudonym(sender) ‖ pseudonym(recipient) -> 24 bytes of counts
 //!   and times;
 //! - `sdom`: pseudonym(sender) ‖ pseudonym("@" + domain) -> 24 bytes;
-//! - `co`: pseudonym(sender) ‖ pseudonym(a) ‖ pseudonym(b) -> count, last;
+//! - `co`: pseudonym(sender) ‖ pseudonym(a) ‖ pseudonym(b), the pair in
+//!   byte order -> count, last;
 //! - `thread`, `subject`: pseudonym("#t"/"#s" + hash) -> sealed (hash,
 //!   last, participant pseudonyms);
 //! - `att`: pseudonym(sender) ‖ pseudonym("#a" + hash) -> sealed (hash,
@@ -166,6 +167,7 @@ impl EmbeddedStore {
             }
             Err(e) => return Err(StoreError::Db(e.into())),
         };
+        restrict(path)?;
         let mut key_id = keys.current_id();
         let wtx = db.begin_write()?;
         {
@@ -366,9 +368,10 @@ impl EmbeddedStore {
                     g.attachments.insert((s, h), list);
                 }
             }
-            if let Ok(mut c) = self.cache.lock() {
-                c.insert(tenant.clone(), cache);
-            }
+            self.cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(tenant.clone(), cache);
             out.insert(tenant, g);
         }
         Ok(out)
@@ -398,11 +401,10 @@ impl EmbeddedStore {
     /// Make sure the pseudonyms of these ids are cached (call before
     /// forgetting them, so their records can still be found).
     pub fn prime(&self, tenant: &str, g: &Graph, ids: &[Id]) {
-        if let Ok(mut c) = self.cache.lock() {
-            let cache = c.entry(tenant.to_string()).or_default();
-            for id in ids {
-                self.id_ps(cache, tenant, g, *id);
-            }
+        let mut c = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = c.entry(tenant.to_string()).or_default();
+        for id in ids {
+            self.id_ps(cache, tenant, g, *id);
         }
     }
 
@@ -418,9 +420,7 @@ impl EmbeddedStore {
         if !batch.tenants.iter().any(|t| t == tenant) {
             batch.tenants.push(tenant.to_string());
         }
-        let Ok(mut caches) = self.cache.lock() else {
-            return;
-        };
+        let mut caches = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         let cache = caches.entry(tenant.to_string()).or_default();
         let dom_ps = |d: Id| -> Option<Pseudonym> {
             let name = &g.domains.get(d as usize)?.0;
@@ -490,7 +490,9 @@ impl EmbeddedStore {
                 ) {
                     (Some(ps), Some(pa), Some(pb)) => Some((
                         "co",
-                        [ps, pa, pb].concat(),
+                        // Pair order by pseudonym, not by id: ids differ
+                        // between runs, the stored key must not.
+                        [ps, pa.min(pb), pa.max(pb)].concat(),
                         g.co.get(&(s, a, b))
                             .map(|c| [c.count.to_le_bytes(), c.last.to_le_bytes()].concat()),
                     )),
@@ -568,39 +570,75 @@ impl EmbeddedStore {
         Ok(())
     }
 
-    /// Rewrite every tenant's records under the current key of `keys`
-    /// (key rotation), in one transaction. Blocking.
-    pub fn rekey(self, graphs: &HashMap<String, Graph>) -> Result<EmbeddedStore, StoreError> {
-        let new = EmbeddedStore {
-            db: self.db,
+    /// Rewrite every tenant's records under the current key (key
+    /// rotation) into a fresh file that replaces `path`. Blocking.
+    pub fn rekey(
+        self,
+        path: &Path,
+        graphs: &HashMap<String, Graph>,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let id = self.keys.current_id();
+        self.rewrite_with(path, graphs, id)
+    }
+
+    /// Write every live record into a fresh file next to `path` and
+    /// atomically replace `path` with it, so that freed pages holding
+    /// erased records do not survive in the store file. Blocking.
+    pub fn rewrite(
+        self,
+        path: &Path,
+        graphs: &HashMap<String, Graph>,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let id = self.key_id;
+        self.rewrite_with(path, graphs, id)
+    }
+
+    fn rewrite_with(
+        self,
+        path: &Path,
+        graphs: &HashMap<String, Graph>,
+        key_id: u32,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let tmp = path.with_extension("rewrite");
+        if tmp.exists() {
+            std::fs::remove_file(&tmp).map_err(|e| StoreError::Io(tmp.display().to_string(), e))?;
+        }
+        let db = Database::create(&tmp)?;
+        restrict(&tmp)?;
+        let fresh = EmbeddedStore {
+            db,
             keys: self.keys.clone(),
-            key_id: self.keys.current_id(),
+            key_id,
             cache: Mutex::new(HashMap::new()),
         };
+        {
+            let wtx = fresh.db.begin_write()?;
+            {
+                let mut meta = wtx.open_table(META)?;
+                meta.insert("key_id", fresh.key_id.to_le_bytes().as_slice())?;
+            }
+            wtx.commit()?;
+        }
         let mut batch = Batch::default();
         let mut tenants: Vec<&String> = graphs.keys().collect();
         tenants.sort();
-        for t in &tenants {
-            if let Some(g) = graphs.get(*t) {
-                new.encode(&mut batch, t, g, g.all_records());
+        for t in tenants {
+            if let Some(g) = graphs.get(t) {
+                fresh.encode(&mut batch, t, g, g.all_records());
             }
         }
-        let mut wtx = new.db.begin_write()?;
-        wtx.set_durability(redb::Durability::Immediate)
-            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        for t in &tenants {
-            for kind in KINDS {
-                let name = table_name(t, kind);
-                wtx.delete_table(TableDefinition::<&[u8], &[u8]>::new(&name))?;
+        fresh.commit(batch)?;
+        let keys = self.keys.clone();
+        drop(fresh);
+        drop(self);
+        std::fs::rename(&tmp, path).map_err(|e| StoreError::Io(path.display().to_string(), e))?;
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            if let Ok(d) = std::fs::File::open(dir) {
+                d.sync_all()
+                    .map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
             }
         }
-        {
-            let mut meta = wtx.open_table(META)?;
-            meta.insert("key_id", new.key_id.to_le_bytes().as_slice())?;
-        }
-        apply_ops(&wtx, batch.ops)?;
-        wtx.commit()?;
-        Ok(new)
+        EmbeddedStore::open(path, keys)
     }
 
     /// Size of the store file's data, and record counts per tenant table.
@@ -640,6 +678,17 @@ fn apply_ops(wtx: &redb::WriteTransaction, mut ops: Vec<Op>) -> Result<(), Store
             }
             i += 1;
         }
+    }
+    Ok(())
+}
+
+/// Owner-only permissions on the store file.
+fn restrict(path: &Path) -> Result<(), StoreError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
     }
     Ok(())
 }

@@ -118,10 +118,22 @@ impl Store {
         }
     }
 
-    /// Rewrite everything under the current key (after `Keys::rotate`).
-    pub fn rekey(self, graphs: &HashMap<String, Graph>) -> Result<Store, StoreError> {
+    /// Replace the store file with a fresh one holding only live records
+    /// (after an erasure, so no freed page keeps erased data). Blocking.
+    pub fn rewrite(
+        self,
+        cfg: &Config,
+        graphs: &HashMap<String, Graph>,
+    ) -> Result<Store, StoreError> {
         match self {
-            Store::Embedded(s) => Ok(Store::Embedded(s.rekey(graphs)?)),
+            Store::Embedded(s) => Ok(Store::Embedded(s.rewrite(&cfg.store.path, graphs)?)),
+        }
+    }
+
+    /// Rewrite everything under the current key (after `Keys::rotate`).
+    pub fn rekey(self, cfg: &Config, graphs: &HashMap<String, Graph>) -> Result<Store, StoreError> {
+        match self {
+            Store::Embedded(s) => Ok(Store::Embedded(s.rekey(&cfg.store.path, graphs)?)),
         }
     }
 }
