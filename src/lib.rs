@@ -10,6 +10,7 @@
 
 pub mod address;
 pub mod classify;
+pub mod cli;
 pub mod config;
 pub mod envelope;
 pub mod graph;

@@ -1,0 +1,3 @@
+//! Admin subcommands of `misdirectd` (one file per area).
+
+pub mod model;
