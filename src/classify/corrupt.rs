@@ -6,7 +6,9 @@
 //! - [`CorruptionKind::Autocomplete`] ("wrong Bob"): one recipient is replaced
 //!   by another of the sender's own contacts whose local part shares the
 //!   longest prefix with it (at least one character), as an address-book
-//!   autocomplete would offer. The wrong recipient is a known contact.
+//!   autocomplete would offer (ties drawn at random; the first recipient,
+//!   from a random start, that has such a contact). The wrong recipient is a
+//!   known contact.
 //! - [`CorruptionKind::Typo`]: one keyboard-plausible edit (neighbouring-key
 //!   substitution, dropped, doubled or swapped character) in the local part
 //!   (70%) or the domain (30%) of one recipient, never producing an address
@@ -78,7 +80,8 @@ pub struct Corrupted {
 pub struct Pools {
     by_domain: HashMap<String, Vec<String>>,
     seen: HashSet<String>,
-    all: Vec<String>,
+    /// Domains in the order first seen (deterministic iteration).
+    domains: Vec<String>,
 }
 
 impl Pools {
@@ -93,15 +96,17 @@ impl Pools {
                 continue;
             }
             self.seen.insert(a.to_string());
-            self.all.push(a.to_string());
             let d = domain_of(a);
             if d.is_empty() {
                 continue;
             }
-            self.by_domain
-                .entry(d.to_string())
-                .or_default()
-                .push(a.to_string());
+            match self.by_domain.get_mut(d) {
+                Some(v) => v.push(a.to_string()),
+                None => {
+                    self.domains.push(d.to_string());
+                    self.by_domain.insert(d.to_string(), vec![a.to_string()]);
+                }
+            }
         }
     }
 
@@ -264,19 +269,35 @@ pub fn corrupt<R: Rng>(
     };
     match kind {
         CorruptionKind::Autocomplete => {
-            let ol = local_of(orig);
-            let cands: Vec<(String, usize)> = contacts(g, sender)
-                .into_iter()
-                .filter(|(a, _)| !present.contains(a.as_str()) && a != sender)
-                .map(|(a, _)| {
-                    let p = common_prefix(ol, local_of(&a));
-                    (a, p)
-                })
-                .filter(|(_, p)| *p >= 1)
-                .collect();
-            let best = cands.iter().map(|c| c.1).max()?;
-            let top: Vec<&String> = cands.iter().filter(|c| c.1 == best).map(|c| &c.0).collect();
-            replace(top[rng.gen_range(0..top.len())].clone())
+            // Starting at a random recipient, the first one that has a
+            // contact sharing a prefix with it.
+            let all = contacts(g, sender);
+            for step in 0..recipients.len() {
+                let j = (i + step) % recipients.len();
+                let ol = local_of(&recipients[j].address);
+                let cands: Vec<(&String, usize)> = all
+                    .iter()
+                    .filter(|(a, _)| !present.contains(a.as_str()) && a != sender)
+                    .map(|(a, _)| (a, common_prefix(ol, local_of(a))))
+                    .filter(|(_, p)| *p >= 1)
+                    .collect();
+                let Some(best) = cands.iter().map(|c| c.1).max() else {
+                    continue;
+                };
+                let top: Vec<&String> = cands.iter().filter(|c| c.1 == best).map(|c| c.0).collect();
+                let mut rs = recipients.to_vec();
+                rs[j] = Recipient {
+                    address: top[rng.gen_range(0..top.len())].clone(),
+                    name: None,
+                    field: recipients[j].field,
+                };
+                return Some(Corrupted {
+                    kind,
+                    recipients: rs,
+                    wrong: j,
+                });
+            }
+            None
         }
         CorruptionKind::Typo => {
             for _ in 0..6 {
@@ -301,17 +322,21 @@ pub fn corrupt<R: Rng>(
             None
         }
         CorruptionKind::OtherDomain => {
-            if pools.by_domain.len() < 2 {
-                return None;
-            }
             let od = domain_of(orig);
+            // Another domain, drawn by its number of known addresses.
+            let doms: Vec<(String, u32)> = pools
+                .domains
+                .iter()
+                .filter(|d| d.as_str() != od)
+                .map(|d| {
+                    (
+                        d.clone(),
+                        pools.by_domain.get(d).map_or(0, |v| v.len() as u32),
+                    )
+                })
+                .collect();
             for _ in 0..8 {
-                // Draw a domain through a known address, so domains with
-                // more known addresses are drawn more often.
-                let d = domain_of(&pools.all[rng.gen_range(0..pools.all.len())]);
-                if d == od || d.is_empty() {
-                    continue;
-                }
+                let d = pick_weighted(&doms, rng)?;
                 let new = format!("{}@{}", local_of(orig), d);
                 if !present.contains(new.as_str()) && g.edge(sender, &new).is_none() {
                     return replace(new);

@@ -539,9 +539,7 @@ pub fn extract(
         ev.not_in_thread = out_of_thread;
         v[idx::NOT_IN_THREAD] = f32::from(u8::from(out_of_thread));
         v[idx::HAS_ATTACHMENT] = f32::from(u8::from(!att_names.is_empty()));
-        let to_r = att_rcpts
-            .iter()
-            .any(|(_, l)| l.contains(&r.address));
+        let to_r = att_rcpts.iter().any(|(_, l)| l.contains(&r.address));
         v[idx::ATTACHMENT_TO_RCPT] = f32::from(u8::from(to_r));
         if !to_r {
             if let Some((name, _)) = att_rcpts.first() {
