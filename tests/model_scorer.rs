@@ -118,7 +118,7 @@ fn loads_from_a_file_and_config_checks_it() {
 fn history() -> Graph {
     let mut g = Graph::new(GraphConfig::default());
     let mut t = T0;
-    let mut learn = |g: &mut Graph, from: &str, to: &[&str], subject: &str, t: i64| {
+    let learn = |g: &mut Graph, from: &str, to: &[&str], subject: &str, t: i64| {
         let rs: Vec<Recipient> = to.iter().map(|a| r(a)).collect();
         g.learn(&LearnInput {
             sender: from,
