@@ -42,6 +42,9 @@ pub struct Report {
     pub flagged_wrong: f64,
     /// The same among those held at [`PRIMARY_RATE`].
     pub flagged_wrong_held: f64,
+    /// Share of legitimate messages held at the highest threshold that
+    /// still catches 90% of misdirected ones (ties held).
+    pub false_hold_at_90: f64,
 }
 
 /// Message scores of the samples in `role`, with per-recipient scores from
@@ -143,6 +146,13 @@ pub fn evaluate(name: &str, scores: &[MessageScore]) -> Report {
         })
         .collect();
     let held: Vec<&&MessageScore> = bad.iter().filter(|s| s.score > t).collect();
+    let mut sorted_bad = bad_scores.clone();
+    sorted_bad.sort_by(|a, b| a.total_cmp(b));
+    let t90 = sorted_bad
+        .get((0.1 * sorted_bad.len() as f64).floor() as usize)
+        .copied()
+        .unwrap_or(f64::INFINITY);
+    let false_hold_at_90 = share(legit.iter().filter(|s| **s >= t90).count(), legit.len());
     Report {
         name: name.to_string(),
         legit: legit.len(),
@@ -152,6 +162,7 @@ pub fn evaluate(name: &str, scores: &[MessageScore]) -> Report {
         per_kind,
         flagged_wrong: share(bad.iter().filter(|s| s.worst_is_wrong).count(), bad.len()),
         flagged_wrong_held: share(held.iter().filter(|s| s.worst_is_wrong).count(), held.len()),
+        false_hold_at_90,
     }
 }
 
@@ -184,6 +195,9 @@ pub fn table(reports: &[Report]) -> String {
             format!("{rec:.3} (thr {t:.4}, held {:.2}%)", fh * 100.0)
         });
     }
+    line("false-hold rate at 90% recall", &|r| {
+        format!("{:.2}%", r.false_hold_at_90 * 100.0)
+    });
     for (i, k) in CorruptionKind::ALL.iter().enumerate() {
         line(&format!("recall @ 0.5%: {} (n)", k.as_str()), &|r| {
             format!("{:.3} ({})", r.per_kind[i].2, r.per_kind[i].1)
