@@ -71,6 +71,42 @@ pub enum Classifier {
     /// Bagged decision trees on standardised features: raw = logit of the
     /// mean leaf value.
     Trees { trees: Vec<Vec<TreeNode>> },
+    /// Both, stacked: raw = w_logistic * logistic raw + w_trees * trees raw
+    /// + bias, the weights fitted on the calibration rows.
+    Stack {
+        coef: Vec<f64>,
+        intercept: f64,
+        trees: Vec<Vec<TreeNode>>,
+        w_logistic: f64,
+        w_trees: f64,
+        bias: f64,
+    },
+}
+
+fn trees_raw(trees: &[Vec<TreeNode>], z: &[f64; N_FEATURES]) -> f64 {
+    let mut sum = 0.0;
+    for t in trees {
+        sum += tree_value(t, z);
+    }
+    let p = (sum / trees.len().max(1) as f64).clamp(1e-3, 1.0 - 1e-3);
+    (p / (1.0 - p)).ln()
+}
+
+fn check_trees(trees: &[Vec<TreeNode>]) -> Result<(), ModelError> {
+    if trees.is_empty() {
+        return Err(ModelError::Invalid("no trees".into()));
+    }
+    for t in trees {
+        for n in t {
+            let bad_child = (n.left as usize) >= t.len() || (n.right as usize) >= t.len();
+            if let Some(f) = n.feature {
+                if f as usize >= N_FEATURES || bad_child {
+                    return Err(ModelError::Invalid("tree node out of range".into()));
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A model file.
@@ -159,21 +195,24 @@ impl ModelFile {
                     return Err(ModelError::Invalid("coefficient count".into()));
                 }
             }
-            Classifier::Trees { trees } => {
-                if trees.is_empty() {
-                    return Err(ModelError::Invalid("no trees".into()));
+            Classifier::Trees { trees } => check_trees(trees)?,
+            Classifier::Stack {
+                coef,
+                intercept,
+                trees,
+                w_logistic,
+                w_trees,
+                bias,
+            } => {
+                if coef.len() != N_FEATURES
+                    || !intercept.is_finite()
+                    || !w_logistic.is_finite()
+                    || !w_trees.is_finite()
+                    || !bias.is_finite()
+                {
+                    return Err(ModelError::Invalid("stack weights".into()));
                 }
-                for t in trees {
-                    for n in t {
-                        let bad_child =
-                            (n.left as usize) >= t.len() || (n.right as usize) >= t.len();
-                        if let Some(f) = n.feature {
-                            if f as usize >= N_FEATURES || bad_child {
-                                return Err(ModelError::Invalid("tree node out of range".into()));
-                            }
-                        }
-                    }
-                }
+                check_trees(trees)?;
             }
         }
         if !self.platt_a.is_finite() || !self.platt_b.is_finite() {
@@ -198,13 +237,17 @@ impl ModelFile {
             Classifier::Logistic { coef, intercept } => {
                 coef.iter().zip(z.iter()).map(|(w, v)| w * v).sum::<f64>() + intercept
             }
-            Classifier::Trees { trees } => {
-                let mut sum = 0.0;
-                for t in trees {
-                    sum += tree_value(t, &z);
-                }
-                let p = (sum / trees.len() as f64).clamp(1e-4, 1.0 - 1e-4);
-                (p / (1.0 - p)).ln()
+            Classifier::Trees { trees } => trees_raw(trees, &z),
+            Classifier::Stack {
+                coef,
+                intercept,
+                trees,
+                w_logistic,
+                w_trees,
+                bias,
+            } => {
+                let lr = coef.iter().zip(z.iter()).map(|(w, v)| w * v).sum::<f64>() + intercept;
+                w_logistic * lr + w_trees * trees_raw(trees, &z) + bias
             }
         }
     }

@@ -261,6 +261,8 @@ pub fn rows(ds: &Dataset, role: Role) -> (Vec<[f32; N_FEATURES]>, Vec<i32>) {
 pub enum Algorithm {
     Logistic,
     Trees,
+    /// Logistic regression and bagged trees, stacked on the calibration rows.
+    Stack,
 }
 
 /// Training settings.
@@ -433,6 +435,17 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, name: &str) -> Result<ModelFile, T
         Algorithm::Trees => Classifier::Trees {
             trees: fit_trees(&z, &y, cfg)?,
         },
+        Algorithm::Stack => {
+            let (coef, intercept) = fit_lr(&z, &y, cfg.alpha)?;
+            Classifier::Stack {
+                coef,
+                intercept,
+                trees: fit_trees(&z, &y, cfg)?,
+                w_logistic: 1.0,
+                w_trees: 0.0,
+                bias: 0.0,
+            }
+        }
     };
     let mut model = ModelFile {
         format: FORMAT.to_string(),
@@ -453,6 +466,41 @@ pub fn train(ds: &Dataset, cfg: &TrainConfig, name: &str) -> Result<ModelFile, T
             "{} calibration rows, {cpos} misdirected",
             yc.len()
         )));
+    }
+    if let Classifier::Stack {
+        coef,
+        intercept,
+        trees,
+        ..
+    } = &model.classifier
+    {
+        // Stacking weights from the calibration rows: the stacker is itself
+        // a logistic regression, so it is the calibration (Platt 1, 0).
+        let lr_only = Classifier::Logistic {
+            coef: coef.clone(),
+            intercept: *intercept,
+        };
+        let trees_only = Classifier::Trees {
+            trees: trees.clone(),
+        };
+        let mut a = model.clone();
+        a.classifier = lr_only;
+        let mut b = model.clone();
+        b.classifier = trees_only;
+        let both: Vec<Vec<f64>> = xc.iter().map(|r| vec![a.raw(r), b.raw(r)]).collect();
+        let (w, bias) = fit_lr(&both, &yc, 0.0)?;
+        if let Classifier::Stack {
+            w_logistic,
+            w_trees,
+            bias: bb,
+            ..
+        } = &mut model.classifier
+        {
+            *w_logistic = w.first().copied().unwrap_or(1.0);
+            *w_trees = w.get(1).copied().unwrap_or(0.0);
+            *bb = bias;
+        }
+        return Ok(model);
     }
     let raw: Vec<Vec<f64>> = xc.iter().map(|r| vec![model.raw(r)]).collect();
     let (a, b) = fit_lr(&raw, &yc, 0.0)?;

@@ -26,7 +26,8 @@ pub struct DataArgs {
     /// Senders with fewer earlier messages are not used as examples.
     #[arg(long, default_value_t = DatasetConfig::default().min_history)]
     pub min_history: u32,
-    /// Classifier: `logistic` or `trees` (bagged smartcore decision trees).
+    /// Classifier: `logistic`, `trees` (bagged smartcore decision trees) or
+    /// `stack` (both, stacked on the calibration rows).
     #[arg(long, default_value = "logistic")]
     pub algorithm: String,
     /// L2 penalty of the logistic regression.
@@ -44,7 +45,8 @@ fn algorithm(s: &str) -> anyhow::Result<Algorithm> {
     match s {
         "logistic" => Ok(Algorithm::Logistic),
         "trees" => Ok(Algorithm::Trees),
-        other => anyhow::bail!("unknown algorithm {other:?} (logistic or trees)"),
+        "stack" => Ok(Algorithm::Stack),
+        other => anyhow::bail!("unknown algorithm {other:?} (logistic, trees or stack)"),
     }
 }
 
@@ -124,6 +126,7 @@ pub fn run_train(args: &DataArgs, out: &Path, name: Option<String>) -> anyhow::R
         let kind = match tc.algorithm {
             Algorithm::Logistic => "logreg",
             Algorithm::Trees => "trees",
+            Algorithm::Stack => "stack",
         };
         format!("misdirect-{kind}-1")
     });
@@ -140,7 +143,11 @@ pub fn run_train(args: &DataArgs, out: &Path, name: Option<String>) -> anyhow::R
         "algorithm": args.algorithm,
         "held_out_metrics": table,
     });
-    let json = serde_json::to_vec_pretty(&model)?;
+    // Compact unless small: tree models would be several times larger.
+    let json = match model.classifier {
+        crate::classify::model::Classifier::Logistic { .. } => serde_json::to_vec_pretty(&model)?,
+        _ => serde_json::to_vec(&model)?,
+    };
     if let Some(dir) = out.parent() {
         if !dir.as_os_str().is_empty() {
             std::fs::create_dir_all(dir)?;
