@@ -204,6 +204,7 @@ pub struct RecipientFeatures {
 /// Damerau-Levenshtein (optimal string alignment) distance between `a` and
 /// `b`, or `max + 1` when it exceeds `max`. Works on bytes.
 pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
+    const CAP: usize = 96;
     let (n, m) = (a.len(), b.len());
     if n.abs_diff(m) > max {
         return max + 1;
@@ -211,29 +212,64 @@ pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     if n == 0 || m == 0 {
         return n.max(m).min(max + 1);
     }
-    // Three rows for the transposition step.
-    let mut prev2 = vec![0usize; m + 1];
-    let mut prev: Vec<usize> = (0..=m).collect();
-    let mut cur = vec![0usize; m + 1];
+    if m >= CAP || n >= CAP {
+        // Longer than any real address: compare exactly only.
+        return if a == b { 0 } else { max + 1 };
+    }
+    // Three small rows on the stack (cells fit in a byte: < CAP).
+    let mut rows = [[0u8; CAP]; 3];
+    for (j, v) in rows[1].iter_mut().enumerate().take(m + 1) {
+        *v = j as u8;
+    }
+    // rows[p2], rows[p1], rows[c]: two rows back, previous, current.
+    let (mut p2, mut p1, mut c) = (0usize, 1usize, 2usize);
     for i in 1..=n {
-        cur[0] = i;
-        let mut row_min = cur[0];
+        rows[c][0] = i as u8;
+        let mut row_min = i as u8;
         for j in 1..=m {
-            let cost = usize::from(a[i - 1] != b[j - 1]);
-            let mut v = (prev[j] + 1).min(cur[j - 1] + 1).min(prev[j - 1] + cost);
+            let cost = u8::from(a[i - 1] != b[j - 1]);
+            let mut v = (rows[p1][j] + 1)
+                .min(rows[c][j - 1] + 1)
+                .min(rows[p1][j - 1] + cost);
             if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
-                v = v.min(prev2[j - 2] + 1);
+                v = v.min(rows[p2][j - 2] + 1);
             }
-            cur[j] = v;
+            rows[c][j] = v;
             row_min = row_min.min(v);
         }
-        if row_min > max {
+        if row_min as usize > max {
             return max + 1;
         }
-        std::mem::swap(&mut prev2, &mut prev);
-        std::mem::swap(&mut prev, &mut cur);
+        (p2, p1, c) = (p1, c, p2);
     }
-    prev[m].min(max + 1)
+    (rows[p1][m] as usize).min(max + 1)
+}
+
+/// Byte histogram (64 buckets) of a string, for a cheap lower bound on the
+/// edit distance: every edit changes the histogram by at most 2.
+#[derive(Clone, Copy)]
+struct Histogram([u8; 64]);
+
+impl Histogram {
+    fn of(s: &[u8]) -> Self {
+        let mut h = [0u8; 64];
+        for &c in s {
+            let k = (c & 63) as usize;
+            h[k] = h[k].saturating_add(1);
+        }
+        Histogram(h)
+    }
+
+    /// Lower bound on the edit distance between the two strings.
+    fn lower_bound(&self, other: &Histogram) -> usize {
+        let diff: usize = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .map(|(a, b)| a.abs_diff(*b) as usize)
+            .sum();
+        diff.div_ceil(2)
+    }
 }
 
 /// Skeleton of an address for homoglyph comparison: lower-case, common
@@ -241,6 +277,9 @@ pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
 /// Cyrillic and Greek look-alikes to Latin), and `.`, `_`, `-` dropped from
 /// the local part.
 pub fn skeleton(addr: &str) -> String {
+    if addr.is_ascii() {
+        return skeleton_ascii(addr.as_bytes());
+    }
     let local = local_of(addr);
     let domain = domain_of(addr);
     let mut out = String::with_capacity(addr.len());
@@ -248,6 +287,36 @@ pub fn skeleton(addr: &str) -> String {
     out.push('@');
     fold_into(&mut out, domain, false);
     out
+}
+
+/// [`skeleton`] for ASCII addresses in one pass.
+fn skeleton_ascii(b: &[u8]) -> String {
+    let at = b.iter().rposition(|&c| c == b'@').unwrap_or(b.len());
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    for (i, &c) in b.iter().enumerate() {
+        let in_local = i < at;
+        let c = match c.to_ascii_lowercase() {
+            b'0' => b'o',
+            b'1' | b'i' | b'|' => b'l',
+            b'5' => b's',
+            c => c,
+        };
+        if in_local && matches!(c, b'.' | b'_' | b'-') {
+            continue;
+        }
+        match (out.last().copied(), c) {
+            (Some(b'r'), b'n') => {
+                out.pop();
+                out.push(b'm');
+            }
+            (Some(b'v'), b'v') => {
+                out.pop();
+                out.push(b'w');
+            }
+            _ => out.push(c),
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
 }
 
 fn fold_into(out: &mut String, s: &str, drop_punct: bool) {
@@ -302,7 +371,11 @@ struct Scan {
     same_local: Option<(String, u32)>,
     sibling: Option<(String, u32)>,
     skel: String,
+    hist: Option<Histogram>,
+    /// Whether the org knows the address at all (else no neighbour scan).
+    org_known: bool,
     neighbours: u32,
+    local_len: usize,
 }
 
 /// Extract the features of every recipient in `recipients` of `meta`, sent by
@@ -352,11 +425,26 @@ pub fn extract(
     // Edges and the lookalike/sibling scan over the sender's contacts.
     let mut scans: Vec<Scan> = recipients
         .iter()
-        .map(|r| Scan {
-            known: g.edge(sender, &r.address),
-            best_dist: 3,
-            skel: skeleton(&r.address),
-            ..Default::default()
+        .map(|r| {
+            let known = g.edge(sender, &r.address);
+            let org = if known.is_none() {
+                g.address(&r.address)
+            } else {
+                Default::default()
+            };
+            Scan {
+                known,
+                best_dist: 3,
+                skel: if known.is_none() {
+                    skeleton(&r.address)
+                } else {
+                    String::new()
+                },
+                hist: known.is_none().then(|| Histogram::of(r.address.as_bytes())),
+                org_known: org.senders > 0 || org.sent > 0,
+                local_len: local_of(&r.address).len(),
+                ..Default::default()
+            }
         })
         .collect();
     if sstats.contacts > 0 {
@@ -367,12 +455,14 @@ pub fn extract(
                 return;
             }
             let total = e.total();
+            let mut chist: Option<Histogram> = None;
+            let cl = local_of(addr);
+            let mut cskel: Option<String> = None;
             for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
                 if addr == r.address {
                     continue;
                 }
-                let rl = local_of(&r.address);
-                let cl = local_of(addr);
+                let rl = &r.address[..sc.local_len];
                 if sc.known.is_some() {
                     // Autocomplete sibling: a more-written contact sharing
                     // the first letters.
@@ -384,7 +474,8 @@ pub fn extract(
                     }
                     continue;
                 }
-                if seen <= MAX_NEIGHBOUR_CHECKS
+                if sc.org_known
+                    && seen <= MAX_NEIGHBOUR_CHECKS
                     && (g.edge(addr, &r.address).is_some() || g.edge(&r.address, addr).is_some())
                 {
                     sc.neighbours += 1;
@@ -392,8 +483,28 @@ pub fn extract(
                 if rl == cl && sc.same_local.as_ref().is_none_or(|(_, c)| total > *c) {
                     sc.same_local = Some((addr.to_string(), total));
                 }
-                let d = bounded_distance(r.address.as_bytes(), addr.as_bytes(), 2);
-                let d = if d > 1 && skeleton(addr) == sc.skel {
+                // Homoglyph and punctuation skeletons differ by at most a
+                // few edits; both checks are skipped when the histograms
+                // already rule that out.
+                let ra = r.address.as_bytes();
+                if ra.len().abs_diff(addr.len()) > 4 {
+                    continue;
+                }
+                let lb = match &sc.hist {
+                    Some(h) => {
+                        h.lower_bound(chist.get_or_insert_with(|| Histogram::of(addr.as_bytes())))
+                    }
+                    None => 0,
+                };
+                if lb > 4 {
+                    continue;
+                }
+                let d = if lb <= 2 {
+                    bounded_distance(ra, addr.as_bytes(), 2)
+                } else {
+                    3
+                };
+                let d = if d > 1 && *cskel.get_or_insert_with(|| skeleton(addr)) == sc.skel {
                     1
                 } else {
                     d
