@@ -192,6 +192,8 @@ pub struct Evidence {
     pub attachment_elsewhere: Option<String>,
     /// The sender has any history at all.
     pub sender_history: u32,
+    /// Distinct addresses the sender has written to.
+    pub sender_contacts: u32,
 }
 
 /// Features of one recipient.
@@ -528,6 +530,7 @@ pub fn extract(
         let mut v = [0f32; N_FEATURES];
         let mut ev = Evidence {
             sender_history: sstats.messages,
+            sender_contacts: sstats.contacts,
             ..Default::default()
         };
         let dom = domain_of(&r.address);
