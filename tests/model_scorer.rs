@@ -69,6 +69,15 @@ fn refuses_wrong_version_count_names_and_format() {
     let e = ModelFile::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
     assert!(matches!(e, ModelError::Invalid(_)), "{e}");
 
+    // The shipped model is stacked; a tree pointing outside itself is refused.
+    let mut v = shipped_json();
+    assert_eq!(v["classifier"]["kind"], "stack");
+    let nodes = v["classifier"]["trees"][0].as_array_mut().unwrap();
+    let split = nodes.iter_mut().find(|n| !n["feature"].is_null()).unwrap();
+    split["left"] = serde_json::json!(u32::MAX);
+    let e = ModelFile::from_bytes(&serde_json::to_vec(&v).unwrap()).unwrap_err();
+    assert!(matches!(e, ModelError::Invalid(_)), "{e}");
+
     let e = ModelFile::from_bytes(b"{ not json").unwrap_err();
     assert!(matches!(e, ModelError::Json(_)), "{e}");
 }
@@ -209,6 +218,27 @@ fn misaddressed_message_scores_above_an_ordinary_one() {
     );
     assert!(added.message_score() > group.message_score());
     assert_eq!(added.worst().unwrap().address, "mallory@elsewhere.example");
+}
+
+#[test]
+fn a_sender_without_enough_history_is_not_scored() {
+    let mut g = Graph::new(GraphConfig::default());
+    for i in 0..5 {
+        g.learn(&LearnInput {
+            sender: ALICE,
+            sender_name: None,
+            recipients: &[r("bob@corp.com")],
+            message_id: None,
+            subject: None,
+            attachments: vec![],
+            ts: T0 + i,
+        });
+    }
+    let s = score(&g, &["bob@corp.co"]);
+    assert_eq!(s.message_score(), 0.0);
+    assert!(
+        s.recipients[0].reasons[0].starts_with("not scored: alice@corp.com has sent 5 messages")
+    );
 }
 
 #[test]

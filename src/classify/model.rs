@@ -18,6 +18,11 @@ pub const FORMAT: &str = "misdirect-model";
 /// Version of the file format this build reads and writes.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// Senders with fewer earlier messages than this are outside what the model
+/// was trained and evaluated on: [`ModelScorer`] gives their recipients
+/// score 0 with a reason saying so (the policy may treat that as it likes).
+pub const MIN_HISTORY: u32 = 20;
+
 /// The shipped default model, embedded in the binary.
 pub const SHIPPED: &[u8] = include_bytes!("../../models/default.json");
 
@@ -50,7 +55,9 @@ pub enum ModelError {
 }
 
 /// One node of a binary decision tree: a split (`feature`, `threshold`,
-/// children) or a leaf (`value`, the share of misdirected training rows).
+/// children) or a leaf (`value`: the class the fitted tree predicts there,
+/// 0 or 1, as smartcore keeps no leaf probabilities). Thresholds are stored
+/// as `f32`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TreeNode {
     /// Split feature; `None` for a leaf.
@@ -411,6 +418,25 @@ impl Scorer for ModelScorer {
 
     fn score(&self, g: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError> {
         let sender = input.meta.sender().ok_or(ScoreError::NoSender)?;
+        let history = g.sender(sender).messages;
+        if history < MIN_HISTORY {
+            let recipients = input
+                .recipients
+                .iter()
+                .map(|r| RecipientScore {
+                    address: r.address.clone(),
+                    field: r.field,
+                    score: 0.0,
+                    reasons: vec![format!(
+                        "not scored: {sender} has sent {history} messages so far, fewer than the {MIN_HISTORY} needed to compare with"
+                    )],
+                })
+                .collect();
+            return Ok(Scores {
+                model: self.model.name.clone(),
+                recipients,
+            });
+        }
         let feats = features::extract(g, sender, input.meta, input.recipients, input.now);
         let recipients = input
             .recipients

@@ -67,7 +67,7 @@ impl Default for DatasetConfig {
             // 2001-09-01T00:00:00Z
             split_time: 999_302_400,
             max_recipients: 50,
-            min_history: 20,
+            min_history: crate::classify::model::MIN_HISTORY,
             // 1998-01-01 .. 2003-01-01
             min_time: 883_612_800,
             max_time: 1_041_379_200,
