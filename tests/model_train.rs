@@ -91,7 +91,17 @@ fn trains_saves_loads_and_evaluates() {
     let corrupted = ds.samples.iter().filter(|s| s.kind.is_some()).count();
     assert!(corrupted > 100);
 
-    let model = train::train(&ds, &TrainConfig::default(), "test-model").unwrap();
+    // The shipped kind (stacked), with few trees to keep the test short.
+    let tc = TrainConfig {
+        trees: 5,
+        tree_rows: 2000,
+        ..Default::default()
+    };
+    let model = train::train(&ds, &tc, "test-model").unwrap();
+    assert!(matches!(
+        model.classifier,
+        misdirect::classify::model::Classifier::Stack { .. }
+    ));
     let out = dir.path().join("m.json");
     std::fs::write(&out, serde_json::to_vec(&model).unwrap()).unwrap();
     let loaded = ModelFile::load(&out).unwrap();

@@ -282,9 +282,9 @@ pub struct TrainConfig {
 impl Default for TrainConfig {
     fn default() -> Self {
         TrainConfig {
-            algorithm: Algorithm::Logistic,
+            algorithm: Algorithm::Stack,
             alpha: 1.0,
-            trees: 30,
+            trees: 60,
             tree_rows: 20_000,
             max_depth: 10,
             min_leaf: 20,

@@ -28,7 +28,7 @@ pub struct DataArgs {
     pub min_history: u32,
     /// Classifier: `logistic`, `trees` (bagged smartcore decision trees) or
     /// `stack` (both, stacked on the calibration rows).
-    #[arg(long, default_value = "logistic")]
+    #[arg(long, default_value = "stack")]
     pub algorithm: String,
     /// L2 penalty of the logistic regression.
     #[arg(long, default_value_t = TrainConfig::default().alpha)]
