@@ -11,12 +11,12 @@
 //!   known contact.
 //! - [`CorruptionKind::Typo`]: one keyboard-plausible edit (neighbouring-key
 //!   substitution, dropped, doubled or swapped character) in the local part
-//!   (70%) or the domain (30%) of one recipient, never producing an address
-//!   the sender already writes to.
+//!   (70%) or the domain labels before the top-level domain (30%) of one
+//!   recipient, never producing an address the sender already writes to.
 //! - [`CorruptionKind::OtherDomain`]: the same local part at another domain
 //!   the organisation has mail with (a namesake elsewhere, a private
-//!   address); the domain is drawn through a random known address, so
-//!   domains with many known addresses come up more often.
+//!   address); the domain is drawn with probability proportional to its
+//!   number of known addresses.
 //! - [`CorruptionKind::StrangerAdded`]: an address from the sender's own
 //!   domain that colleagues know but the sender never wrote to is added to
 //!   the recipients (To or Cc).

@@ -23,7 +23,8 @@ pub const PRIMARY_RATE: f64 = 0.005;
 pub struct MessageScore {
     pub score: f64,
     pub kind: Option<CorruptionKind>,
-    /// For a corrupted copy: the worst-scored recipient is the wrong one.
+    /// For a corrupted copy: the worst-scored recipient (the first of those
+    /// tied at the top) is the wrong one.
     pub worst_is_wrong: bool,
 }
 
