@@ -61,6 +61,29 @@ enum Command {
         /// The message.
         file: std::path::PathBuf,
     },
+    /// Train the misdirection model on a header corpus (see models/README.md).
+    Train {
+        #[command(flatten)]
+        data: misdirect::cli::model::DataArgs,
+        /// Model file to write.
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// Model name (reported in score headers).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Evaluate the model and the baselines on held-back owners and time.
+    Eval {
+        #[command(flatten)]
+        data: misdirect::cli::model::DataArgs,
+        /// Evaluate this model file instead of fitting one on the training split.
+        #[arg(long)]
+        model: Option<std::path::PathBuf>,
+        /// Print this many highest-scored legitimate and lowest-scored
+        /// misdirected test messages with their reasons.
+        #[arg(long, default_value_t = 0)]
+        explain: usize,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,5 +112,11 @@ fn main() -> anyhow::Result<()> {
         } => {
             misdirect::cli::hold::run_check(&config, &file, &history, json, &mut std::io::stdout())
         }
+        Command::Train { data, out, name } => misdirect::cli::model::run_train(&data, &out, name),
+        Command::Eval {
+            data,
+            model,
+            explain,
+        } => misdirect::cli::model::run_eval(&data, model.as_deref(), explain),
     }
 }

@@ -3,4 +3,5 @@
 
 pub mod graph;
 pub mod hold;
+pub mod model;
 pub mod serve;

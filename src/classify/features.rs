@@ -1,0 +1,714 @@
+//! Per-recipient feature extraction: pure functions of a [`GraphView`] (the
+//! sender's history strictly before the message) and the message itself.
+//!
+//! Every feature is relative to the sender's own history or to the
+//! organisation's familiarity with an address; no feature names an identity,
+//! so a model trained on one organisation can score another.
+//!
+//! Each feature is documented in [`FEATURES`]; the order there is the order of
+//! the values in [`RecipientFeatures::values`] and in the model file.
+
+use std::collections::HashSet;
+
+use crate::address::{domain_of, local_of};
+use crate::graph::{thread_subject, EdgeStats, GraphView, Ts};
+use crate::message::{Field, MessageMeta, Recipient};
+
+/// Contacts examined per message in the lookalike scan. A sender with more
+/// contacts than this is scanned only up to this many (in the graph's
+/// contact order), which bounds the cost of scoring one message.
+pub const MAX_CONTACT_SCAN: usize = 4096;
+
+/// Days used for "never" in recency features.
+const NEVER_DAYS: f64 = 3650.0;
+
+/// Free-mail domains (a recipient there is more often a private copy).
+const FREEMAIL: &[&str] = &[
+    "hotmail.com",
+    "yahoo.com",
+    "aol.com",
+    "gmail.com",
+    "msn.com",
+    "excite.com",
+    "earthlink.net",
+    "juno.com",
+    "netscape.net",
+    "compuserve.com",
+    "mail.com",
+    "outlook.com",
+    "live.com",
+    "icloud.com",
+    "gmx.de",
+    "gmx.net",
+    "web.de",
+    "yahoo.co.uk",
+    "protonmail.com",
+];
+
+/// Name and meaning of every feature, in model order.
+pub const FEATURES: &[(&str, &str)] = &[
+    ("never_written", "1 when the sender has never written to the recipient"),
+    ("log_count", "ln(1 + messages the sender addressed to the recipient)"),
+    ("log_days_since", "ln(1 + days since the sender last wrote to the recipient); ln(3651) when never"),
+    ("log_weight", "ln(1 + decayed message count to the recipient now, 90-day half-life by default)"),
+    ("share", "share of the sender's messages that named the recipient"),
+    ("log_reply_count", "ln(1 + messages the recipient sent to the sender): reciprocity"),
+    ("log_sender_msgs", "ln(1 + messages the sender has sent)"),
+    ("log_sender_contacts", "ln(1 + distinct addresses the sender has written to)"),
+    ("log_n_rcpts", "ln(number of recipients of this message)"),
+    ("field_cc", "1 when the recipient is in Cc"),
+    ("field_bcc", "1 when the recipient is in Bcc or only in the envelope"),
+    ("has_others", "1 when the message has other recipients"),
+    ("others_known_frac", "share of the other recipients that are known contacts of the sender (0 without others)"),
+    ("log_co_max", "ln(1 + most messages in which the sender named this recipient together with one of the other recipients)"),
+    ("co_frac", "share of the other recipients ever named together with this one by the sender"),
+    ("log_domain_count", "ln(1 + messages the sender addressed to anyone at the recipient's domain)"),
+    ("domain_new", "1 when the sender has never written to the recipient's domain"),
+    ("internal", "1 when the recipient's domain is the sender's domain"),
+    ("freemail", "1 when the recipient's domain is a known free-mail provider"),
+    ("log_org_senders", "ln(1 + distinct senders of the organisation who wrote to the recipient)"),
+    ("log_org_domain_senders", "ln(1 + distinct senders of the organisation who wrote to the recipient's domain)"),
+    ("lookalike1", "1 when the recipient is not a contact and a contact's address is one edit (or a homoglyph/punctuation skeleton) away"),
+    ("lookalike2", "1 when the recipient is not a contact and the closest contact address is two edits away"),
+    ("log_lookalike_count", "ln(1 + messages to that closest lookalike contact); 0 without one"),
+    ("same_local_other_domain", "1 when the recipient is not a contact and a contact has the same local part at another domain"),
+    ("sibling_dominance", "ln((1 + messages to the most-written other contact whose local part starts with the same 3 characters) / (1 + messages to the recipient)), at least 0"),
+    ("is_reply", "1 when the subject has a reply/forward prefix"),
+    ("thread_known", "1 when earlier participants of the thread are known (Message-ID references or the latest earlier message with this subject involving the sender)"),
+    ("not_in_thread", "1 when the thread is known and the recipient was not one of its participants"),
+    ("has_attachment", "1 when the message has a named attachment"),
+    ("attachment_to_rcpt", "1 when the sender sent an attachment of the same name to the recipient before"),
+    ("attachment_to_others", "1 when the sender sent an attachment of the same name to others before, but not to the recipient"),
+    ("new_in_known_group", "never_written x others_known_frac: a stranger added to a familiar group"),
+    ("new_internal", "never_written x internal"),
+    ("new_unknown_to_org", "1 when nobody in the organisation has written to the recipient and the sender has history"),
+    ("log_rcpt_sent", "ln(1 + messages seen from the recipient's address): real, active addresses send mail"),
+    ("others_linked_frac", "share of the other recipients with mail between them and the recipient (either direction, anyone's mail)"),
+    ("lookalike_silent", "1 when the recipient is a lookalike (lookalike1 or lookalike2) and nobody wrote to it and it never sent mail"),
+    ("same_local_silent", "1 when same_local_other_domain and the recipient never sent mail"),
+    ("new_unlinked_in_group", "1 when the sender never wrote to the recipient, there are other recipients, and none of them has mail with it"),
+    ("log_neighbour_links", "for a recipient the sender never wrote to: ln(1 + contacts of the sender (first 512 scanned) with mail to or from the recipient)"),
+    ("new_no_neighbours", "1 when the sender never wrote to the recipient and none of the scanned contacts has mail with it"),
+];
+
+/// Number of features.
+pub const N_FEATURES: usize = 42;
+
+/// Index of every feature, named.
+#[allow(missing_docs)]
+pub mod idx {
+    pub const NEVER_WRITTEN: usize = 0;
+    pub const LOG_COUNT: usize = 1;
+    pub const LOG_DAYS_SINCE: usize = 2;
+    pub const LOG_WEIGHT: usize = 3;
+    pub const SHARE: usize = 4;
+    pub const LOG_REPLY_COUNT: usize = 5;
+    pub const LOG_SENDER_MSGS: usize = 6;
+    pub const LOG_SENDER_CONTACTS: usize = 7;
+    pub const LOG_N_RCPTS: usize = 8;
+    pub const FIELD_CC: usize = 9;
+    pub const FIELD_BCC: usize = 10;
+    pub const HAS_OTHERS: usize = 11;
+    pub const OTHERS_KNOWN_FRAC: usize = 12;
+    pub const LOG_CO_MAX: usize = 13;
+    pub const CO_FRAC: usize = 14;
+    pub const LOG_DOMAIN_COUNT: usize = 15;
+    pub const DOMAIN_NEW: usize = 16;
+    pub const INTERNAL: usize = 17;
+    pub const FREEMAIL: usize = 18;
+    pub const LOG_ORG_SENDERS: usize = 19;
+    pub const LOG_ORG_DOMAIN_SENDERS: usize = 20;
+    pub const LOOKALIKE1: usize = 21;
+    pub const LOOKALIKE2: usize = 22;
+    pub const LOG_LOOKALIKE_COUNT: usize = 23;
+    pub const SAME_LOCAL_OTHER_DOMAIN: usize = 24;
+    pub const SIBLING_DOMINANCE: usize = 25;
+    pub const IS_REPLY: usize = 26;
+    pub const THREAD_KNOWN: usize = 27;
+    pub const NOT_IN_THREAD: usize = 28;
+    pub const HAS_ATTACHMENT: usize = 29;
+    pub const ATTACHMENT_TO_RCPT: usize = 30;
+    pub const ATTACHMENT_TO_OTHERS: usize = 31;
+    pub const NEW_IN_KNOWN_GROUP: usize = 32;
+    pub const NEW_INTERNAL: usize = 33;
+    pub const NEW_UNKNOWN_TO_ORG: usize = 34;
+    pub const LOG_RCPT_SENT: usize = 35;
+    pub const OTHERS_LINKED_FRAC: usize = 36;
+    pub const LOOKALIKE_SILENT: usize = 37;
+    pub const SAME_LOCAL_SILENT: usize = 38;
+    pub const NEW_UNLINKED_IN_GROUP: usize = 39;
+    pub const LOG_NEIGHBOUR_LINKS: usize = 40;
+    pub const NEW_NO_NEIGHBOURS: usize = 41;
+}
+
+/// Contacts examined for mail links with a recipient the sender never
+/// wrote to (the neighbourhood features).
+pub const MAX_NEIGHBOUR_CHECKS: usize = 512;
+
+/// Other recipients examined for mail links with a recipient.
+pub const MAX_LINK_CHECKS: usize = 20;
+
+/// Feature names in model order.
+pub fn feature_names() -> Vec<String> {
+    FEATURES.iter().map(|(n, _)| n.to_string()).collect()
+}
+
+/// Evidence behind the features of one recipient, for readable reasons.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Evidence {
+    /// Messages the sender addressed to the recipient.
+    pub count: u32,
+    /// Days since the sender last wrote to the recipient.
+    pub days_since: Option<f64>,
+    /// Messages the recipient sent to the sender.
+    pub replies: u32,
+    /// Closest lookalike contact, its edit distance (0 for a skeleton match)
+    /// and the messages sent to it.
+    pub lookalike: Option<(String, u32, u32)>,
+    /// A contact with the same local part at another domain, and its count.
+    pub same_local: Option<(String, u32)>,
+    /// A more-written contact with the same 3-letter local-part prefix.
+    pub sibling: Option<(String, u32)>,
+    /// Other recipients of the message, and how many of them are contacts.
+    pub others: usize,
+    pub others_known: usize,
+    /// Other recipients ever named together with this one.
+    pub others_co: usize,
+    /// Other recipients (of the first [`MAX_LINK_CHECKS`]) with mail
+    /// between them and this one, and how many were checked.
+    pub others_linked: usize,
+    pub others_checked: usize,
+    /// Messages seen from the recipient's address.
+    pub rcpt_sent: u32,
+    /// Contacts of the sender with mail to or from the recipient.
+    pub neighbour_links: u32,
+    /// Messages to the recipient's domain.
+    pub domain_count: u32,
+    /// Colleagues who wrote to the recipient.
+    pub org_senders: u32,
+    /// The thread was known and the recipient was not in it.
+    pub not_in_thread: bool,
+    /// An attachment of this message went to others before, not to the recipient.
+    pub attachment_elsewhere: Option<String>,
+    /// The sender has any history at all.
+    pub sender_history: u32,
+    /// Distinct addresses the sender has written to.
+    pub sender_contacts: u32,
+}
+
+/// Features of one recipient.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecipientFeatures {
+    pub values: [f32; N_FEATURES],
+    pub evidence: Evidence,
+}
+
+/// Damerau-Levenshtein (optimal string alignment) distance between `a` and
+/// `b`, or `max + 1` when it exceeds `max`. Works on bytes.
+pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
+    const CAP: usize = 96;
+    let (n, m) = (a.len(), b.len());
+    if n.abs_diff(m) > max {
+        return max + 1;
+    }
+    if n == 0 || m == 0 {
+        return n.max(m).min(max + 1);
+    }
+    if m >= CAP || n >= CAP {
+        // Longer than any real address: compare exactly only.
+        return if a == b { 0 } else { max + 1 };
+    }
+    // Three small rows on the stack (cells fit in a byte: < CAP).
+    let mut rows = [[0u8; CAP]; 3];
+    for (j, v) in rows[1].iter_mut().enumerate().take(m + 1) {
+        *v = j as u8;
+    }
+    // rows[p2], rows[p1], rows[c]: two rows back, previous, current.
+    let (mut p2, mut p1, mut c) = (0usize, 1usize, 2usize);
+    for i in 1..=n {
+        rows[c][0] = i as u8;
+        let mut row_min = i as u8;
+        for j in 1..=m {
+            let cost = u8::from(a[i - 1] != b[j - 1]);
+            let mut v = (rows[p1][j] + 1)
+                .min(rows[c][j - 1] + 1)
+                .min(rows[p1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                v = v.min(rows[p2][j - 2] + 1);
+            }
+            rows[c][j] = v;
+            row_min = row_min.min(v);
+        }
+        if row_min as usize > max {
+            return max + 1;
+        }
+        (p2, p1, c) = (p1, c, p2);
+    }
+    (rows[p1][m] as usize).min(max + 1)
+}
+
+/// Byte histogram (64 buckets) of a string, for a cheap lower bound on the
+/// edit distance: every edit changes the histogram by at most 2.
+#[derive(Clone, Copy)]
+struct Histogram([u8; 64]);
+
+impl Histogram {
+    fn of(s: &[u8]) -> Self {
+        let mut h = [0u8; 64];
+        for &c in s {
+            let k = (c & 63) as usize;
+            h[k] = h[k].saturating_add(1);
+        }
+        Histogram(h)
+    }
+
+    /// Lower bound on the edit distance between the two strings.
+    fn lower_bound(&self, other: &Histogram) -> usize {
+        let diff: usize = self
+            .0
+            .iter()
+            .zip(other.0.iter())
+            .map(|(a, b)| a.abs_diff(*b) as usize)
+            .sum();
+        diff.div_ceil(2)
+    }
+}
+
+/// Skeleton of an address for homoglyph comparison: lower-case, common
+/// look-alike characters folded (`0`->`o`, `1`/`i`->`l`, `rn`->`m`, `vv`->`w`,
+/// Cyrillic and Greek look-alikes to Latin), and `.`, `_`, `-` dropped from
+/// the local part.
+pub fn skeleton(addr: &str) -> String {
+    if addr.is_ascii() {
+        return skeleton_ascii(addr.as_bytes());
+    }
+    let local = local_of(addr);
+    let domain = domain_of(addr);
+    let mut out = String::with_capacity(addr.len());
+    fold_into(&mut out, local, true);
+    out.push('@');
+    fold_into(&mut out, domain, false);
+    out
+}
+
+/// [`skeleton`] for ASCII addresses in one pass.
+fn skeleton_ascii(b: &[u8]) -> String {
+    let at = b.iter().rposition(|&c| c == b'@').unwrap_or(b.len());
+    let mut out: Vec<u8> = Vec::with_capacity(b.len());
+    for (i, &c) in b.iter().enumerate() {
+        let in_local = i < at;
+        let c = match c.to_ascii_lowercase() {
+            b'0' => b'o',
+            b'1' | b'i' | b'|' => b'l',
+            b'5' => b's',
+            c => c,
+        };
+        if in_local && matches!(c, b'.' | b'_' | b'-') {
+            continue;
+        }
+        match (out.last().copied(), c) {
+            (Some(b'r'), b'n') => {
+                out.pop();
+                out.push(b'm');
+            }
+            (Some(b'v'), b'v') => {
+                out.pop();
+                out.push(b'w');
+            }
+            _ => out.push(c),
+        }
+    }
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn fold_into(out: &mut String, s: &str, drop_punct: bool) {
+    let start = out.len();
+    for c in s.chars().flat_map(char::to_lowercase) {
+        let c = match c {
+            '0' | 'о' | 'ο' => 'o',
+            '1' | 'i' | 'ı' | 'і' | 'ӏ' | 'ι' | '|' => 'l',
+            'а' | 'α' => 'a',
+            'е' | 'ε' => 'e',
+            'р' | 'ρ' => 'p',
+            'с' => 'c',
+            'х' | 'χ' => 'x',
+            'у' => 'y',
+            'ѕ' | '5' => 's',
+            'ԁ' => 'd',
+            'ν' => 'v',
+            c => c,
+        };
+        if drop_punct && matches!(c, '.' | '_' | '-') {
+            continue;
+        }
+        out.push(c);
+    }
+    let folded = out[start..].replace("rn", "m").replace("vv", "w");
+    out.truncate(start);
+    out.push_str(&folded);
+}
+
+fn ln1p(x: f64) -> f32 {
+    (x.max(0.0)).ln_1p() as f32
+}
+
+fn is_freemail(domain: &str) -> bool {
+    FREEMAIL.contains(&domain)
+}
+
+fn prefix3(s: &str) -> &[u8] {
+    let b = s.as_bytes();
+    &b[..b.len().min(3)]
+}
+
+/// Half-life (seconds) used for the decayed weight feature.
+pub const HALF_LIFE_SECS: f64 = 90.0 * 86400.0;
+
+/// Per-recipient scan state for the lookalike search.
+#[derive(Default, Clone)]
+struct Scan {
+    known: Option<EdgeStats>,
+    best_dist: usize,
+    best: Option<(String, u32)>,
+    same_local: Option<(String, u32)>,
+    sibling: Option<(String, u32)>,
+    skel: String,
+    hist: Option<Histogram>,
+    /// Whether the org knows the address at all (else no neighbour scan).
+    org_known: bool,
+    neighbours: u32,
+    local_len: usize,
+}
+
+/// Extract the features of every recipient in `recipients` of `meta`, sent by
+/// `sender`, as of `now`, from the history in `g`.
+pub fn extract(
+    g: &dyn GraphView,
+    sender: &str,
+    meta: &MessageMeta,
+    recipients: &[Recipient],
+    now: Ts,
+) -> Vec<RecipientFeatures> {
+    let sstats = g.sender(sender);
+    let sender_domain = domain_of(sender);
+    let n = recipients.len();
+
+    // Thread context.
+    let subject = meta.subject.as_deref().unwrap_or("");
+    let is_reply = !subject.is_empty() && thread_subject(subject) != subject.trim().to_lowercase();
+    let mut ids: Vec<String> = meta.in_reply_to.clone();
+    ids.extend(meta.references.iter().cloned());
+    let mut thread: Vec<String> = if ids.is_empty() {
+        Vec::new()
+    } else {
+        g.thread_participants(&ids)
+    };
+    if thread.is_empty() && is_reply {
+        thread = g.subject_participants(sender, subject);
+    }
+    let thread_known = !thread.is_empty();
+    let thread_set: HashSet<&str> = thread.iter().map(String::as_str).collect();
+
+    // Attachment context.
+    let att_names: Vec<&str> = meta
+        .attachments
+        .iter()
+        .map(|a| a.name.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    let mut att_rcpts: Vec<(String, Vec<String>)> = Vec::new();
+    for name in &att_names {
+        let r = g.attachment_recipients(sender, name);
+        if !r.is_empty() {
+            att_rcpts.push((name.to_string(), r));
+        }
+    }
+
+    // Edges and the lookalike/sibling scan over the sender's contacts.
+    let mut scans: Vec<Scan> = recipients
+        .iter()
+        .map(|r| {
+            let known = g.edge(sender, &r.address);
+            let org = if known.is_none() {
+                g.address(&r.address)
+            } else {
+                Default::default()
+            };
+            Scan {
+                known,
+                best_dist: 3,
+                skel: if known.is_none() {
+                    skeleton(&r.address)
+                } else {
+                    String::new()
+                },
+                hist: known.is_none().then(|| Histogram::of(r.address.as_bytes())),
+                org_known: org.senders > 0 || org.sent > 0,
+                local_len: local_of(&r.address).len(),
+                ..Default::default()
+            }
+        })
+        .collect();
+    if sstats.contacts > 0 {
+        let mut seen = 0usize;
+        g.for_each_contact(sender, &mut |addr: &str, e: &EdgeStats| {
+            seen += 1;
+            if seen > MAX_CONTACT_SCAN {
+                return;
+            }
+            let total = e.total();
+            let mut chist: Option<Histogram> = None;
+            let cl = local_of(addr);
+            let mut cskel: Option<String> = None;
+            for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
+                if addr == r.address {
+                    continue;
+                }
+                let rl = &r.address[..sc.local_len];
+                if sc.known.is_some() {
+                    // Autocomplete sibling: a more-written contact sharing
+                    // the first letters.
+                    if rl.len() >= 3 && prefix3(rl) == prefix3(cl) {
+                        let better = sc.sibling.as_ref().is_none_or(|(_, c)| total > *c);
+                        if better {
+                            sc.sibling = Some((addr.to_string(), total));
+                        }
+                    }
+                    continue;
+                }
+                if sc.org_known
+                    && seen <= MAX_NEIGHBOUR_CHECKS
+                    && (g.edge(addr, &r.address).is_some() || g.edge(&r.address, addr).is_some())
+                {
+                    sc.neighbours += 1;
+                }
+                if rl == cl && sc.same_local.as_ref().is_none_or(|(_, c)| total > *c) {
+                    sc.same_local = Some((addr.to_string(), total));
+                }
+                // Homoglyph and punctuation skeletons differ by at most a
+                // few edits; both checks are skipped when the histograms
+                // already rule that out.
+                let ra = r.address.as_bytes();
+                if ra.len().abs_diff(addr.len()) > 4 {
+                    continue;
+                }
+                let lb = match &sc.hist {
+                    Some(h) => {
+                        h.lower_bound(chist.get_or_insert_with(|| Histogram::of(addr.as_bytes())))
+                    }
+                    None => 0,
+                };
+                if lb > 4 {
+                    continue;
+                }
+                let d = if lb <= 2 {
+                    bounded_distance(ra, addr.as_bytes(), 2)
+                } else {
+                    3
+                };
+                let d = if d > 1 && *cskel.get_or_insert_with(|| skeleton(addr)) == sc.skel {
+                    1
+                } else {
+                    d
+                };
+                if d < sc.best_dist
+                    || (d == sc.best_dist
+                        && d <= 2
+                        && sc.best.as_ref().is_some_and(|(_, c)| total > *c))
+                {
+                    sc.best_dist = d;
+                    sc.best = Some((addr.to_string(), total));
+                }
+            }
+        });
+    }
+
+    let others_known: Vec<bool> = scans.iter().map(|s| s.known.is_some()).collect();
+    let mut out = Vec::with_capacity(n);
+    for (i, r) in recipients.iter().enumerate() {
+        let sc = &scans[i];
+        let mut v = [0f32; N_FEATURES];
+        let mut ev = Evidence {
+            sender_history: sstats.messages,
+            sender_contacts: sstats.contacts,
+            ..Default::default()
+        };
+        let dom = domain_of(&r.address);
+        let never = sc.known.is_none();
+        v[idx::NEVER_WRITTEN] = f32::from(u8::from(never));
+        match &sc.known {
+            Some(e) => {
+                let total = e.total();
+                ev.count = total;
+                v[idx::LOG_COUNT] = ln1p(total as f64);
+                let days = ((now - e.last).max(0) as f64) / 86400.0;
+                ev.days_since = Some(days);
+                v[idx::LOG_DAYS_SINCE] = ln1p(days);
+                v[idx::LOG_WEIGHT] = ln1p(e.weight_at(now, HALF_LIFE_SECS));
+                if sstats.messages > 0 {
+                    v[idx::SHARE] = (total as f64 / sstats.messages as f64).min(1.0) as f32;
+                }
+            }
+            None => {
+                v[idx::LOG_DAYS_SINCE] = ln1p(NEVER_DAYS);
+            }
+        }
+        let replies = g.edge(&r.address, sender).map(|e| e.total()).unwrap_or(0);
+        ev.replies = replies;
+        v[idx::LOG_REPLY_COUNT] = ln1p(replies as f64);
+        v[idx::LOG_SENDER_MSGS] = ln1p(sstats.messages as f64);
+        v[idx::LOG_SENDER_CONTACTS] = ln1p(sstats.contacts as f64);
+        v[idx::LOG_N_RCPTS] = (n.max(1) as f32).ln();
+        v[idx::FIELD_CC] = f32::from(u8::from(r.field == Field::Cc));
+        v[idx::FIELD_BCC] = f32::from(u8::from(r.field == Field::Bcc));
+        let others = n.saturating_sub(1);
+        ev.others = others;
+        v[idx::HAS_OTHERS] = f32::from(u8::from(others > 0));
+        if others > 0 {
+            let known = others_known
+                .iter()
+                .enumerate()
+                .filter(|(j, k)| *j != i && **k)
+                .count();
+            ev.others_known = known;
+            v[idx::OTHERS_KNOWN_FRAC] = known as f32 / others as f32;
+            let mut co_max = 0u32;
+            let mut co_n = 0usize;
+            if !never {
+                for (j, o) in recipients.iter().enumerate() {
+                    if j == i || !others_known[j] {
+                        continue;
+                    }
+                    let c = g.co_count(sender, &r.address, &o.address);
+                    co_max = co_max.max(c);
+                    co_n += usize::from(c > 0);
+                }
+            }
+            ev.others_co = co_n;
+            v[idx::LOG_CO_MAX] = ln1p(co_max as f64);
+            v[idx::CO_FRAC] = co_n as f32 / others as f32;
+            let mut checked = 0usize;
+            let mut linked = 0usize;
+            for (j, o) in recipients.iter().enumerate() {
+                if j == i {
+                    continue;
+                }
+                if checked >= MAX_LINK_CHECKS {
+                    break;
+                }
+                checked += 1;
+                if g.edge(&o.address, &r.address).is_some()
+                    || g.edge(&r.address, &o.address).is_some()
+                {
+                    linked += 1;
+                }
+            }
+            ev.others_linked = linked;
+            ev.others_checked = checked;
+            v[idx::OTHERS_LINKED_FRAC] = linked as f32 / checked.max(1) as f32;
+        }
+        let dstats = g.sender_domain(sender, dom);
+        let dcount = dstats.map(|d| d.total()).unwrap_or(0);
+        ev.domain_count = dcount;
+        v[idx::LOG_DOMAIN_COUNT] = ln1p(dcount as f64);
+        v[idx::DOMAIN_NEW] = f32::from(u8::from(dstats.is_none()));
+        let internal = !dom.is_empty() && dom == sender_domain;
+        v[idx::INTERNAL] = f32::from(u8::from(internal));
+        v[idx::FREEMAIL] = f32::from(u8::from(is_freemail(dom)));
+        let org = g.address(&r.address);
+        ev.org_senders = org.senders;
+        ev.rcpt_sent = org.sent;
+        v[idx::LOG_RCPT_SENT] = ln1p(org.sent as f64);
+        v[idx::LOG_ORG_SENDERS] = ln1p(org.senders as f64);
+        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p(g.domain(dom).senders as f64);
+        if never {
+            if let Some((addr, c)) = &sc.best {
+                if sc.best_dist <= 1 {
+                    v[idx::LOOKALIKE1] = 1.0;
+                } else if sc.best_dist == 2 {
+                    v[idx::LOOKALIKE2] = 1.0;
+                }
+                v[idx::LOG_LOOKALIKE_COUNT] = ln1p(*c as f64);
+                ev.lookalike = Some((addr.clone(), sc.best_dist as u32, *c));
+            }
+            ev.neighbour_links = sc.neighbours;
+            v[idx::LOG_NEIGHBOUR_LINKS] = ln1p(sc.neighbours as f64);
+            v[idx::NEW_NO_NEIGHBOURS] = f32::from(u8::from(sc.neighbours == 0));
+            if let Some(sl) = &sc.same_local {
+                v[idx::SAME_LOCAL_OTHER_DOMAIN] = 1.0;
+                ev.same_local = Some(sl.clone());
+            }
+        }
+        if let Some((addr, c)) = &sc.sibling {
+            let own = sc.known.map(|e| e.total()).unwrap_or(0);
+            let dom_ratio = ((1.0 + *c as f64) / (1.0 + own as f64)).ln().max(0.0);
+            v[idx::SIBLING_DOMINANCE] = dom_ratio as f32;
+            if *c > own {
+                ev.sibling = Some((addr.clone(), *c));
+            }
+        }
+        v[idx::IS_REPLY] = f32::from(u8::from(is_reply));
+        v[idx::THREAD_KNOWN] = f32::from(u8::from(thread_known));
+        let out_of_thread = thread_known && !thread_set.contains(r.address.as_str());
+        ev.not_in_thread = out_of_thread;
+        v[idx::NOT_IN_THREAD] = f32::from(u8::from(out_of_thread));
+        v[idx::HAS_ATTACHMENT] = f32::from(u8::from(!att_names.is_empty()));
+        let to_r = att_rcpts.iter().any(|(_, l)| l.contains(&r.address));
+        v[idx::ATTACHMENT_TO_RCPT] = f32::from(u8::from(to_r));
+        if !to_r {
+            if let Some((name, _)) = att_rcpts.first() {
+                v[idx::ATTACHMENT_TO_OTHERS] = 1.0;
+                ev.attachment_elsewhere = Some(name.clone());
+            }
+        }
+        v[idx::NEW_IN_KNOWN_GROUP] = v[idx::NEVER_WRITTEN] * v[idx::OTHERS_KNOWN_FRAC];
+        v[idx::NEW_INTERNAL] = v[idx::NEVER_WRITTEN] * v[idx::INTERNAL];
+        v[idx::NEW_UNKNOWN_TO_ORG] =
+            f32::from(u8::from(never && org.senders == 0 && sstats.messages > 0));
+        let silent = org.senders == 0 && org.sent == 0;
+        let lookalike = v[idx::LOOKALIKE1] > 0.0 || v[idx::LOOKALIKE2] > 0.0;
+        v[idx::LOOKALIKE_SILENT] = f32::from(u8::from(lookalike && silent));
+        v[idx::SAME_LOCAL_SILENT] = f32::from(u8::from(
+            v[idx::SAME_LOCAL_OTHER_DOMAIN] > 0.0 && org.sent == 0,
+        ));
+        v[idx::NEW_UNLINKED_IN_GROUP] =
+            f32::from(u8::from(never && others > 0 && ev.others_linked == 0));
+        out.push(RecipientFeatures {
+            values: v,
+            evidence: ev,
+        });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feature_table_matches_count() {
+        assert_eq!(FEATURES.len(), N_FEATURES);
+        let names: HashSet<&str> = FEATURES.iter().map(|f| f.0).collect();
+        assert_eq!(names.len(), N_FEATURES);
+    }
+
+    #[test]
+    fn distance_is_bounded_osa() {
+        assert_eq!(bounded_distance(b"bob@enron.com", b"bob@enron.co", 2), 1);
+        assert_eq!(bounded_distance(b"bob@enron.com", b"obb@enron.com", 2), 1);
+        assert_eq!(bounded_distance(b"bob@enron.com", b"bob@enron.com", 2), 0);
+        assert_eq!(bounded_distance(b"alice@x.com", b"bob@y.org", 2), 3);
+        assert_eq!(bounded_distance(b"", b"ab", 2), 2);
+    }
+
+    #[test]
+    fn skeleton_folds_lookalikes() {
+        assert_eq!(skeleton("j.smith@enron.com"), skeleton("jsmith@enron.com"));
+        assert_eq!(
+            skeleton("bob@rnicrosoft.com"),
+            skeleton("bob@microsoft.com")
+        );
+        assert_eq!(skeleton("b0b@enron.com"), skeleton("bob@enron.com"));
+        assert_ne!(skeleton("bob@enron.com"), skeleton("rob@enron.com"));
+    }
+}

@@ -1,0 +1,460 @@
+//! The trained model: file format, loading checks, and [`ModelScorer`], the
+//! [`Scorer`] the relay uses.
+//!
+//! A model file is JSON: format name and version, the feature names it was
+//! trained with (checked against [`features::FEATURES`] at load, in order),
+//! standardisation constants, the classifier, and the Platt calibration that
+//! turns its raw output into a probability.
+
+use serde::{Deserialize, Serialize};
+
+use crate::classify::features::{self, Evidence, RecipientFeatures, N_FEATURES};
+use crate::graph::GraphView;
+use crate::scorer::{ScoreError, ScoreInput, Scorer};
+use crate::verdict::{RecipientScore, Scores};
+
+/// Value of the `format` field.
+pub const FORMAT: &str = "misdirect-model";
+/// Version of the file format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Senders with fewer earlier messages than this are outside what the model
+/// was trained and evaluated on: [`ModelScorer`] gives their recipients
+/// score 0 with a reason saying so (the policy may treat that as it likes).
+pub const MIN_HISTORY: u32 = 20;
+
+/// The shipped default model, embedded in the binary.
+pub const SHIPPED: &[u8] = include_bytes!("../../models/default.json");
+
+/// Why a model file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("model file is not valid JSON for this format: {0}")]
+    Json(String),
+    #[error("not a misdirect model file (format {0:?})")]
+    Format(String),
+    #[error(
+        "model format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+    )]
+    Version { found: u32 },
+    #[error("model has {found} features, this build computes {expected}")]
+    FeatureCount { found: usize, expected: usize },
+    #[error("model feature {index} is {found:?}, this build computes {expected:?} there")]
+    FeatureName {
+        index: usize,
+        found: String,
+        expected: String,
+    },
+    #[error("model is inconsistent: {0}")]
+    Invalid(String),
+}
+
+/// One node of a binary decision tree: a split (`feature`, `threshold`,
+/// children) or a leaf (`value`: the class the fitted tree predicts there,
+/// 0 or 1, as smartcore keeps no leaf probabilities). Thresholds are stored
+/// as `f32`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeNode {
+    /// Split feature; `None` for a leaf.
+    pub feature: Option<u16>,
+    pub threshold: f32,
+    /// Child when `x[feature] <= threshold`.
+    pub left: u32,
+    pub right: u32,
+    pub value: f32,
+}
+
+/// The classifier producing a raw score (before calibration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Classifier {
+    /// Logistic regression on standardised features: raw = w.z + b.
+    Logistic { coef: Vec<f64>, intercept: f64 },
+    /// Bagged decision trees on standardised features: raw = logit of the
+    /// mean leaf value.
+    Trees { trees: Vec<Vec<TreeNode>> },
+    /// Both, stacked: raw = w_logistic * logistic raw + w_trees * trees raw
+    /// + bias, the weights fitted on the calibration rows.
+    Stack {
+        coef: Vec<f64>,
+        intercept: f64,
+        trees: Vec<Vec<TreeNode>>,
+        w_logistic: f64,
+        w_trees: f64,
+        bias: f64,
+    },
+}
+
+fn trees_raw(trees: &[Vec<TreeNode>], z: &[f64; N_FEATURES]) -> f64 {
+    let mut sum = 0.0;
+    for t in trees {
+        sum += tree_value(t, z);
+    }
+    let p = (sum / trees.len().max(1) as f64).clamp(1e-3, 1.0 - 1e-3);
+    (p / (1.0 - p)).ln()
+}
+
+fn check_trees(trees: &[Vec<TreeNode>]) -> Result<(), ModelError> {
+    if trees.is_empty() {
+        return Err(ModelError::Invalid("no trees".into()));
+    }
+    for t in trees {
+        for n in t {
+            let bad_child = (n.left as usize) >= t.len() || (n.right as usize) >= t.len();
+            if let Some(f) = n.feature {
+                if f as usize >= N_FEATURES || bad_child {
+                    return Err(ModelError::Invalid("tree node out of range".into()));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A model file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelFile {
+    pub format: String,
+    pub version: u32,
+    /// Model name reported in score headers, e.g. `misdirect-logreg-2026-11-23`.
+    pub name: String,
+    pub features: Vec<String>,
+    /// Per-feature mean and scale: z = (x - mean) / scale.
+    pub mean: Vec<f64>,
+    pub scale: Vec<f64>,
+    pub classifier: Classifier,
+    /// Platt calibration: p = 1 / (1 + exp(-(a * raw + b))).
+    pub platt_a: f64,
+    pub platt_b: f64,
+    /// Free-form training notes (data, split, date), for the model card.
+    #[serde(default)]
+    pub notes: serde_json::Value,
+}
+
+fn sigmoid(x: f64) -> f64 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+impl ModelFile {
+    /// Parse and check a model file.
+    pub fn from_bytes(b: &[u8]) -> Result<ModelFile, ModelError> {
+        #[derive(Deserialize)]
+        struct Head {
+            format: String,
+            version: u32,
+        }
+        let head: Head = serde_json::from_slice(b).map_err(|e| ModelError::Json(e.to_string()))?;
+        if head.format != FORMAT {
+            return Err(ModelError::Format(head.format));
+        }
+        if head.version != FORMAT_VERSION {
+            return Err(ModelError::Version {
+                found: head.version,
+            });
+        }
+        let m: ModelFile =
+            serde_json::from_slice(b).map_err(|e| ModelError::Json(e.to_string()))?;
+        m.check()?;
+        Ok(m)
+    }
+
+    /// Read and check a model file from disk.
+    pub fn load(path: &std::path::Path) -> Result<ModelFile, ModelError> {
+        let b = std::fs::read(path).map_err(|source| ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        ModelFile::from_bytes(&b)
+    }
+
+    /// Check feature names and vector sizes against this build.
+    pub fn check(&self) -> Result<(), ModelError> {
+        if self.features.len() != N_FEATURES {
+            return Err(ModelError::FeatureCount {
+                found: self.features.len(),
+                expected: N_FEATURES,
+            });
+        }
+        for (i, (found, (expected, _))) in self.features.iter().zip(features::FEATURES).enumerate()
+        {
+            if found != expected {
+                return Err(ModelError::FeatureName {
+                    index: i,
+                    found: found.clone(),
+                    expected: expected.to_string(),
+                });
+            }
+        }
+        if self.mean.len() != N_FEATURES || self.scale.len() != N_FEATURES {
+            return Err(ModelError::Invalid("mean/scale length".into()));
+        }
+        if self.scale.iter().any(|s| !s.is_finite() || *s <= 0.0) {
+            return Err(ModelError::Invalid("scale must be positive".into()));
+        }
+        match &self.classifier {
+            Classifier::Logistic { coef, intercept } => {
+                if coef.len() != N_FEATURES || !intercept.is_finite() {
+                    return Err(ModelError::Invalid("coefficient count".into()));
+                }
+            }
+            Classifier::Trees { trees } => check_trees(trees)?,
+            Classifier::Stack {
+                coef,
+                intercept,
+                trees,
+                w_logistic,
+                w_trees,
+                bias,
+            } => {
+                if coef.len() != N_FEATURES
+                    || !intercept.is_finite()
+                    || !w_logistic.is_finite()
+                    || !w_trees.is_finite()
+                    || !bias.is_finite()
+                {
+                    return Err(ModelError::Invalid("stack weights".into()));
+                }
+                check_trees(trees)?;
+            }
+        }
+        if !self.platt_a.is_finite() || !self.platt_b.is_finite() {
+            return Err(ModelError::Invalid("calibration".into()));
+        }
+        Ok(())
+    }
+
+    /// Standardise a feature row.
+    fn z(&self, x: &[f32; N_FEATURES]) -> [f64; N_FEATURES] {
+        let mut z = [0f64; N_FEATURES];
+        for i in 0..N_FEATURES {
+            z[i] = (x[i] as f64 - self.mean[i]) / self.scale[i];
+        }
+        z
+    }
+
+    /// Raw (uncalibrated) score of a feature row.
+    pub fn raw(&self, x: &[f32; N_FEATURES]) -> f64 {
+        let z = self.z(x);
+        match &self.classifier {
+            Classifier::Logistic { coef, intercept } => {
+                coef.iter().zip(z.iter()).map(|(w, v)| w * v).sum::<f64>() + intercept
+            }
+            Classifier::Trees { trees } => trees_raw(trees, &z),
+            Classifier::Stack {
+                coef,
+                intercept,
+                trees,
+                w_logistic,
+                w_trees,
+                bias,
+            } => {
+                let lr = coef.iter().zip(z.iter()).map(|(w, v)| w * v).sum::<f64>() + intercept;
+                w_logistic * lr + w_trees * trees_raw(trees, &z) + bias
+            }
+        }
+    }
+
+    /// Calibrated probability that the recipient is a misdirection.
+    pub fn probability(&self, x: &[f32; N_FEATURES]) -> f64 {
+        sigmoid(self.platt_a * self.raw(x) + self.platt_b)
+    }
+}
+
+fn tree_value(t: &[TreeNode], z: &[f64; N_FEATURES]) -> f64 {
+    let mut i = 0usize;
+    // A well-formed tree reaches a leaf in fewer steps than it has nodes.
+    for _ in 0..=t.len() {
+        let Some(n) = t.get(i) else { return 0.0 };
+        match n.feature {
+            None => return n.value as f64,
+            Some(f) => {
+                i = if z[f as usize] <= n.threshold as f64 {
+                    n.left as usize
+                } else {
+                    n.right as usize
+                };
+            }
+        }
+    }
+    0.0
+}
+
+/// The trained model as a [`Scorer`].
+#[derive(Debug, Clone)]
+pub struct ModelScorer {
+    model: ModelFile,
+}
+
+impl ModelScorer {
+    pub fn new(model: ModelFile) -> Self {
+        ModelScorer { model }
+    }
+
+    /// The model shipped in the binary.
+    pub fn shipped() -> Result<Self, ModelError> {
+        Ok(ModelScorer::new(ModelFile::from_bytes(SHIPPED)?))
+    }
+
+    /// From a model file path, or the shipped model when `None`.
+    pub fn load(path: Option<&std::path::Path>) -> Result<Self, ModelError> {
+        match path {
+            Some(p) => Ok(ModelScorer::new(ModelFile::load(p)?)),
+            None => ModelScorer::shipped(),
+        }
+    }
+
+    pub fn model(&self) -> &ModelFile {
+        &self.model
+    }
+
+    /// Probability for one feature row.
+    pub fn probability(&self, f: &RecipientFeatures) -> f64 {
+        self.model.probability(&f.values)
+    }
+}
+
+fn times(n: u32) -> String {
+    match n {
+        1 => "once".to_string(),
+        2 => "twice".to_string(),
+        n => format!("{n} times"),
+    }
+}
+
+fn edits(d: u32) -> &'static str {
+    match d {
+        0 => "looks almost the same as",
+        1 => "is one letter from",
+        _ => "is two letters from",
+    }
+}
+
+/// Plain-language reasons for one recipient, most telling first.
+pub fn reasons(address: &str, ev: &Evidence) -> Vec<String> {
+    let mut out = Vec::new();
+    if ev.sender_history == 0 {
+        out.push("you have no sending history yet, so nothing to compare with".to_string());
+        return out;
+    }
+    if ev.count == 0 {
+        let mut s = format!("you have never written to {address}");
+        if let Some((c, d, n)) = &ev.lookalike {
+            s.push_str(&format!(
+                "; it {} {c}, whom you wrote to {}",
+                edits(*d),
+                times(*n)
+            ));
+        } else if let Some((c, n)) = &ev.same_local {
+            s.push_str(&format!(
+                "; you wrote to {c} (same name, another domain) {}",
+                times(*n)
+            ));
+        } else if ev.others > 0 && ev.others_known == ev.others {
+            s.push_str(", though you know every other recipient");
+        }
+        out.push(s);
+        if ev.org_senders == 0 && ev.rcpt_sent == 0 {
+            out.push(format!(
+                "nobody in your organisation has written to {address}, and no mail from it has been seen"
+            ));
+        } else if ev.org_senders == 0 {
+            out.push(format!(
+                "nobody in your organisation has written to {address}"
+            ));
+        }
+        if ev.neighbour_links == 0 {
+            out.push(format!(
+                "none of your contacts has exchanged mail with {address}"
+            ));
+        }
+        if ev.others_checked > 0 && ev.others_linked == 0 {
+            out.push(format!(
+                "none of the other recipients has exchanged mail with {address}"
+            ));
+        }
+        if ev.domain_count == 0 {
+            out.push(format!(
+                "you have never written to anyone at {}",
+                crate::address::domain_of(address)
+            ));
+        }
+    } else {
+        let when = ev
+            .days_since
+            .map(|d| format!(", last {} days ago", d.round() as i64))
+            .unwrap_or_default();
+        out.push(format!("you wrote to {address} {}{when}", times(ev.count)));
+        if let Some((c, n)) = &ev.sibling {
+            out.push(format!("you write more often to {c} ({})", times(*n)));
+        }
+        if ev.others_known > 0 && ev.others_co == 0 {
+            out.push(format!(
+                "you have never written to {address} together with the other recipients"
+            ));
+        }
+    }
+    if ev.not_in_thread {
+        out.push(format!(
+            "{address} was not in the earlier messages of this thread"
+        ));
+    }
+    if let Some(name) = &ev.attachment_elsewhere {
+        out.push(format!(
+            "you sent {name} before to others, not to {address}"
+        ));
+    }
+    out
+}
+
+impl Scorer for ModelScorer {
+    fn name(&self) -> &str {
+        &self.model.name
+    }
+
+    fn score(&self, g: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError> {
+        let sender = input.meta.sender().ok_or(ScoreError::NoSender)?;
+        let history = g.sender(sender).messages;
+        if history < MIN_HISTORY {
+            let recipients = input
+                .recipients
+                .iter()
+                .map(|r| RecipientScore {
+                    address: r.address.clone(),
+                    field: r.field,
+                    score: 0.0,
+                    reasons: vec![format!(
+                        "not scored: {sender} has sent {history} messages so far, fewer than the {MIN_HISTORY} needed to compare with"
+                    )],
+                })
+                .collect();
+            return Ok(Scores {
+                model: self.model.name.clone(),
+                recipients,
+            });
+        }
+        let feats = features::extract(g, sender, input.meta, input.recipients, input.now);
+        let recipients = input
+            .recipients
+            .iter()
+            .zip(feats.iter())
+            .map(|(r, f)| {
+                let score = self.probability(f);
+                RecipientScore {
+                    address: r.address.clone(),
+                    field: r.field,
+                    score: if score.is_finite() { score } else { 1.0 },
+                    reasons: reasons(&r.address, &f.evidence),
+                }
+            })
+            .collect();
+        Ok(Scores {
+            model: self.model.name.clone(),
+            recipients,
+        })
+    }
+}
