@@ -14,7 +14,6 @@ use anyhow::Context;
 use clap::{Args, Subcommand};
 
 use crate::address::Normalizer;
-use crate::classify::baseline::NeverSeenScorer;
 use crate::config::Config;
 use crate::graph::{Graph, GraphView};
 use crate::import::{self, Reader};
@@ -300,9 +299,10 @@ fn merge_counts(into: &mut import::ReadCounts, c: import::ReadCounts) {
     }
 }
 
-/// `misdirectd replay` with the never-seen baseline scorer.
+/// `misdirectd replay` with the configured scorer (`[model]`).
 pub fn replay(args: ReplayArgs) -> anyhow::Result<()> {
-    replay_with(args, Arc::new(NeverSeenScorer))
+    let scorer = args.config.load()?.model.scorer()?;
+    replay_with(args, scorer)
 }
 
 /// `misdirectd graph ...`.

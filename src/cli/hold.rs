@@ -8,7 +8,6 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 
 use crate::address::Normalizer;
-use crate::classify::baseline::NeverSeenScorer;
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::graph::{Graph, LearnInput};
@@ -19,7 +18,7 @@ use crate::hold::{
 use crate::message::MessageMeta;
 use crate::outbound::spool::Spool;
 use crate::policy::{Context, FailAction, Policy};
-use crate::scorer::{ScoreInput, Scorer};
+use crate::scorer::ScoreInput;
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/misdirect/misdirectd.toml";
@@ -195,7 +194,7 @@ pub fn run_check(
         }
     }
     let policy = Policy::new(cfg.policy.clone());
-    let scorer = NeverSeenScorer;
+    let scorer = cfg.model.scorer()?;
     let input = ScoreInput {
         meta: &meta,
         recipients: &meta.recipients,

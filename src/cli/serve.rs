@@ -8,7 +8,6 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tracing::{debug, info};
 
-use crate::classify::baseline::NeverSeenScorer;
 use crate::config::Config;
 use crate::pipeline::{Pipeline, PipelineCell, Shared};
 use crate::scorer::Scorer;
@@ -18,9 +17,11 @@ use crate::store::GraphHandle;
 /// Capacity of the learning queue (events beyond it are dropped and counted).
 pub const LEARN_QUEUE: usize = 10_000;
 
-/// The scorer chosen at startup.
-pub fn scorer_for(_cfg: &Config) -> Arc<dyn Scorer> {
-    Arc::new(NeverSeenScorer)
+/// The scorer chosen at startup (`[model]`): the trained model unless
+/// configured otherwise. Reads the model file, so it runs before the async
+/// runtime starts; a model change needs a restart.
+pub fn scorer_for(cfg: &Config) -> anyhow::Result<Arc<dyn Scorer>> {
+    cfg.model.scorer().context("loading the model")
 }
 
 /// Load the configuration (`None`: the embedded defaults).
@@ -35,21 +36,19 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = load_config(config.as_deref())?;
     crate::telemetry::init_logging(&cfg.log)?;
+    let scorer = scorer_for(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("starting the tokio runtime")?;
-    rt.block_on(serve(cfg, config))
+    rt.block_on(serve(cfg, config, scorer))
 }
 
-async fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
+async fn serve(cfg: Config, path: Option<PathBuf>, scorer: Arc<dyn Scorer>) -> anyhow::Result<()> {
     crate::telemetry::init_metrics(&cfg.metrics)?;
     let (graph, _learner) =
         GraphHandle::in_memory(cfg.graph.clone(), cfg.tenants.clone(), LEARN_QUEUE);
-    let shared = Shared {
-        scorer: scorer_for(&cfg),
-        graph,
-    };
+    let shared = Shared { scorer, graph };
     let listen = cfg.server.listen.clone();
     let pipeline = Pipeline::build(cfg, shared).await?;
     let cell = Arc::new(PipelineCell::new(pipeline));
