@@ -217,3 +217,17 @@ async fn check_prints_verdict_score_and_reasons() {
         "{err}"
     );
 }
+
+#[test]
+fn shipped_config_sections_parse() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/misdirectd.toml");
+    let (ok, out, err) = misdirectd(&["check-config", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    let cfg = misdirect::config::Config::load(&p).unwrap();
+    assert_eq!(
+        cfg.hold.token_lifetime,
+        std::time::Duration::from_secs(3 * 86400)
+    );
+    assert_eq!(cfg.policy.hold_at, Some(0.8));
+}
