@@ -8,6 +8,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod actions;
 pub mod address;
 pub mod admin;
 pub mod classify;

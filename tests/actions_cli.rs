@@ -15,7 +15,7 @@ fn write_config(dir: &Path, sink: std::net::SocketAddr, extra: &str) -> std::pat
     std::fs::write(
         &p,
         format!(
-            "[policy]\nhold_at = 0.8\n{extra}\n[hold]\nspool_dir = {:?}\nrelease_domain = \"confirm.acme.test\"\nsecret = \"{SECRET}\"\nnext_hop = \"{sink}\"\n",
+            "[model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n{extra}\n[hold]\nspool_dir = {:?}\nrelease_domain = \"confirm.acme.test\"\nsecret = \"{SECRET}\"\nnext_hop = \"{sink}\"\n",
             dir.join("hold").display().to_string()
         ),
     )
@@ -216,4 +216,18 @@ async fn check_prints_verdict_score_and_reasons() {
         err.contains("policy.hold_at") && err.contains("hold.release_prefix"),
         "{err}"
     );
+}
+
+#[test]
+fn shipped_config_sections_parse() {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/misdirectd.toml");
+    let (ok, out, err) = misdirectd(&["check-config", p.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains(": ok"), "{out}");
+    let cfg = misdirect::config::Config::load(&p).unwrap();
+    assert_eq!(
+        cfg.hold.token_lifetime,
+        std::time::Duration::from_secs(3 * 86400)
+    );
+    assert_eq!(cfg.policy.hold_at, Some(0.8));
 }

@@ -273,3 +273,40 @@ async fn admin_release_discard_and_expiry() {
     assert!(svc.list().await.unwrap().is_empty());
     sink.assert_empty();
 }
+
+#[tokio::test]
+async fn expiry_job_purges_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink().await;
+    let mut cfg = hold_config(dir.path(), sink.addr);
+    cfg.expiry_interval = std::time::Duration::from_millis(20);
+    let svc = service(cfg, None).await;
+    // Held three hours ago with a two-hour lifetime: already expired.
+    let past = misdirect::hold::now() - 3 * 3600;
+    svc.hold("default", &envelope(), ORIGINAL, &verdict(), past)
+        .await
+        .unwrap();
+    let fresh = svc
+        .hold(
+            "default",
+            &envelope(),
+            ORIGINAL,
+            &verdict(),
+            misdirect::hold::now(),
+        )
+        .await
+        .unwrap();
+    let job = svc.spawn_expiry();
+    let mut left = Vec::new();
+    for _ in 0..500 {
+        left = svc.list().await.unwrap();
+        if left.len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    job.abort();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].id, fresh.id);
+    sink.assert_empty(); // discarded, not delivered
+}

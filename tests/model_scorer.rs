@@ -93,6 +93,7 @@ fn loads_from_a_file_and_config_checks_it() {
     let mut errs = Vec::new();
     ModelConfig {
         path: Some(good.clone()),
+        ..Default::default()
     }
     .validate("model", &mut errs);
     assert!(errs.is_empty(), "{errs:?}");
@@ -101,6 +102,7 @@ fn loads_from_a_file_and_config_checks_it() {
     let missing = dir.path().join("missing.json");
     ModelConfig {
         path: Some(missing.clone()),
+        ..Default::default()
     }
     .validate("model", &mut errs);
     assert_eq!(errs.len(), 1);
@@ -118,7 +120,11 @@ fn loads_from_a_file_and_config_checks_it() {
     let old = dir.path().join("old.json");
     std::fs::write(&old, serde_json::to_vec(&v).unwrap()).unwrap();
     let mut errs = Vec::new();
-    ModelConfig { path: Some(old) }.validate("model", &mut errs);
+    ModelConfig {
+        path: Some(old),
+        ..Default::default()
+    }
+    .validate("model", &mut errs);
     assert!(errs[0].contains("version 99"), "{errs:?}");
 }
 

@@ -57,13 +57,16 @@ impl Daemon {
         Daemon::spawn_with(dir, hop_port, extra, "enabled = false\n")
     }
 
-    /// `extra` goes into `[server]`, `metrics` into `[metrics]`.
+    /// `extra` goes into `[server]`, `metrics` into `[metrics]`. Scores with
+    /// the "never emailed before" baseline, so that a stranger is held
+    /// deterministically.
     fn spawn_with(dir: &Path, hop_port: u16, extra: &str, metrics: &str) -> Daemon {
         let port = free_port();
         let cfg = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{}\"\nmax_connections = 64\n{extra}\n\
              [relay]\nhost = \"127.0.0.1\"\nport = {hop_port}\ntls = \"none\"\npool_size = 8\n\
-             [metrics]\n{metrics}[log]\nlevel = \"warn\"\n",
+             [metrics]\n{metrics}[log]\nlevel = \"warn\"\n\
+             [model]\nscorer = \"never-seen\"\n",
             dir.join("data").display()
         );
         let path = dir.join("misdirectd.toml");

@@ -293,7 +293,8 @@ impl Client<TcpStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    /// Read one (possibly multi-line) reply; empty string at EOF.
+    /// Read one (possibly multi-line) reply; what was read so far (empty
+    /// string) when the server closed or reset the connection.
     pub async fn reply(&mut self) -> String {
         let mut all = String::new();
         loop {
@@ -301,7 +302,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
             let n = tokio::time::timeout(Duration::from_secs(30), self.io.read_line(&mut line))
                 .await
                 .expect("no reply within 30 s")
-                .unwrap();
+                .unwrap_or(0);
             if n == 0 {
                 return all;
             }
@@ -312,8 +313,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
+    /// Write bytes. A write error (the server went away) is not reported
+    /// here: the next [`Client::reply`] then returns an empty string.
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.io.get_mut().write_all(bytes).await.unwrap();
+        let _ = self.io.get_mut().write_all(bytes).await;
     }
 
     /// Send one command line and return the reply.

@@ -55,13 +55,15 @@ pub fn write_mbox(path: &Path, msgs: &[Msg<'_>]) {
     std::fs::write(path, s).unwrap();
 }
 
-/// A config file using `dir` for the store and key file.
+/// A config file using `dir` for the store and key file, scoring with the
+/// "never emailed before" baseline (these tests check the graph, not the
+/// model).
 pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     let cfg = dir.join("misdirectd.toml");
     std::fs::write(
         &cfg,
         format!(
-            "[store]\npath = \"{}\"\nbatch_interval = \"50ms\"\n\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n{extra}\n",
+            "[model]\nscorer = \"never-seen\"\n\n[store]\npath = \"{}\"\nbatch_interval = \"50ms\"\n\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n{extra}\n",
             dir.join("data/graph.redb").display(),
             dir.join("data/keys.json").display()
         ),
