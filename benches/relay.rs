@@ -19,7 +19,10 @@
 //!
 //! Environment: `RELAY_BENCH_MESSAGES` (default 2000) scales the message
 //! count; `RELAY_BENCH_SETUPS` (default `direct,postfix,misdirectd`) picks
-//! set-ups; `RELAY_BENCH_OUT` names a file for the results as JSON.
+//! set-ups; `RELAY_BENCH_GRAPH_EDGES` (default 0) first fills misdirectd's
+//! store with a synthetic organisation of that many edges
+//! (`misdirectd graph synth`), so that the RSS figures show a loaded graph;
+//! `RELAY_BENCH_OUT` names a file for the results as JSON.
 //! Needs Debian's `postfix` (smtp-sink, smtp-source, postfix) and root (Postfix
 //! starts its daemons as root and drops to the `postfix` user).
 
@@ -193,13 +196,37 @@ fn start_postfix(port: u16, sink: u16) -> Res<Postfix> {
     Ok(pf)
 }
 
-fn start_misdirectd(port: u16, sink: u16) -> Res<(Proc, tempfile::TempDir)> {
+fn start_misdirectd(port: u16, sink: u16, graph_edges: usize) -> Res<(Proc, tempfile::TempDir)> {
     let dir = tempfile::Builder::new()
         .prefix("misdirect-bench")
         .tempdir()
         .map_err(|e| e.to_string())?;
     let cfg = dir.path().join("misdirectd.toml");
     std::fs::write(&cfg, misdirectd_config(port, sink, dir.path())).map_err(|e| e.to_string())?;
+    if graph_edges > 0 {
+        eprintln!(
+            "harness: filling misdirectd's store with a synthetic graph of ~{graph_edges} edges"
+        );
+        let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+            .args([
+                "graph",
+                "synth",
+                "--edges",
+                &graph_edges.to_string(),
+                "--config",
+            ])
+            .arg(&cfg)
+            .env("RUST_LOG", "warn")
+            .output()
+            .map_err(|e| format!("misdirectd graph synth: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "misdirectd graph synth failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        eprintln!("harness: {}", String::from_utf8_lossy(&out.stdout).trim());
+    }
     let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
         .arg("serve")
         .arg("--config")
@@ -229,7 +256,12 @@ fn misdirectd_config(port: u16, sink: u16, data: &Path) -> String {
          tls = \"none\"\n\
          pool_size = 100\n\
          [metrics]\n\
-         enabled = false\n",
+         enabled = false\n\
+         [store]\n\
+         path = \"{data}/graph.redb\"\n\
+         [privacy]\n\
+         key_file = \"{data}/keys.json\"\n\
+         retention_days = 0\n",
         data = data.display()
     )
 }
@@ -384,10 +416,10 @@ fn latency(port: u16, conc: usize, per_conn: usize, size: usize) -> Res<(f64, f6
     Ok((q(0.50), q(0.99)))
 }
 
-fn peak_rss_kib(pid: u32) -> Option<u64> {
+fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
 }
@@ -420,11 +452,18 @@ fn run() -> Res<()> {
     let md_port = free_port()?;
     let wanted =
         std::env::var("RELAY_BENCH_SETUPS").unwrap_or_else(|_| "direct,postfix,misdirectd".into());
+    let graph_edges: usize = std::env::var("RELAY_BENCH_GRAPH_EDGES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     let md = if wanted.contains("misdirectd") {
-        Some(start_misdirectd(md_port, sink_port)?)
+        Some(start_misdirectd(md_port, sink_port, graph_edges)?)
     } else {
         None
     };
+    let rss_loaded = md
+        .as_ref()
+        .and_then(|(p, _)| rss_kib(p.child.id(), "VmRSS:"));
     let setups: Vec<(&str, u16)> = [
         ("direct", sink_port),
         ("postfix", pf_port),
@@ -499,13 +538,19 @@ fn run() -> Res<()> {
             m.1 - d.1
         );
     }
-    let rss = md.as_ref().and_then(|(p, _)| peak_rss_kib(p.child.id()));
-    match rss {
-        Some(kib) => println!(
-            "\nmisdirectd peak RSS during the run: {:.1} MiB",
-            kib as f64 / 1024.0
-        ),
-        None => println!("\nmisdirectd peak RSS: not readable"),
+    let rss = md
+        .as_ref()
+        .and_then(|(p, _)| rss_kib(p.child.id(), "VmHWM:"));
+    if md.is_some() {
+        let mib = |k: Option<u64>| k.map(|k| format!("{:.1} MiB", k as f64 / 1024.0));
+        println!(
+            "\nmisdirectd RSS with its graph loaded ({graph_edges} synthetic edges requested), before traffic: {}",
+            mib(rss_loaded).unwrap_or_else(|| "not readable".into())
+        );
+        println!(
+            "misdirectd peak RSS during the run: {}",
+            mib(rss).unwrap_or_else(|| "not readable".into())
+        );
     }
 
     if let Ok(path) = std::env::var("RELAY_BENCH_OUT") {
@@ -532,7 +577,8 @@ fn run() -> Res<()> {
             ));
         }
         j.push_str(&format!(
-            "],\"misdirectd_peak_rss_kib\":{}}}\n",
+            "],\"graph_edges_requested\":{graph_edges},\"misdirectd_loaded_rss_kib\":{},\"misdirectd_peak_rss_kib\":{}}}\n",
+            rss_loaded.unwrap_or(0),
             rss.unwrap_or(0)
         ));
         std::fs::write(&path, j).map_err(|e| format!("{path}: {e}"))?;

@@ -297,3 +297,42 @@ fn imports_corpus_json_lines_plain_and_gzipped() {
     assert_eq!(g.display_names("a.b@corp.test"), vec!["A B"]);
     assert_eq!(g.attachment_recipients("a.b@corp.test", "Q3.xls").len(), 2);
 }
+
+/// `graph synth` fills an empty store with a synthetic organisation that
+/// the daemon's loader then sees; it refuses a store that has a graph.
+#[test]
+fn graph_synth_fills_an_empty_store_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_config(dir.path(), "");
+    let c = cfg.to_str().unwrap();
+    let out = run(&["graph", "synth", "--config", c, "--edges", "50000"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let edges = summary["edges"].as_u64().unwrap();
+    assert!((40_000..=60_000).contains(&edges), "{summary}");
+
+    let stats = run(&["graph", "stats", "--config", c]);
+    assert!(stats.status.success());
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        stats["tenants"][0]["edges"].as_u64(),
+        Some(edges),
+        "{stats}"
+    );
+    assert_eq!(
+        stats["tenants"][0]["co_recipient_pairs"],
+        summary["co_recipient_pairs"]
+    );
+
+    let again = run(&["graph", "synth", "--config", c, "--edges", "50000"]);
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already has a graph"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}

@@ -91,6 +91,26 @@ pub enum GraphCmd {
     Show(AddressArgs),
     /// Run the retention job once now (`privacy.retention_days`).
     Purge(ConfigArg),
+    /// Fill an empty store with a synthetic organisation of about `--edges`
+    /// sender-recipient edges (addresses `p<N>@corp.example` and
+    /// `x<N>@partner<M>.example`), for load tests and for sizing a machine.
+    Synth(SynthArgs),
+}
+
+/// `misdirectd graph synth`.
+#[derive(Args, Debug, Clone)]
+pub struct SynthArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Approximate number of sender-recipient edges.
+    #[arg(long)]
+    pub edges: usize,
+    /// Tenant to fill.
+    #[arg(long, default_value = "default")]
+    pub tenant: String,
+    /// Seed of the generator (the same seed gives the same graph).
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
 }
 
 /// An address argument plus `--config`.
@@ -311,7 +331,72 @@ pub fn graph(args: GraphArgs) -> anyhow::Result<()> {
         GraphCmd::Stats(c) => stats(&c),
         GraphCmd::Show(a) => show(&a),
         GraphCmd::Purge(c) => purge(&c),
+        GraphCmd::Synth(a) => synth(&a),
     }
+}
+
+fn synth(a: &SynthArgs) -> anyhow::Result<()> {
+    init_logs();
+    let mut o = open(a.config.load()?)?;
+    if o.graphs.get(&a.tenant).is_some_and(|g| g.edge_count() > 0) {
+        anyhow::bail!(
+            "tenant {} already has a graph in this store: synth only fills an empty one",
+            a.tenant
+        );
+    }
+    let started = Instant::now();
+    let org =
+        crate::graph::synth::Org::new(crate::graph::synth::Org::people_for_edges(a.edges), a.seed);
+    let mut pending: HashMap<String, std::collections::HashSet<crate::graph::memory::RecordKey>> =
+        HashMap::new();
+    let mut messages = 0u64;
+    let mut failure: Option<anyhow::Error> = None;
+    {
+        let Opened {
+            cfg, store, graphs, ..
+        } = &mut o;
+        let g = graphs
+            .entry(a.tenant.clone())
+            .or_insert_with(|| Graph::new(cfg.graph.clone()));
+        org.for_each_message(a.seed, |sender, rcpts, ts| {
+            let input = crate::graph::LearnInput {
+                sender,
+                sender_name: None,
+                recipients: rcpts,
+                message_id: None,
+                subject: None,
+                attachments: Vec::new(),
+                ts,
+            };
+            g.learn(&input);
+            g.touched_by(&input, pending.entry(a.tenant.clone()).or_default());
+            messages += 1;
+            if messages % 200_000 == 0 && failure.is_none() {
+                let mut batch = Batch::default();
+                for (t, keys) in pending.iter() {
+                    store.encode(&mut batch, t, g, keys.iter().copied());
+                }
+                if let Err(e) = store.commit(batch) {
+                    failure = Some(e.into());
+                }
+                pending.clear();
+            }
+        });
+    }
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    commit_pending(&o.store, &o.graphs, &mut pending)?;
+    let g = o.graphs.get(&a.tenant);
+    emit(&serde_json::to_string(&serde_json::json!({
+        "tenant": a.tenant,
+        "messages": messages,
+        "edges": g.map(|g| g.edge_count()).unwrap_or(0),
+        "co_recipient_pairs": g.map(|g| g.co_count_total()).unwrap_or(0),
+        "addresses": g.map(|g| g.address_count()).unwrap_or(0),
+        "seconds": started.elapsed().as_secs_f64(),
+    }))?)?;
+    Ok(())
 }
 
 fn file_size(p: &Path) -> u64 {
