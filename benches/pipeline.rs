@@ -17,8 +17,12 @@ use misdirect::policy::Policy;
 use misdirect::scorer::{ScoreInput, Scorer};
 use misdirect::store::GraphHandle;
 
+/// The shipped model, as the daemon uses it by default.
 fn scorer() -> Box<dyn Scorer> {
-    Box::new(misdirect::classify::baseline::NeverSeenScorer)
+    match misdirect::classify::model::ModelScorer::shipped() {
+        Ok(m) => Box::new(m),
+        Err(e) => panic!("shipped model: {e}"),
+    }
 }
 
 /// A realistic outgoing message: display names, Cc, threading headers, a
