@@ -12,7 +12,7 @@
 //!   held or learnt); `misdirectd check` uses it
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (bad id), 401 (missing or
-//! wrong token), 404, 405, 502 (the next hop refused a release) or 500.
+//! wrong token), 404, 405, 413 (a `/check` message over [`MAX_CHECK_BODY`]), 502 (the next hop refused a release) or 500.
 //!
 //! Entry point: [`serve`], given an already bound listener.
 
@@ -141,7 +141,10 @@ async fn handle(state: AdminState, req: Request<Incoming>) -> Resp {
         .await
     {
         Ok(b) => b.to_bytes(),
-        Err(e) => return error(StatusCode::PAYLOAD_TOO_LARGE, &e.to_string()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large")
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
     };
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
     let h = &(state.hold)();

@@ -172,12 +172,17 @@ impl Daemon {
     /// has no history yet), and wait until the daemon scores a stranger
     /// from alice 0.9.
     async fn teach(&self, sink: &mut Sink) {
+        self.teach_from(ALICE, sink).await
+    }
+
+    /// [`teach`](Self::teach) for any sender.
+    async fn teach_from(&self, sender: &str, sink: &mut Sink) {
         let r = self
-            .send(ALICE, &[BOB], &message(ALICE, BOB, "first"))
+            .send(sender, &[BOB], &message(sender, BOB, "first"))
             .await;
         assert!(r.starts_with("250 "), "{r}");
         sink.recv().await;
-        let probe = message(ALICE, STRANGER, "probe");
+        let probe = message(sender, STRANGER, "probe");
         for _ in 0..300 {
             let (st, v) = self.http("POST", "/check", Some(TOKEN), &probe).await;
             assert_eq!(st, 200, "{v}");
@@ -582,7 +587,8 @@ async fn encrypt_without_certificate_holds_by_default() {
 async fn allow_lists_reject_and_threshold_reload() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = Sink::start().await;
-    let sections = "[policy]\nhold_at = 0.8\nallow_domains = [\".trusted.test\"]\nallow_pairs = [[\"alice@acme.test\", \"pal@elsewhere.test\"]]\n";
+    let sections = "[policy]\nhold_at = 0.8\nallow_domains = [\".trusted.test\"]\nallow_pairs = [[\"alice@acme.test\", \"pal@elsewhere.test\"]]\n\
+         [policy.sender_domain.\"lax.test\"]\nhold_at = 0.95\n";
     let d = Daemon::start(dir.path(), sink.addr.port(), sections).await;
     d.teach(&mut sink).await;
     // Allow-listed domain (subdomain match) and pair: delivered, score 0.
@@ -597,6 +603,30 @@ async fn allow_lists_reject_and_threshold_reload() {
         );
         assert_eq!(body, m);
     }
+
+    // Sender-domain override: carl's domain holds at 0.95, so a recipient
+    // nobody wrote to (0.9) is delivered; dave's domain has the global 0.8.
+    let carl = "carl@lax.test";
+    d.teach_from(carl, &mut sink).await;
+    let m = message(carl, "new1@elsewhere.test", "c1");
+    let r = d.send(carl, &["new1@elsewhere.test"], &m).await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+    let (trace, _) = split_trace(&sink.recv().await.data);
+    assert!(
+        trace.contains("X-Misdirect-Score: 0.9000; action=deliver"),
+        "{trace}"
+    );
+    let dave = "dave@strict.test";
+    d.teach_from(dave, &mut sink).await;
+    let r = d
+        .send(
+            dave,
+            &["new2@elsewhere.test"],
+            &message(dave, "new2@elsewhere.test", "d1"),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    sink.recv().await; // the notice
 
     // SIGHUP with a reject threshold: 550 5.7.1 with the reason.
     let text = std::fs::read_to_string(&d.config).unwrap();
