@@ -59,8 +59,10 @@ pub struct TxContext {
     pub protocol: &'static str,
 }
 
-/// A transaction taken out of the normal scoring path before scoring (e.g.
-/// a reply to the hold-release address, which the hold module handles).
+/// A transaction taken out of the normal scoring path before scoring.
+/// (Replies to hold notices need none: the pipeline hands every message to
+/// [`HoldService::handle_reply`] first, which also lets the other
+/// recipients of such a reply go on through scoring.)
 pub trait Intercept: Send + Sync {
     /// True when this interceptor takes the transaction.
     fn wants(&self, env: &Envelope) -> bool;
@@ -346,7 +348,7 @@ impl Pipeline {
         tx: Transaction<'_>,
         e: &ScoreError,
     ) -> (Reply, &'static str, String) {
-        error!(queue_id = tx.queue_id, error = %e, "Scoring failed.");
+        // Logged (with the fail mode) by the policy, inside this message's span.
         match self.policy.on_score_error(e) {
             FailAction::TempFail { reply } => (parse_reply(&reply), "tempfail", String::new()),
             FailAction::Deliver { header } => {

@@ -284,7 +284,11 @@ async fn hold_reply_release_learns_and_survives_restart() {
     // generated release-token secret.
     let (config, port, admin) = (d.config.clone(), d.port, d.admin);
     d.terminate().await;
-    assert!(dir.path().join("data/hold.secret").exists());
+    let secret = std::fs::metadata(dir.path().join("data/hold.secret")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&secret.permissions()) & 0o777,
+        0o600
+    );
     let d = Daemon::spawn(config, port, admin).await;
     let r = d.send(ALICE, &[STRANGER], &again).await;
     assert!(r.starts_with("250 2.0.0 Ok"), "after restart: {r}");
