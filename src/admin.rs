@@ -7,13 +7,17 @@
 //!   (never the body)
 //! - `POST /holds/{id}/release`: deliver it and remove it from the spool
 //! - `POST /holds/{id}/discard`: remove it without delivering
+//! - `POST /check` (body: a raw message): the verdict the running daemon
+//!   would give it, with its live configuration and graph (nothing is sent,
+//!   held or learnt); `misdirectd check` uses it
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (bad id), 401 (missing or
-//! wrong token), 404, 405, 502 (the next hop refused a release) or 500.
+//! wrong token), 404, 405, 413 (a `/check` message over [`MAX_CHECK_BODY`]), 502 (the next hop refused a release) or 500.
 //!
 //! Entry point: [`serve`], given an already bound listener.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use http_body_util::{BodyExt, Full};
@@ -26,17 +30,42 @@ use tokio::net::TcpListener;
 use crate::hold::{now, Actor, HoldError, HoldService};
 use crate::outbound::spool::SpoolError;
 
+/// Gives the hold service in force (the daemon's changes on reload).
+pub type HoldSource = Arc<dyn Fn() -> HoldService + Send + Sync>;
+
+/// Scores a raw message for `POST /check`.
+pub type CheckFn = Arc<
+    dyn Fn(Vec<u8>) -> Pin<Box<dyn Future<Output = crate::pipeline::CheckReport> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Largest message `POST /check` accepts.
+pub const MAX_CHECK_BODY: usize = 64 << 20;
+
 /// What the admin API works on.
 #[derive(Clone)]
 pub struct AdminState {
-    pub hold: HoldService,
+    hold: HoldSource,
+    check: Option<CheckFn>,
     token: Arc<String>,
 }
 
 impl AdminState {
+    /// One fixed hold service, no `/check`.
     pub fn new(hold: HoldService, token: String) -> Self {
         AdminState {
+            hold: Arc::new(move || hold.clone()),
+            check: None,
+            token: Arc::new(token),
+        }
+    }
+
+    /// The daemon's state: the current hold service and `/check`.
+    pub fn live(hold: HoldSource, check: CheckFn, token: String) -> Self {
+        AdminState {
             hold,
+            check: Some(check),
             token: Arc::new(token),
         }
     }
@@ -107,13 +136,27 @@ async fn handle(state: AdminState, req: Request<Incoming>) -> Resp {
         );
         return r;
     }
-    // Drain any request body (none is expected).
-    if let Err(e) = req.into_body().collect().await {
-        return error(StatusCode::BAD_REQUEST, &e.to_string());
-    }
+    let body = match http_body_util::Limited::new(req.into_body(), MAX_CHECK_BODY)
+        .collect()
+        .await
+    {
+        Ok(b) => b.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return error(StatusCode::PAYLOAD_TOO_LARGE, "message too large")
+        }
+        Err(e) => return error(StatusCode::BAD_REQUEST, &e.to_string()),
+    };
     let parts: Vec<&str> = path.trim_matches('/').split('/').collect();
-    let h = &state.hold;
+    let h = &(state.hold)();
     match (parts.as_slice(), &method) {
+        (["check"], &Method::POST) => match &state.check {
+            Some(check) if !body.is_empty() => {
+                json_resp(StatusCode::OK, json!(check(body.to_vec()).await))
+            }
+            Some(_) => error(StatusCode::BAD_REQUEST, "empty message"),
+            None => error(StatusCode::NOT_FOUND, "not found"),
+        },
+        (["check"], _) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (["holds"], &Method::GET) => match h.list().await {
             Ok(list) => json_resp(StatusCode::OK, json!(list)),
             Err(e) => hold_error(e),

@@ -3,8 +3,11 @@
 //! [`Pipeline::process`] is the one entry point the SMTP session calls with
 //! a complete transaction; it returns the reply for the upstream.
 //! [`Pipeline::dispatch`] is the one place that turns a verdict into an
-//! action. A [`Pipeline`] is built from one configuration and never changes;
-//! [`PipelineCell`] holds the current one and SIGHUP swaps it atomically.
+//! action (deliver, S/MIME encrypt, hold with the sender's notice, reject).
+//! Replies to hold notices are swallowed before scoring. A [`Pipeline`] is
+//! built from one configuration and never changes; [`PipelineCell`] holds
+//! the current one and SIGHUP swaps it atomically (thresholds, allow-lists,
+//! hold and encrypt settings included).
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -16,23 +19,28 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use ipnet::IpNet;
 use tracing::{error, info, warn, Instrument};
 
+use serde::{Deserialize, Serialize};
+
 use crate::address::Normalizer;
-use crate::config::Config;
+use crate::config::{Config, EncryptFallback};
+use crate::encrypt::Encryptor;
 use crate::envelope::Envelope;
 use crate::graph::Ts;
+use crate::hold::{Deliver, DeliverError, DeliverFuture, HoldService, ReplyOutcome, TokenKey};
 use crate::message::{envelope_recipients, MessageMeta, Recipient};
 use crate::outbound::dsn::{self, DsnInput};
 use crate::outbound::relay::{Relay, RelayOutcome};
-use crate::outbound::spool::{new_id, HeldMeta, Spool};
-use crate::policy::Policy;
+use crate::outbound::spool::{new_id, Spool};
+use crate::policy::{Context, FailAction, Policy};
 use crate::scorer::{ScoreError, ScoreInput, Scorer};
 use crate::smtp::reply::Reply;
 use crate::store::{GraphHandle, LearnEvent};
 use crate::telemetry;
 use crate::verdict::{Action, Verdict};
 
-/// How long a held message is kept (until the hold workflow configures it).
-pub const DEFAULT_HOLD_TTL: Ts = 7 * 86400;
+/// File under `server.data_dir` holding the generated release-token secret
+/// when neither `hold.secret` nor `hold.secret_file` is set.
+pub const GENERATED_SECRET_FILE: &str = "hold.secret";
 
 /// The parts that survive a reload: the scorer (model) and the graph.
 #[derive(Clone)]
@@ -51,8 +59,10 @@ pub struct TxContext {
     pub protocol: &'static str,
 }
 
-/// A transaction taken out of the normal scoring path before scoring (e.g.
-/// a reply to the hold-release address, which the hold module handles).
+/// A transaction taken out of the normal scoring path before scoring.
+/// (Replies to hold notices need none: the pipeline hands every message to
+/// [`HoldService::handle_reply`] first, which also lets the other
+/// recipients of such a reply go on through scoring.)
 pub trait Intercept: Send + Sync {
     /// True when this interceptor takes the transaction.
     fn wants(&self, env: &Envelope) -> bool;
@@ -77,6 +87,8 @@ pub enum BuildError {
     Relay(#[from] crate::outbound::relay::RelayError),
     #[error("hold spool {0}: {1}")]
     Spool(String, crate::outbound::spool::SpoolError),
+    #[error("{0}")]
+    Hold(String),
 }
 
 /// Everything a transaction needs, built from one configuration.
@@ -85,7 +97,8 @@ pub struct Pipeline {
     norm: Normalizer,
     policy: Policy,
     shared: Shared,
-    spool: Spool,
+    hold: HoldService,
+    encryptor: Encryptor,
     relay: Relay,
     tls: Option<Arc<rustls::ServerConfig>>,
     networks: Vec<IpNet>,
@@ -112,18 +125,28 @@ impl Pipeline {
             (Some(c), Some(k)) => Some(crate::tls::load_server_config(c, k).await?),
             _ => None,
         };
-        let spool_dir = cfg.server.data_dir.join("spool");
+        let spool_dir = cfg.hold_spool_dir();
         let spool = Spool::open(&spool_dir)
             .await
             .map_err(|e| BuildError::Spool(spool_dir.display().to_string(), e))?;
         let relay = Relay::new(&cfg.relay, &cfg.server.hostname)?;
+        let norm = Normalizer::new(cfg.addresses.clone());
+        let hold = HoldService::new(
+            spool,
+            TokenKey::new(hold_secret(&cfg).await?),
+            cfg.hold.clone(),
+            Arc::new(RelayDeliver(relay.clone())),
+            norm.clone(),
+            Some(shared.graph.clone()),
+        );
         Ok(Pipeline {
-            norm: Normalizer::new(cfg.addresses.clone()),
+            norm,
             policy: Policy::new(cfg.policy.clone()),
             networks: cfg.server.networks(),
+            encryptor: Encryptor::new(cfg.encrypt.clone()),
             cfg: Arc::new(cfg),
             shared,
-            spool,
+            hold,
             relay,
             tls,
             interceptors: Vec::new(),
@@ -140,8 +163,18 @@ impl Pipeline {
         &self.cfg
     }
 
+    /// The hold spool.
     pub fn spool(&self) -> &Spool {
-        &self.spool
+        self.hold.spool()
+    }
+
+    /// The hold workflow (release, discard, expiry) of this configuration.
+    pub fn hold(&self) -> &HoldService {
+        &self.hold
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
     }
 
     pub fn relay(&self) -> &Relay {
@@ -163,16 +196,6 @@ impl Pipeline {
         self.networks.iter().any(|n| n.contains(&ip))
     }
 
-    /// The reply when scoring failed. Fail-closed: 451, the upstream retries.
-    pub fn on_score_error(&self, queue_id: &str, e: &ScoreError) -> Reply {
-        error!(queue_id, error = %e, "Scoring failed; message deferred (fail-closed).");
-        Reply::new(
-            451,
-            "4.3.0",
-            "Temporary failure scoring the message, try again later",
-        )
-    }
-
     /// Handle one complete transaction and return the upstream's reply.
     pub async fn process(&self, ctx: &TxContext, env: Envelope, raw: Vec<u8>) -> Reply {
         let start = Instant::now();
@@ -185,30 +208,59 @@ impl Pipeline {
                 let r = i.handle(ctx, &env, &raw).await;
                 return (r, "intercepted", None, String::new());
             }
-            let (meta, recipients, tenant, scored, raw) = self.score(env.clone(), raw, now).await;
-            let scores = match scored {
-                Ok(s) => s,
-                Err(e) => {
+            // A sender's reply to a hold notice is swallowed whatever the
+            // outcome (refusals are logged by the hold service); only other
+            // recipients of the same message go on.
+            let env = match self.hold.handle_reply(&env, &raw, now).await {
+                Ok(ReplyOutcome::NotRelease) => env,
+                Ok(ReplyOutcome::Handled { other_rcpts, .. }) if other_rcpts.is_empty() => {
                     return (
-                        self.on_score_error(&queue_id, &e),
+                        Reply::new(250, "2.0.0", "Ok: reply to hold notice received"),
+                        "release_reply",
+                        None,
+                        String::new(),
+                    );
+                }
+                Ok(ReplyOutcome::Handled { other_rcpts, .. }) => Envelope {
+                    rcpt_to: other_rcpts,
+                    ..env
+                },
+                Err(e) => {
+                    error!(queue_id = %queue_id, error = %e, "Release by reply failed; reply deferred.");
+                    return (
+                        Reply::new(451, "4.3.0", "Temporary local problem, try again later"),
                         "tempfail",
                         None,
                         String::new(),
-                    )
+                    );
                 }
             };
-            let verdict = self.policy.decide(scores);
-            let score = Some(verdict.score);
+            let s = self.score(env.clone(), raw, now).await;
             let tx = Transaction {
                 ctx,
                 queue_id: &queue_id,
                 now,
                 env,
-                raw,
-                meta,
-                recipients,
-                tenant,
+                raw: s.raw,
+                meta: s.meta,
+                recipients: s.recipients,
+                tenant: s.tenant,
             };
+            let scores = match s.scores {
+                Ok(sc) => sc,
+                Err(e) => {
+                    let (reply, action, hop) = self.on_score_error(tx, &e).await;
+                    return (reply, action, None, hop);
+                }
+            };
+            let verdict = self.policy.decide_for(
+                &Context {
+                    tenant: &tx.tenant,
+                    sender: &s.sender,
+                },
+                scores,
+            );
+            let score = Some(verdict.score);
             let (reply, action, next_hop) = self.dispatch(tx, verdict).await;
             (reply, action, score, next_hop)
         }
@@ -232,18 +284,7 @@ impl Pipeline {
     }
 
     /// Parse and score off the async runtime.
-    async fn score(
-        &self,
-        env: Envelope,
-        raw: Vec<u8>,
-        now: Ts,
-    ) -> (
-        MessageMeta,
-        Vec<Recipient>,
-        String,
-        Result<crate::verdict::Scores, ScoreError>,
-        Vec<u8>,
-    ) {
+    async fn score(&self, env: Envelope, raw: Vec<u8>, now: Ts) -> Scored {
         let norm = self.norm.clone();
         let shared = self.shared.clone();
         let job = tokio::task::spawn_blocking(move || {
@@ -255,7 +296,7 @@ impl Pipeline {
                 .or_else(|| norm.normalize(&env.mail_from).ok())
                 .unwrap_or_default();
             let tenant = shared.graph.tenant_for(&sender);
-            let scored = shared.graph.with_view(&tenant, |g| {
+            let scores = shared.graph.with_view(&tenant, |g| {
                 shared.scorer.score(
                     g,
                     &ScoreInput {
@@ -265,17 +306,58 @@ impl Pipeline {
                     },
                 )
             });
-            (meta, recipients, tenant, scored, raw)
+            Scored {
+                meta,
+                recipients,
+                sender,
+                tenant,
+                scores,
+                raw,
+            }
         });
         match job.await {
             Ok(r) => r,
-            Err(e) => (
-                MessageMeta::default(),
-                Vec::new(),
-                String::new(),
-                Err(ScoreError::Model(format!("scoring task failed: {e}"))),
-                Vec::new(),
-            ),
+            Err(e) => Scored {
+                meta: MessageMeta::default(),
+                recipients: Vec::new(),
+                sender: String::new(),
+                tenant: String::new(),
+                scores: Err(ScoreError::Model(format!("scoring task failed: {e}"))),
+                raw: Vec::new(),
+            },
+        }
+    }
+
+    /// Score one message as the daemon would (header recipients, live graph
+    /// and policy) without acting on it: `misdirectd check`.
+    pub async fn check(&self, raw: Vec<u8>) -> CheckReport {
+        check_message(
+            self.norm.clone(),
+            self.shared.clone(),
+            self.policy.clone(),
+            raw,
+            now_ts(),
+        )
+        .await
+    }
+
+    /// Scoring failed: `[policy] fail_mode` decides. Fail-open delivers with
+    /// the warning header (and no score header); fail-closed answers 451.
+    async fn on_score_error(
+        &self,
+        tx: Transaction<'_>,
+        e: &ScoreError,
+    ) -> (Reply, &'static str, String) {
+        // Logged (with the fail mode) by the policy, inside this message's span.
+        match self.policy.on_score_error(e) {
+            FailAction::TempFail { reply } => (parse_reply(&reply), "tempfail", String::new()),
+            FailAction::Deliver { header } => {
+                let mut out = self.received_header(&tx);
+                out.extend_from_slice(format!("{}: {}\r\n", header.0, header.1).as_bytes());
+                out.extend_from_slice(&tx.raw);
+                let env = tx.env.clone();
+                self.relay_out(&tx, &env, &out, "unchecked").await
+            }
         }
     }
 
@@ -287,47 +369,40 @@ impl Pipeline {
         verdict: Verdict,
     ) -> (Reply, &'static str, String) {
         match verdict.action {
-            Action::Deliver => self.deliver(tx, &verdict).await,
-            // S/MIME call site: the encrypt module will transform the
-            // message here before relaying. Until then it is relayed like
-            // Deliver, with the header saying action=encrypt.
-            Action::Encrypt => self.deliver(tx, &verdict).await,
-            Action::Hold => self.hold(tx, verdict).await,
-            Action::Reject => {
-                let who = verdict
-                    .recipients
-                    .iter()
-                    .max_by(|a, b| a.score.total_cmp(&b.score))
-                    .map(|r| format!(" <{}>", r.address))
-                    .unwrap_or_default();
-                (
-                    Reply::new(
-                        550,
-                        "5.7.1",
-                        format!("Message refused: recipient{who} looks misaddressed"),
-                    ),
-                    "reject",
-                    String::new(),
-                )
+            Action::Deliver => {
+                let mut out = self.trace_headers(&tx, &verdict);
+                out.extend_from_slice(&tx.raw);
+                let env = tx.env.clone();
+                self.relay_out(&tx, &env, &out, "deliver").await
             }
+            Action::Encrypt => self.encrypt(tx, verdict).await,
+            Action::Hold => self.hold_message(tx, verdict).await,
+            Action::Reject => (
+                parse_reply(&Policy::reject_reply(&verdict)),
+                "reject",
+                String::new(),
+            ),
         }
     }
 
-    async fn hold(&self, tx: Transaction<'_>, verdict: Verdict) -> (Reply, &'static str, String) {
-        let meta = HeldMeta {
-            id: tx.queue_id.to_string(),
-            tenant: tx.tenant.clone(),
-            envelope: tx.env.clone(),
-            verdict,
-            held_at: tx.now,
-            expires_at: tx.now + DEFAULT_HOLD_TTL,
-        };
-        match self.spool.put(&meta, &tx.raw).await {
-            Ok(()) => (
-                Reply::new(250, "2.0.0", format!("Held as {}", tx.queue_id)),
-                "hold",
-                String::new(),
-            ),
+    async fn hold_message(
+        &self,
+        tx: Transaction<'_>,
+        verdict: Verdict,
+    ) -> (Reply, &'static str, String) {
+        match self
+            .hold
+            .hold_and_notify(&tx.tenant, &tx.env, &tx.raw, &verdict, tx.now)
+            .await
+        {
+            Ok(meta) => {
+                info!(queue_id = tx.queue_id, hold_id = %meta.id, "Message held; sender notified.");
+                (
+                    Reply::new(250, "2.0.0", format!("Held as {}", meta.id)),
+                    "hold",
+                    String::new(),
+                )
+            }
             Err(e) => {
                 error!(queue_id = tx.queue_id, error = %e, "Could not hold message; deferred.");
                 (
@@ -339,8 +414,120 @@ impl Pipeline {
         }
     }
 
+    /// S/MIME for the recipients with a certificate; the others get the
+    /// `[encrypt] fallback`: held (the sender is notified only once the
+    /// encrypted copy left) or delivered tagged `X-Misdirect-Encryption: none`.
+    async fn encrypt(
+        &self,
+        tx: Transaction<'_>,
+        verdict: Verdict,
+    ) -> (Reply, &'static str, String) {
+        let tempfail = |msg: &str| {
+            (
+                Reply::new(451, "4.3.0", msg.to_string()),
+                "tempfail",
+                String::new(),
+            )
+        };
+        let plan = match self.encryptor.prepare(&tx.env, &tx.raw).await {
+            Ok(p) => p,
+            Err(e) => {
+                error!(queue_id = tx.queue_id, error = %e, "Encryption failed; message deferred.");
+                return tempfail("Temporary failure encrypting the message, try again later");
+            }
+        };
+        let mut held_verdict = verdict.clone();
+        held_verdict.note =
+            Some("encryption asked for; no certificate for these recipients".into());
+        let Some((enc_env, enc_raw)) = plan.encrypted else {
+            // Nobody has a certificate: the fallback alone.
+            return match (plan.fallback, plan.fallback_action) {
+                (Some((env, _)), EncryptFallback::Hold) => {
+                    let tx = Transaction { env, ..tx };
+                    self.hold_message(tx, held_verdict).await
+                }
+                (Some((env, msg)), EncryptFallback::Tag) => {
+                    let mut out = self.trace_headers(&tx, &verdict);
+                    out.extend_from_slice(&msg);
+                    self.relay_out(&tx, &env, &out, "encrypt").await
+                }
+                (None, _) => tempfail("Temporary local problem, try again later"),
+            };
+        };
+        // Hold the fallback part first (durable) so that a deferred
+        // encrypted delivery can take it back and the upstream retries all.
+        let mut held = None;
+        if let (Some((env, msg)), EncryptFallback::Hold) = (&plan.fallback, plan.fallback_action) {
+            match self
+                .hold
+                .hold(&tx.tenant, env, msg, &held_verdict, tx.now)
+                .await
+            {
+                Ok(m) => held = Some(m),
+                Err(e) => {
+                    error!(queue_id = tx.queue_id, error = %e, "Could not hold the unencrypted part; deferred.");
+                    return tempfail("Temporary local problem, try again later");
+                }
+            }
+        }
+        let mut out = self.trace_headers(&tx, &verdict);
+        out.extend_from_slice(&enc_raw);
+        let (reply, action, hop) = self.relay_out(&tx, &enc_env, &out, "encrypt").await;
+        if !(200..300).contains(&reply.code) {
+            if let Some(m) = &held {
+                if let Err(e) = self.hold.discard(&m.id, crate::hold::Actor::Admin).await {
+                    error!(queue_id = tx.queue_id, hold_id = %m.id, error = %e, "Could not take back the hold after a failed delivery.");
+                }
+            }
+            return (reply, action, hop);
+        }
+        if let Some(m) = &held {
+            let msg = plan
+                .fallback
+                .as_ref()
+                .map(|(_, m)| m.as_slice())
+                .unwrap_or(&[]);
+            if let Err(e) = self.hold.notify(m, msg, tx.now).await {
+                error!(hold_id = %m.id, error = %e, "Hold notice not sent.");
+            }
+        }
+        if let (Some((env, msg)), EncryptFallback::Tag) = (&plan.fallback, plan.fallback_action) {
+            let mut out = self.trace_headers(&tx, &verdict);
+            out.extend_from_slice(msg);
+            let (r2, _, _) = self.relay_out(&tx, env, &out, "encrypt").await;
+            if !(200..300).contains(&r2.code) {
+                // The encrypted copy is gone already: keep the tagged copy
+                // in the hold spool for an admin rather than lose it or
+                // have the upstream send the encrypted copy twice.
+                match self
+                    .hold
+                    .hold(&tx.tenant, env, msg, &held_verdict, tx.now)
+                    .await
+                {
+                    Ok(m) => {
+                        warn!(queue_id = tx.queue_id, hold_id = %m.id, reply = %r2.summary(), "Tagged copy not delivered; held for an admin.")
+                    }
+                    Err(e) => {
+                        error!(queue_id = tx.queue_id, error = %e, "Tagged copy neither delivered nor held; deferred.");
+                        return (r2, "tempfail", hop);
+                    }
+                }
+            }
+        }
+        (reply, action, hop)
+    }
+
     /// The trace and score headers prepended to a relayed message.
     pub fn trace_headers(&self, tx: &Transaction<'_>, verdict: &Verdict) -> Vec<u8> {
+        let mut h = self.received_header(tx);
+        h.extend_from_slice(
+            format!("X-Misdirect-Score: {}\r\n", verdict.header_value()).as_bytes(),
+        );
+        h
+    }
+
+    /// The `Received:` trace header.
+    pub fn received_header(&self, tx: &Transaction<'_>) -> Vec<u8> {
         let host = &self.cfg.server.hostname;
         let helo: String = tx
             .ctx
@@ -357,28 +544,21 @@ impl Pipeline {
         if let [one] = tx.env.rcpt_to.as_slice() {
             h.push_str(&format!("\r\n\tfor <{one}>"));
         }
-        h.push_str(&format!(
-            "; {date}\r\nX-Misdirect-Score: {}\r\n",
-            verdict.header_value()
-        ));
+        h.push_str(&format!("; {date}\r\n"));
         h.into_bytes()
     }
 
-    async fn deliver(
+    /// Relay `out` to `env`'s recipients; learn them once delivered.
+    async fn relay_out(
         &self,
-        tx: Transaction<'_>,
-        verdict: &Verdict,
+        tx: &Transaction<'_>,
+        env: &Envelope,
+        out: &[u8],
+        action: &'static str,
     ) -> (Reply, &'static str, String) {
-        let action = if verdict.action == Action::Encrypt {
-            "encrypt"
-        } else {
-            "deliver"
-        };
-        let mut out = self.trace_headers(&tx, verdict);
-        out.extend_from_slice(&tx.raw);
-        match self.relay.send_raw(&tx.env, &out).await {
+        match self.relay.send_raw(env, out).await {
             RelayOutcome::Delivered { reply } => {
-                self.learn(&tx);
+                self.learn(tx, env);
                 (
                     Reply::new(250, "2.0.0", format!("Ok: queued as {}", tx.queue_id)),
                     action,
@@ -386,12 +566,12 @@ impl Pipeline {
                 )
             }
             RelayOutcome::Partial { reply, rejected } => {
-                self.learn(&tx);
+                self.learn(tx, env);
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "partial").increment(1);
                 for f in &rejected {
                     warn!(queue_id = tx.queue_id, recipient = %f.address, code = f.code, text = %f.text, "Next hop refused recipient; DSN to sender.");
                 }
-                self.send_dsn(&tx, &rejected).await;
+                self.send_dsn(tx, &rejected).await;
                 (
                     Reply::new(
                         250,
@@ -472,17 +652,211 @@ impl Pipeline {
         }
     }
 
-    fn learn(&self, tx: &Transaction<'_>) {
+    /// Learn the message for the recipients of `env` (those it went to).
+    fn learn(&self, tx: &Transaction<'_>, env: &Envelope) {
+        let recipients: Vec<Recipient> = tx
+            .recipients
+            .iter()
+            .filter(|r| {
+                env.rcpt_to
+                    .iter()
+                    .any(|a| self.norm.normalize(a).is_ok_and(|n| n == r.address))
+            })
+            .cloned()
+            .collect();
+        if recipients.is_empty() {
+            return;
+        }
         let ev = LearnEvent {
             tenant: tx.tenant.clone(),
             meta: tx.meta.clone(),
-            recipients: tx.recipients.clone(),
+            recipients,
             ts: tx.now,
         };
         if let Err(e) = self.shared.graph.learn(ev) {
             metrics::counter!(telemetry::LEARN_DROPPED).increment(1);
             warn!(queue_id = tx.queue_id, error = %e, "Learn event dropped.");
         }
+    }
+}
+
+/// The result of parsing and scoring one message.
+struct Scored {
+    meta: MessageMeta,
+    recipients: Vec<Recipient>,
+    sender: String,
+    tenant: String,
+    scores: Result<crate::verdict::Scores, ScoreError>,
+    raw: Vec<u8>,
+}
+
+/// `"451 4.3.0 text"` (as the policy writes replies) to a [`Reply`].
+fn parse_reply(s: &str) -> Reply {
+    let mut it = s.splitn(3, ' ');
+    let code = it.next().and_then(|c| c.parse::<u16>().ok()).unwrap_or(451);
+    let enh = it.next().unwrap_or("4.3.0").to_string();
+    let text = it.next().unwrap_or("").to_string();
+    Reply::new(code, enh, text)
+}
+
+/// The token secret: `[hold] secret_file` or `secret`, else a random secret
+/// generated once into `<server.data_dir>/hold.secret` (mode 0600), so that
+/// tokens survive restarts without any setup.
+async fn hold_secret(cfg: &Config) -> Result<Vec<u8>, BuildError> {
+    if cfg.hold.secret_file.is_some() || !cfg.hold.secret.is_empty() {
+        let h = cfg.hold.clone();
+        return tokio::task::spawn_blocking(move || h.load_secret())
+            .await
+            .map_err(|e| BuildError::Hold(e.to_string()))?
+            .map_err(BuildError::Hold);
+    }
+    let path = cfg.server.data_dir.join(GENERATED_SECRET_FILE);
+    let err = |e: std::io::Error| BuildError::Hold(format!("{}: {e}", path.display()));
+    match tokio::fs::read_to_string(&path).await {
+        Ok(s) if s.trim().len() >= 16 => return Ok(s.trim().as_bytes().to_vec()),
+        Ok(_) => {
+            return Err(BuildError::Hold(format!(
+                "{}: secret shorter than 16 characters",
+                path.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(err(e)),
+    }
+    tokio::fs::create_dir_all(&cfg.server.data_dir)
+        .await
+        .map_err(err)?;
+    let mut bytes = [0u8; 32];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut bytes);
+    let secret = hex::encode(bytes);
+    let tmp = path.with_extension("tmp");
+    {
+        use tokio::io::AsyncWriteExt;
+        let mut f = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(err)?;
+        f.write_all(format!("{secret}\n").as_bytes())
+            .await
+            .map_err(err)?;
+        f.sync_all().await.map_err(err)?;
+    }
+    tokio::fs::rename(&tmp, &path).await.map_err(err)?;
+    info!(file = %path.display(), "Generated the hold release-token secret.");
+    Ok(secret.into_bytes())
+}
+
+/// [`Deliver`] through the relay's next-hop transport (notices, releases).
+pub struct RelayDeliver(pub Relay);
+
+impl Deliver for RelayDeliver {
+    fn send<'a>(&'a self, envelope: &'a Envelope, raw: &'a [u8]) -> DeliverFuture<'a> {
+        Box::pin(async move {
+            match self.0.send_raw(envelope, raw).await {
+                RelayOutcome::Delivered { .. } => Ok(()),
+                RelayOutcome::Partial { rejected, .. } => {
+                    for f in &rejected {
+                        warn!(recipient = %f.address, code = f.code, text = %f.text, "Next hop refused a recipient of a released message or notice.");
+                    }
+                    Ok(())
+                }
+                RelayOutcome::Rejected { code, text } => Err(DeliverError {
+                    permanent: true,
+                    message: format!("{code} {text}"),
+                }),
+                RelayOutcome::Deferred { reason } => Err(DeliverError {
+                    permanent: false,
+                    message: reason,
+                }),
+            }
+        })
+    }
+}
+
+/// What `misdirectd check` prints for one message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckReport {
+    pub sender: String,
+    pub tenant: String,
+    /// The verdict (absent when scoring failed).
+    pub verdict: Option<Verdict>,
+    /// The SMTP reply a rejected (or fail-closed) message gets.
+    pub reply: Option<String>,
+    /// Why scoring failed, and what `fail_mode` does about it.
+    pub score_error: Option<String>,
+}
+
+/// Score a message with its header recipients against a graph and policy.
+pub async fn check_message(
+    norm: Normalizer,
+    shared: Shared,
+    policy: Policy,
+    raw: Vec<u8>,
+    now: Ts,
+) -> CheckReport {
+    let job = tokio::task::spawn_blocking(move || {
+        let meta = MessageMeta::parse(&raw, &norm);
+        let sender = meta.sender().map(str::to_string).unwrap_or_default();
+        let tenant = shared.graph.tenant_for(&sender);
+        let scored = shared.graph.with_view(&tenant, |g| {
+            shared.scorer.score(
+                g,
+                &ScoreInput {
+                    meta: &meta,
+                    recipients: &meta.recipients,
+                    now,
+                },
+            )
+        });
+        match scored {
+            Ok(scores) => {
+                let verdict = policy.decide_for(
+                    &Context {
+                        tenant: &tenant,
+                        sender: &sender,
+                    },
+                    scores,
+                );
+                let reply =
+                    (verdict.action == Action::Reject).then(|| Policy::reject_reply(&verdict));
+                CheckReport {
+                    sender,
+                    tenant,
+                    verdict: Some(verdict),
+                    reply,
+                    score_error: None,
+                }
+            }
+            Err(e) => {
+                let (what, reply) = match policy.on_score_error(&e) {
+                    FailAction::Deliver { header } => {
+                        (format!("deliver with {}: {}", header.0, header.1), None)
+                    }
+                    FailAction::TempFail { reply } => (reply.clone(), Some(reply)),
+                };
+                CheckReport {
+                    sender,
+                    tenant,
+                    verdict: None,
+                    reply,
+                    score_error: Some(format!("{e}; {what}")),
+                }
+            }
+        }
+    });
+    match job.await {
+        Ok(r) => r,
+        Err(e) => CheckReport {
+            sender: String::new(),
+            tenant: String::new(),
+            verdict: None,
+            reply: None,
+            score_error: Some(format!("scoring task failed: {e}")),
+        },
     }
 }
 

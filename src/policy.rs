@@ -6,14 +6,11 @@
 //! recipients only. When scoring fails, [`Policy::on_score_error`] applies
 //! the configured fail mode.
 //!
-//! [`SharedPolicy`] holds the live policy so that a reload (SIGHUP) swaps
-//! thresholds without a restart.
-
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+//! The live policy is part of the pipeline ([`crate::pipeline::PipelineCell`]),
+//! so a reload (SIGHUP) swaps thresholds and allow-lists without a restart.
 
 use crate::address::domain_of;
-use crate::config::{Config, FailMode, PolicyConfig, ThresholdOverride};
+use crate::config::{FailMode, PolicyConfig, ThresholdOverride};
 use crate::scorer::ScoreError;
 use crate::verdict::{Action, Scores, Verdict};
 
@@ -212,69 +209,11 @@ impl Policy {
     }
 }
 
-/// The live policy, shared by every connection and swapped on reload.
-#[derive(Debug, Clone, Default)]
-pub struct SharedPolicy {
-    inner: Arc<RwLock<Arc<Policy>>>,
-}
-
-impl SharedPolicy {
-    pub fn new(p: Policy) -> Self {
-        SharedPolicy {
-            inner: Arc::new(RwLock::new(Arc::new(p))),
-        }
-    }
-
-    /// The policy in force now.
-    pub fn current(&self) -> Arc<Policy> {
-        match self.inner.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// Put a new policy in force.
-    pub fn replace(&self, p: Policy) {
-        match self.inner.write() {
-            Ok(mut g) => *g = Arc::new(p),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(p),
-        }
-    }
-
-    /// Re-read the configuration file and put its `[policy]` in force. On
-    /// any error the policy in force stays and the errors are returned.
-    pub async fn reload(&self, path: &Path) -> Result<(), crate::config::ConfigErrors> {
-        let text = tokio::fs::read_to_string(path)
-            .await
-            .map_err(|e| crate::config::ConfigErrors(vec![format!("{}: {e}", path.display())]))?;
-        let cfg = Config::from_toml(&text)?;
-        self.replace(Policy::new(cfg.policy));
-        Ok(())
-    }
-
-    /// Reload from `path` on every SIGHUP until the task is dropped.
-    #[cfg(unix)]
-    pub fn reload_on_sighup(&self, path: PathBuf) -> std::io::Result<tokio::task::JoinHandle<()>> {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut hup = signal(SignalKind::hangup())?;
-        let me = self.clone();
-        Ok(tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                match me.reload(&path).await {
-                    Ok(()) => tracing::info!(file = %path.display(), "Policy reloaded."),
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "Policy reload failed; keeping the old one.")
-                    }
-                }
-            }
-        }))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use crate::config::Config;
     use crate::message::Field;
     use crate::verdict::RecipientScore;
 

@@ -9,7 +9,8 @@ use crate::config::{LogConfig, MetricsConfig};
 
 /// Messages that reached the pipeline, by outcome (`action` label: deliver,
 /// encrypt, hold, reject, tempfail (451), refused (next hop 5xx for all),
-/// intercepted).
+/// unchecked (scoring failed, delivered fail-open), release_reply (a reply
+/// to a hold notice, swallowed), intercepted).
 pub const MESSAGES: &str = "misdirect_messages_total";
 /// Seconds from end of DATA to the reply.
 pub const MESSAGE_LATENCY: &str = "misdirect_message_latency_seconds";

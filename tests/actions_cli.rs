@@ -189,7 +189,7 @@ async fn check_prints_verdict_score_and_reasons() {
     ]);
     assert!(ok);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(v["action"], "reject");
+    assert_eq!(v["verdict"]["action"], "reject");
     let (_, out, _) = misdirectd(&[
         "check",
         "-c",

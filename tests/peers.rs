@@ -65,9 +65,11 @@ impl Daemon {
         let cfg = format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{}\"\nmax_connections = 64\n{extra}\n\
              [relay]\nhost = \"127.0.0.1\"\nport = {hop_port}\ntls = \"none\"\npool_size = 8\n\
+             [store]\npath = \"{data}/graph.redb\"\n[privacy]\nkey_file = \"{data}/keys.json\"\n\
              [metrics]\n{metrics}[log]\nlevel = \"warn\"\n\
              [model]\nscorer = \"never-seen\"\n",
-            dir.join("data").display()
+            dir.join("data").display(),
+            data = dir.join("data").display()
         );
         let path = dir.join("misdirectd.toml");
         std::fs::write(&path, cfg).unwrap();

@@ -431,6 +431,11 @@ async fn hold_verdict_is_in_the_spool_before_250() {
         .join("spool")
         .join(format!("{id}.held"))
         .exists());
+    // What reaches the next hop is the notice to the sender, not the message.
+    let notice = sink.recv().await;
+    assert_eq!(notice.rcpt_to, vec!["alice@example.com".to_string()]);
+    assert_eq!(notice.mail_from, "");
+    assert!(String::from_utf8_lossy(&notice.data).contains("X-Misdirect-Notice: hold\r\n"));
     assert!(
         sink.nothing_more().await,
         "a held message must not be relayed"
@@ -452,7 +457,9 @@ async fn reject_verdict_gets_550_571() {
         )
         .await;
     assert!(
-        r.starts_with("550 5.7.1 Message refused: recipient <stranger@elsewhere.example>"),
+        r.starts_with(
+            "550 5.7.1 Refused: recipient <stranger@elsewhere.example> looks misaddressed"
+        ),
         "{r}"
     );
     assert!(sink.nothing_more().await);
@@ -706,11 +713,12 @@ async fn smuggling_attempt_with_bare_lf_dot_is_refused() {
 }
 
 #[tokio::test]
-async fn encrypt_verdict_is_relayed_with_the_header_saying_encrypt() {
+async fn encrypt_verdict_without_certificate_is_relayed_tagged() {
     let mut sink = Sink::start().await;
     let d = start(sink.addr, |c| {
         c.policy.encrypt_at = Some(0.0);
         c.policy.hold_at = None;
+        c.encrypt.fallback = misdirect::config::EncryptFallback::Tag;
     })
     .await;
     let mut c = Client::greeted(d.addr).await;
@@ -720,13 +728,18 @@ async fn encrypt_verdict_is_relayed_with_the_header_saying_encrypt() {
     assert!(r.starts_with("250 2.0.0"), "{r}");
     let (trace, body) = split_trace(&sink.recv().await.data);
     assert!(trace.contains("; action=encrypt; "), "{trace}");
-    assert_eq!(body, m);
+    let tag = b"X-Misdirect-Encryption: none; no certificate for recipient\r\n";
+    assert_eq!(&body[..tag.len()], tag);
+    assert_eq!(&body[tag.len()..], &m[..]);
 }
 
 #[tokio::test]
 async fn scoring_failure_is_fail_closed_451() {
     let mut sink = Sink::start().await;
-    let d = start(sink.addr, |_| {}).await;
+    let d = start(sink.addr, |c| {
+        c.policy.fail_mode = misdirect::config::FailMode::Closed
+    })
+    .await;
     let mut c = Client::greeted(d.addr).await;
     c.expect("EHLO client.test", "250").await;
     // No From header: the baseline scorer has no sender to score against.

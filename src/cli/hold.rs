@@ -17,6 +17,7 @@ use crate::hold::{
 };
 use crate::message::MessageMeta;
 use crate::outbound::spool::Spool;
+use crate::pipeline::{check_message, CheckReport};
 use crate::policy::{Context, FailAction, Policy};
 use crate::scorer::ScoreInput;
 
@@ -63,9 +64,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 }
 
 async fn service(cfg: &Config) -> anyhow::Result<HoldService> {
-    let spool = Spool::open(&cfg.hold.spool_dir)
+    let dir = cfg.hold_spool_dir();
+    let spool = Spool::open(&dir)
         .await
-        .with_context(|| format!("hold spool {}", cfg.hold.spool_dir.display()))?;
+        .with_context(|| format!("hold spool {}", dir.display()))?;
     let deliver: Arc<dyn Deliver> = match &cfg.hold.next_hop {
         Some(h) => Arc::new(SmtpDeliver::from_host_port(h).map_err(|e| anyhow!(e))?),
         None => Arc::new(NoNextHop),
@@ -158,10 +160,15 @@ fn eml_files(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
     }
 }
 
-/// Run `misdirectd check FILE.eml`: score one message against the policy in
-/// `config` and a graph learnt from the `history` messages (files or
-/// directories of messages) with the never-seen baseline scorer, and print
-/// the verdict, score and reasons (`json`: the verdict as JSON).
+/// Run `misdirectd check FILE.eml` and print the verdict, score and reasons
+/// (`json`: the report as JSON).
+///
+/// - with `history` (files or directories of messages): against a graph
+///   learnt from them alone, offline (what-if);
+/// - else with `[admin] listen` set: asks the running daemon
+///   (`POST /check`), i.e. its live configuration and graph;
+/// - else: opens the store from the configuration directly (refused while
+///   a daemon holds it: then configure `[admin]`).
 pub fn run_check(
     config: &Path,
     file: &Path,
@@ -170,12 +177,129 @@ pub fn run_check(
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<()> {
     let cfg = Config::load(config)?;
-    let norm = Normalizer::new(cfg.addresses.clone());
     let raw = std::fs::read(file).with_context(|| format!("{}", file.display()))?;
-    let meta = MessageMeta::parse(&raw, &norm);
-    let Some(sender) = meta.sender().map(str::to_string) else {
+    let norm = Normalizer::new(cfg.addresses.clone());
+    if MessageMeta::parse(&raw, &norm).sender().is_none() {
         bail!("{}: no usable From address", file.display());
+    }
+    let (report, source) = if !history.is_empty() {
+        let (r, learnt) = check_with_history(&cfg, &raw, history)?;
+        (r, format!("{learnt} history messages"))
+    } else if let Some(addr) = cfg.admin.listen {
+        let token = cfg.admin.load_token().map_err(|e| anyhow!(e))?;
+        let r = runtime()?.block_on(check_remote(addr, &token, &raw))?;
+        (r, format!("daemon at {addr}"))
+    } else {
+        let r = runtime()?.block_on(async {
+            let (graph, learner) = crate::cli::serve::open_graph(&cfg).await.context(
+                "opening the store (if the daemon is running, configure [admin] so that check asks it)",
+            )?;
+            let shared = crate::pipeline::Shared {
+                scorer: crate::cli::serve::scorer_for(&cfg)?,
+                graph,
+            };
+            let r = check_message(
+                norm.clone(),
+                shared,
+                Policy::new(cfg.policy.clone()),
+                raw.clone(),
+                now(),
+            )
+            .await;
+            learner.abort();
+            Ok::<_, anyhow::Error>(r)
+        })?;
+        (r, format!("store {}", cfg.store.path.display()))
     };
+    print_report(&report, &source, json, out)
+}
+
+/// Print a [`CheckReport`].
+pub fn print_report(
+    report: &CheckReport,
+    source: &str,
+    json: bool,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<()> {
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(report)?)?;
+        return Ok(());
+    }
+    let Some(verdict) = &report.verdict else {
+        writeln!(
+            out,
+            "scoring failed ({})",
+            report.score_error.as_deref().unwrap_or("unknown error")
+        )?;
+        return Ok(());
+    };
+    writeln!(out, "action: {}", verdict.action)?;
+    writeln!(out, "score: {:.4}", verdict.score)?;
+    writeln!(out, "model: {}", verdict.model)?;
+    writeln!(
+        out,
+        "sender: {} (tenant {}, {source})",
+        report.sender, report.tenant
+    )?;
+    if let Some(n) = &verdict.note {
+        writeln!(out, "note: {n}")?;
+    }
+    if let Some(r) = &report.reply {
+        writeln!(out, "reply: {r}")?;
+    }
+    for r in &verdict.recipients {
+        writeln!(out, "  {} ({}) {:.4}", r.address, r.field.as_str(), r.score)?;
+        for reason in &r.reasons {
+            writeln!(out, "      {reason}")?;
+        }
+    }
+    Ok(())
+}
+
+/// Ask the daemon's admin API (`POST /check`).
+async fn check_remote(
+    addr: std::net::SocketAddr,
+    token: &str,
+    raw: &[u8],
+) -> anyhow::Result<CheckReport> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("admin API at {addr} (is the daemon running?)"))?;
+    let head = format!(
+        "POST /check HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: message/rfc822\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        raw.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(raw).await?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| anyhow!("admin API at {addr}: malformed response"))?;
+    let status_line = String::from_utf8_lossy(&resp[..split]);
+    let status = status_line.split_whitespace().nth(1).unwrap_or("");
+    let body = &resp[split + 4..];
+    if status != "200" {
+        bail!(
+            "admin API at {addr}: HTTP {status}: {}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    serde_json::from_slice(body).context("admin API response")
+}
+
+/// Score against a graph learnt from the `history` messages only; returns
+/// the report and how many messages were learnt.
+fn check_with_history(
+    cfg: &Config,
+    raw: &[u8],
+    history: &[PathBuf],
+) -> anyhow::Result<(CheckReport, usize)> {
+    let norm = Normalizer::new(cfg.addresses.clone());
+    let meta = MessageMeta::parse(raw, &norm);
+    let sender = meta.sender().map(str::to_string).unwrap_or_default();
     let tenant = cfg.tenants.tenant_for(&sender).to_string();
     let mut graph = Graph::new(cfg.graph.clone());
     let mut learnt = 0usize;
@@ -200,49 +324,40 @@ pub fn run_check(
         recipients: &meta.recipients,
         now: meta.date.unwrap_or_else(now),
     };
-    let scores = match scorer.score(&graph, &input) {
-        Ok(s) => s,
-        Err(e) => {
-            match policy.on_score_error(&e) {
-                FailAction::Deliver { header } => writeln!(
-                    out,
-                    "scoring failed ({e}): deliver with {}: {}",
-                    header.0, header.1
-                )?,
-                FailAction::TempFail { reply } => writeln!(out, "scoring failed ({e}): {reply}")?,
+    let report = match scorer.score(&graph, &input) {
+        Ok(scores) => {
+            let verdict = policy.decide_for(
+                &Context {
+                    tenant: &tenant,
+                    sender: &sender,
+                },
+                scores,
+            );
+            let reply = (verdict.action == crate::verdict::Action::Reject)
+                .then(|| Policy::reject_reply(&verdict));
+            CheckReport {
+                sender,
+                tenant,
+                verdict: Some(verdict),
+                reply,
+                score_error: None,
             }
-            return Ok(());
+        }
+        Err(e) => {
+            let (what, reply) = match policy.on_score_error(&e) {
+                FailAction::Deliver { header } => {
+                    (format!("deliver with {}: {}", header.0, header.1), None)
+                }
+                FailAction::TempFail { reply } => (reply.clone(), Some(reply)),
+            };
+            CheckReport {
+                sender,
+                tenant,
+                verdict: None,
+                reply,
+                score_error: Some(format!("{e}; {what}")),
+            }
         }
     };
-    let verdict = policy.decide_for(
-        &Context {
-            tenant: &tenant,
-            sender: &sender,
-        },
-        scores,
-    );
-    if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&verdict)?)?;
-        return Ok(());
-    }
-    writeln!(out, "action: {}", verdict.action)?;
-    writeln!(out, "score: {:.4}", verdict.score)?;
-    writeln!(out, "model: {}", verdict.model)?;
-    writeln!(
-        out,
-        "sender: {sender} (tenant {tenant}, {learnt} history messages)"
-    )?;
-    if let Some(n) = &verdict.note {
-        writeln!(out, "note: {n}")?;
-    }
-    if verdict.action == crate::verdict::Action::Reject {
-        writeln!(out, "reply: {}", Policy::reject_reply(&verdict))?;
-    }
-    for r in &verdict.recipients {
-        writeln!(out, "  {} ({}) {:.4}", r.address, r.field.as_str(), r.score)?;
-        for reason in &r.reasons {
-            writeln!(out, "      {reason}")?;
-        }
-    }
-    Ok(())
+    Ok((report, learnt))
 }

@@ -78,6 +78,14 @@ impl Config {
     }
 
     /// Semantic checks of every section.
+    /// The hold spool: `[hold] spool_dir`, else `<server.data_dir>/spool`.
+    pub fn hold_spool_dir(&self) -> std::path::PathBuf {
+        self.hold
+            .spool_dir
+            .clone()
+            .unwrap_or_else(|| self.server.data_dir.join("spool"))
+    }
+
     pub fn validate_into(&self, errs: &mut Vec<String>) {
         self.server.validate("server", errs);
         self.relay.validate("relay", errs);

@@ -141,8 +141,8 @@ pub enum ExpiryAction {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct HoldConfig {
-    /// Directory of the hold spool.
-    pub spool_dir: PathBuf,
+    /// Directory of the hold spool (unset: `<server.data_dir>/spool`).
+    pub spool_dir: Option<PathBuf>,
     /// Domain of the release address (`<release_prefix>+<token>@<release_domain>`).
     /// Mail to it passes through misdirect on its way out and is swallowed.
     pub release_domain: String,
@@ -165,15 +165,16 @@ pub struct HoldConfig {
     pub expiry_interval: Duration,
     /// From address of notices (default: the release address itself).
     pub notice_from: Option<String>,
-    /// SMTP next hop (`host:port`) for notices and released messages when
-    /// misdirect releases outside the relay (CLI `hold release`).
+    /// SMTP next hop (`host:port`) for released messages when the CLI
+    /// `hold release` acts on the spool itself (the daemon always uses
+    /// `[relay]`).
     pub next_hop: Option<String>,
 }
 
 impl Default for HoldConfig {
     fn default() -> Self {
         HoldConfig {
-            spool_dir: PathBuf::from("/var/spool/misdirect/hold"),
+            spool_dir: None,
             release_domain: "misdirect.invalid".into(),
             release_prefix: "release".into(),
             secret: String::new(),

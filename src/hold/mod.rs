@@ -10,8 +10,8 @@
 //!   and is swallowed;
 //! - admins call [`HoldService::list`], [`HoldService::show`],
 //!   [`HoldService::release`], [`HoldService::discard`];
-//! - [`HoldService::expire`] (or [`HoldService::spawn_expiry`]) applies the
-//!   configured expiry action.
+//! - [`HoldService::expire`] applies the configured expiry action (the
+//!   daemon runs it every `[hold] expiry_interval`, see `cli::serve`).
 //!
 //! Notices and released messages leave through a [`Deliver`]
 //! implementation (the relay's transport, or [`SmtpDeliver`]).
@@ -462,19 +462,5 @@ impl HoldService {
             }
         }
         Ok(done)
-    }
-
-    /// Run [`expire`](Self::expire) every `[hold] expiry_interval`.
-    pub fn spawn_expiry(&self) -> tokio::task::JoinHandle<()> {
-        let me = self.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(me.cfg.expiry_interval);
-            loop {
-                tick.tick().await;
-                if let Err(e) = me.expire(now()).await {
-                    tracing::error!(error = %e, "Expiry run failed.");
-                }
-            }
-        })
     }
 }

@@ -139,7 +139,7 @@ impl Sink {
 
 pub fn hold_config(dir: &std::path::Path, sink: SocketAddr) -> HoldConfig {
     HoldConfig {
-        spool_dir: dir.join("hold"),
+        spool_dir: Some(dir.join("hold")),
         release_domain: "confirm.acme.test".into(),
         secret: SECRET.into(),
         token_lifetime: std::time::Duration::from_secs(3600),
@@ -151,7 +151,7 @@ pub fn hold_config(dir: &std::path::Path, sink: SocketAddr) -> HoldConfig {
 }
 
 pub async fn service(cfg: HoldConfig, graph: Option<GraphHandle>) -> HoldService {
-    let spool = Spool::open(&cfg.spool_dir).await.unwrap();
+    let spool = Spool::open(cfg.spool_dir.as_ref().unwrap()).await.unwrap();
     let deliver = SmtpDeliver::from_host_port(cfg.next_hop.as_deref().unwrap()).unwrap();
     HoldService::new(
         spool,

@@ -293,16 +293,21 @@ impl Client<TcpStream> {
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
-    /// Read one (possibly multi-line) reply; what was read so far (empty
-    /// string) when the server closed or reset the connection.
+    /// Read one (possibly multi-line) reply; empty string at EOF (or when
+    /// the peer reset the connection, e.g. because it was killed).
     pub async fn reply(&mut self) -> String {
         let mut all = String::new();
         loop {
             let mut line = String::new();
-            let n = tokio::time::timeout(Duration::from_secs(30), self.io.read_line(&mut line))
-                .await
-                .expect("no reply within 30 s")
-                .unwrap_or(0);
+            let n =
+                match tokio::time::timeout(Duration::from_secs(30), self.io.read_line(&mut line))
+                    .await
+                    .expect("no reply within 30 s")
+                {
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => 0,
+                    Err(e) => panic!("reading a reply: {e}"),
+                };
             if n == 0 {
                 return all;
             }
@@ -313,10 +318,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         }
     }
 
-    /// Write bytes. A write error (the server went away) is not reported
-    /// here: the next [`Client::reply`] then returns an empty string.
+    /// Write bytes; a peer that is gone (reset, broken pipe) shows as an
+    /// empty reply on the next read.
     pub async fn send(&mut self, bytes: &[u8]) {
-        let _ = self.io.get_mut().write_all(bytes).await;
+        if let Err(e) = self.io.get_mut().write_all(bytes).await {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset};
+            assert!(
+                matches!(e.kind(), BrokenPipe | ConnectionReset),
+                "writing: {e}"
+            );
+        }
     }
 
     /// Send one command line and return the reply.

@@ -1,0 +1,710 @@
+//! The actions end to end through the built `misdirectd serve` binary: real
+//! SMTP in, the in-process next hop from tests/common out, the admin API
+//! over HTTP, the persistent store in a temp dir. Scores come from the
+//! never-seen baseline scorer: a sender without history scores 0 for
+//! everyone; once it has history, a recipient nobody here wrote to scores
+//! 0.9 and one it wrote to scores 0.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{message, split_trace, Client, Received, Sink};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOKEN: &str = "admin-token-0123456789";
+const ALICE: &str = "alice@acme.test";
+const BOB: &str = "bob@partner.test";
+const STRANGER: &str = "stranger@elsewhere.test";
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The daemon binary on a config in a temp dir; killed when dropped.
+struct Daemon {
+    child: Child,
+    port: u16,
+    admin: u16,
+    config: PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Configuration: next hop at `hop`, state under `dir`, `sections` appended
+/// (the test's `[policy]`, `[hold]`, `[encrypt]`). Scores with the "never
+/// emailed before" baseline so that each test picks its action exactly.
+fn write_config(dir: &Path, port: u16, admin: u16, hop: u16, sections: &str) -> PathBuf {
+    let data = dir.join("data");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
+         [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\n\
+         [store]\npath = \"{d}/graph.redb\"\nbatch_interval = \"100ms\"\n\
+         [privacy]\nkey_file = \"{d}/keys.json\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
+         [metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n\
+         [model]\nscorer = \"never-seen\"\n{sections}\n",
+        d = data.display()
+    );
+    let path = dir.join("misdirectd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+impl Daemon {
+    async fn start(dir: &Path, hop: u16, sections: &str) -> Daemon {
+        let (port, admin) = (free_port(), free_port());
+        let config = write_config(dir, port, admin, hop, sections);
+        Daemon::spawn(config, port, admin).await
+    }
+
+    async fn spawn(config: PathBuf, port: u16, admin: u16) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let d = Daemon {
+            child,
+            port,
+            admin,
+            config,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+                let mut b = [0u8; 3];
+                if s.read_exact(&mut b).await.is_ok() && &b == b"220" {
+                    return d;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    async fn terminate(mut self) {
+        self.signal("-TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exited with {st}");
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "no exit after SIGTERM"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// One message over SMTP; the final reply.
+    async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
+        let mut c = Client::greeted(self.addr()).await;
+        c.expect("EHLO client.test", "250").await;
+        c.send_mail(from, to, msg).await
+    }
+
+    /// An admin API request: (status, JSON body).
+    async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
+            .await
+            .unwrap();
+        let auth = token
+            .map(|t| format!("Authorization: Bearer {t}\r\n"))
+            .unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body).await.unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).await.unwrap();
+        let text = String::from_utf8(resp).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+        (status, serde_json::from_str(body).unwrap())
+    }
+
+    async fn holds(&self) -> Vec<serde_json::Value> {
+        let (st, v) = self.http("GET", "/holds", Some(TOKEN), b"").await;
+        assert_eq!(st, 200, "{v}");
+        v.as_array().unwrap().clone()
+    }
+
+    /// Teach the graph that alice writes to bob (delivered at once: alice
+    /// has no history yet), and wait until the daemon scores a stranger
+    /// from alice 0.9.
+    async fn teach(&self, sink: &mut Sink) {
+        self.teach_from(ALICE, sink).await
+    }
+
+    /// [`teach`](Self::teach) for any sender.
+    async fn teach_from(&self, sender: &str, sink: &mut Sink) {
+        let r = self
+            .send(sender, &[BOB], &message(sender, BOB, "first"))
+            .await;
+        assert!(r.starts_with("250 "), "{r}");
+        sink.recv().await;
+        let probe = message(sender, STRANGER, "probe");
+        for _ in 0..300 {
+            let (st, v) = self.http("POST", "/check", Some(TOKEN), &probe).await;
+            assert_eq!(st, 200, "{v}");
+            if v["verdict"]["score"].as_f64() == Some(0.9) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the delivered message was never learnt");
+    }
+}
+
+fn header<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let head = text.split("\r\n\r\n").next()?;
+    head.split("\r\n").find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    })
+}
+
+/// The release address from a notice's Reply-To.
+fn release_address(notice: &Received) -> String {
+    header(&notice.data, "Reply-To")
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .to_string()
+}
+
+/// What a released message must look like: our header, then the original.
+fn assert_released(got: &Received, original: &[u8], by: &str) {
+    let prefix = format!("X-Misdirect-Released: by {by}; ");
+    assert!(
+        got.data.starts_with(prefix.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&got.data)
+    );
+    let end = got.data.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    assert_eq!(&got.data[end..], original);
+}
+
+const HOLD: &str = "[policy]\nhold_at = 0.8\n[hold]\nrelease_domain = \"confirm.acme.test\"\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_reply_release_learns_and_survives_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(dir.path(), sink.addr.port(), HOLD).await;
+    d.teach(&mut sink).await;
+
+    // A message to a stranger is held; the sender's notice reaches the next hop.
+    let m = message(ALICE, STRANGER, "q3-figures");
+    let r = d.send(ALICE, &[STRANGER], &m).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let notice = sink.recv().await;
+    assert_eq!(notice.mail_from, "");
+    assert_eq!(notice.rcpt_to, vec![ALICE.to_string()]);
+    assert_eq!(header(&notice.data, "X-Misdirect-Notice"), Some("hold"));
+    let release = release_address(&notice);
+    assert!(release.ends_with("@confirm.acme.test"), "{release}");
+    assert!(sink.nothing_more().await, "the held message must not leave");
+    assert_eq!(d.holds().await.len(), 1);
+
+    // The sender replies through the relay: swallowed, and the original
+    // reaches the next hop byte for byte after our header.
+    let reply = format!("From: <{ALICE}>\r\nTo: <{release}>\r\nSubject: Re: Held\r\n\r\nyes\r\n");
+    let r = d.send(ALICE, &[&release], reply.as_bytes()).await;
+    assert!(r.starts_with("250 "), "{r}");
+    let got = sink.recv().await;
+    assert_eq!(got.mail_from, ALICE);
+    assert_eq!(got.rcpt_to, vec![STRANGER.to_string()]);
+    assert_released(&got, &m, "sender");
+    assert!(
+        sink.nothing_more().await,
+        "the reply itself must be swallowed"
+    );
+    assert!(d.holds().await.is_empty());
+
+    // Released means learnt: the same pair now goes straight through.
+    let again = message(ALICE, STRANGER, "q3-followup");
+    let mut delivered = false;
+    for _ in 0..100 {
+        let (_, v) = d.http("POST", "/check", Some(TOKEN), &again).await;
+        if v["verdict"]["action"] == "deliver" {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered, "the release was not learnt");
+    let r = d.send(ALICE, &[STRANGER], &again).await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+    let (trace, body) = split_trace(&sink.recv().await.data);
+    assert!(trace.contains("action=deliver"), "{trace}");
+    assert_eq!(body, again);
+
+    // Learning survives a restart (persistent store), and so does the
+    // generated release-token secret.
+    let (config, port, admin) = (d.config.clone(), d.port, d.admin);
+    d.terminate().await;
+    let secret = std::fs::metadata(dir.path().join("data/hold.secret")).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&secret.permissions()) & 0o777,
+        0o600
+    );
+    let d = Daemon::spawn(config, port, admin).await;
+    let r = d.send(ALICE, &[STRANGER], &again).await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "after restart: {r}");
+    sink.recv().await;
+    let r = d
+        .send(
+            ALICE,
+            &["other@elsewhere.test"],
+            &message(ALICE, "other@elsewhere.test", "x"),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "history lost: {r}");
+    d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_foreign_and_expired_replies_release_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(
+        dir.path(),
+        sink.addr.port(),
+        &format!("{HOLD}token_lifetime = \"2s\"\n"),
+    )
+    .await;
+    d.teach(&mut sink).await;
+    let m = message(ALICE, STRANGER, "held");
+    let r = d.send(ALICE, &[STRANGER], &m).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let release = release_address(&sink.recv().await);
+
+    // Forged: one character of the token changed.
+    let (local, domain) = release.split_once('@').unwrap();
+    let mut forged: Vec<char> = local.chars().collect();
+    let i = forged.len() - 3;
+    forged[i] = if forged[i] == 'A' { 'B' } else { 'A' };
+    let forged = format!("{}@{domain}", forged.into_iter().collect::<String>());
+    let reply = |from: &str, to: &str| {
+        format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: Re\r\n\r\nok\r\n").into_bytes()
+    };
+    let r = d.send(ALICE, &[&forged], &reply(ALICE, &forged)).await;
+    assert!(r.starts_with("250 "), "{r}");
+    // From another sender (valid token).
+    let mallory = "mallory@acme.test";
+    let r = d
+        .send(mallory, &[&release], &reply(mallory, &release))
+        .await;
+    assert!(r.starts_with("250 "), "{r}");
+    // Right envelope sender, other header From.
+    let r = d.send(ALICE, &[&release], &reply(mallory, &release)).await;
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(sink.nothing_more().await, "something was released");
+    assert_eq!(d.holds().await.len(), 1);
+
+    // Expired: the token lived 2 s.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    let r = d.send(ALICE, &[&release], &reply(ALICE, &release)).await;
+    assert!(r.starts_with("250 "), "{r}");
+    assert!(sink.nothing_more().await, "an expired token released");
+    assert_eq!(d.holds().await.len(), 1);
+    d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_api_release_discard_and_check_on_the_running_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(dir.path(), sink.addr.port(), HOLD).await;
+    d.teach(&mut sink).await;
+    let m1 = message(ALICE, STRANGER, "one");
+    let m2 = message(ALICE, STRANGER, "two");
+    for m in [&m1, &m2] {
+        let r = d.send(ALICE, &[STRANGER], m).await;
+        assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+        sink.recv().await; // the notice
+    }
+    let (st, _) = d.http("GET", "/holds", None, b"").await;
+    assert_eq!(st, 401);
+    let (st, _) = d
+        .http("GET", "/holds", Some("wrong-token-0123456789"), b"")
+        .await;
+    assert_eq!(st, 401);
+    let holds = d.holds().await;
+    assert_eq!(holds.len(), 2);
+    let mut ids = Vec::new();
+    for h in &holds {
+        let id = h["id"].as_str().unwrap().to_string();
+        let (st, v) = d
+            .http("GET", &format!("/holds/{id}"), Some(TOKEN), b"")
+            .await;
+        assert_eq!(st, 200);
+        ids.push((
+            v["headers"].as_str().unwrap().contains("Subject: one\r\n"),
+            id,
+        ));
+    }
+    ids.sort();
+    // (false, two), (true, one)
+    let (id2, id1) = (ids[0].1.clone(), ids[1].1.clone());
+    assert!(ids[1].0 && !ids[0].0, "{ids:?}");
+    let (st, v) = d
+        .http("POST", &format!("/holds/{id1}/release"), Some(TOKEN), b"")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_released(&sink.recv().await, &m1, "admin");
+    let (st, v) = d
+        .http("POST", &format!("/holds/{id2}/discard"), Some(TOKEN), b"")
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(sink.nothing_more().await, "a discarded message left");
+    assert!(d.holds().await.is_empty());
+    let (st, _) = d
+        .http("POST", &format!("/holds/{id2}/release"), Some(TOKEN), b"")
+        .await;
+    assert_eq!(st, 404);
+
+    // `misdirectd check` while the daemon runs: through the admin API.
+    let eml = dir.path().join("probe.eml");
+    std::fs::write(&eml, message(ALICE, "new@elsewhere.test", "probe")).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["check", "-c"])
+        .arg(&d.config)
+        .arg(&eml)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("action: hold"), "{text}");
+    assert!(text.contains("score: 0.9000"), "{text}");
+    assert!(text.contains("daemon at 127.0.0.1:"), "{text}");
+
+    // Stopped daemon, no [admin]: check opens the store itself.
+    let config = d.config.clone();
+    d.terminate().await;
+    let text = std::fs::read_to_string(&config).unwrap();
+    let start = text.find("[admin]").unwrap();
+    let end = start + text[start..].find("[metrics]").unwrap();
+    std::fs::write(&config, format!("{}{}", &text[..start], &text[end..])).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["check", "-c"])
+        .arg(&config)
+        .arg(&eml)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("action: hold"), "{text}");
+    assert!(text.contains("(tenant default, store "), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_holds_are_released_by_the_expiry_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(
+        dir.path(),
+        sink.addr.port(),
+        &format!("{HOLD}hold_lifetime = \"1s\"\nexpiry_interval = \"200ms\"\nexpiry_action = \"release\"\n"),
+    )
+    .await;
+    d.teach(&mut sink).await;
+    let m = message(ALICE, STRANGER, "expiring");
+    let r = d.send(ALICE, &[STRANGER], &m).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    sink.recv().await; // the notice
+    assert_released(&sink.recv().await, &m, "expiry");
+    assert!(d.holds().await.is_empty());
+    d.terminate().await;
+}
+
+fn make_cert(dir: &Path, addr: &str) -> PathBuf {
+    let key = dir.join(format!("{addr}.key"));
+    std::fs::create_dir_all(dir.join("certs")).unwrap();
+    let out = Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+        ])
+        .arg(format!("/CN={addr}"))
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(dir.join("certs").join(format!("{addr}.pem")))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    key
+}
+
+fn decrypt(dir: &Path, msg: &[u8], addr: &str, key: &Path) -> Vec<u8> {
+    let inp = dir.join("in.eml");
+    let out = dir.join("out.eml");
+    std::fs::write(&inp, msg).unwrap();
+    let st = Command::new("openssl")
+        .args(["cms", "-decrypt", "-binary", "-in"])
+        .arg(&inp)
+        .arg("-recip")
+        .arg(dir.join("certs").join(format!("{addr}.pem")))
+        .arg("-inkey")
+        .arg(key)
+        .arg("-out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+fn encrypt_sections(dir: &Path, fallback: &str) -> String {
+    format!(
+        "[policy]\nencrypt_at = 0.5\nhold_at = 0.95\n[encrypt]\ncert_dir = \"{}\"\nfallback = \"{fallback}\"\n[hold]\nrelease_domain = \"confirm.acme.test\"\n",
+        dir.join("certs").display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_with_certificate_and_tag_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let carol = "carol@elsewhere.test";
+    let key = make_cert(dir.path(), STRANGER);
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(
+        dir.path(),
+        sink.addr.port(),
+        &encrypt_sections(dir.path(), "tag"),
+    )
+    .await;
+    d.teach(&mut sink).await;
+    let m = format!(
+        "From: <{ALICE}>\r\nTo: <{STRANGER}>, <{carol}>\r\nSubject: secret\r\nMessage-ID: <s@acme.test>\r\n\r\nline one\r\n.dot line\r\né 8bit\r\n"
+    )
+    .into_bytes();
+    let r = d.send(ALICE, &[STRANGER, carol], &m).await;
+    assert!(r.starts_with("250 2.0.0"), "{r}");
+    let mut got = [sink.recv().await, sink.recv().await];
+    got.sort_by_key(|g| g.rcpt_to.clone());
+    // carol has no certificate: delivered tagged.
+    assert_eq!(got[0].rcpt_to, vec![carol.to_string()]);
+    let (trace, body) = split_trace(&got[0].data);
+    assert!(trace.contains("action=encrypt"), "{trace}");
+    let tag = b"X-Misdirect-Encryption: none; no certificate for recipient\r\n";
+    assert_eq!(&body[..tag.len()], tag);
+    assert_eq!(&body[tag.len()..], &m[..]);
+    // The stranger's copy is S/MIME that openssl turns back into the original.
+    assert_eq!(got[1].rcpt_to, vec![STRANGER.to_string()]);
+    let (trace, outer) = split_trace(&got[1].data);
+    assert!(trace.contains("action=encrypt"), "{trace}");
+    assert!(
+        header(&outer, "Content-Type")
+            .unwrap()
+            .starts_with("application/pkcs7-mime"),
+        "{}",
+        String::from_utf8_lossy(&outer)
+    );
+    assert!(!outer.windows(8).any(|w| w == b"line one"));
+    assert_eq!(decrypt(dir.path(), &outer, STRANGER, &key), m);
+    d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypt_without_certificate_holds_by_default() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("certs")).unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(
+        dir.path(),
+        sink.addr.port(),
+        &encrypt_sections(dir.path(), "hold"),
+    )
+    .await;
+    d.teach(&mut sink).await;
+    let m = message(ALICE, STRANGER, "nocert");
+    let r = d.send(ALICE, &[STRANGER], &m).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let notice = sink.recv().await;
+    assert_eq!(notice.rcpt_to, vec![ALICE.to_string()]);
+    assert!(sink.nothing_more().await);
+    let holds = d.holds().await;
+    assert_eq!(holds.len(), 1);
+    assert_eq!(holds[0]["verdict"]["action"], "encrypt");
+    d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_lists_reject_and_threshold_reload() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let sections = "[policy]\nhold_at = 0.8\nallow_domains = [\".trusted.test\"]\nallow_pairs = [[\"alice@acme.test\", \"pal@elsewhere.test\"]]\n\
+         [policy.sender_domain.\"lax.test\"]\nhold_at = 0.95\n";
+    let d = Daemon::start(dir.path(), sink.addr.port(), sections).await;
+    d.teach(&mut sink).await;
+    // Allow-listed domain (subdomain match) and pair: delivered, score 0.
+    for to in ["x@mail.trusted.test", "pal@elsewhere.test"] {
+        let m = message(ALICE, to, "allowed");
+        let r = d.send(ALICE, &[to], &m).await;
+        assert!(r.starts_with("250 2.0.0 Ok"), "{to}: {r}");
+        let (trace, body) = split_trace(&sink.recv().await.data);
+        assert!(
+            trace.contains("X-Misdirect-Score: 0.0000; action=deliver"),
+            "{trace}"
+        );
+        assert_eq!(body, m);
+    }
+
+    // Sender-domain override: carl's domain holds at 0.95, so a recipient
+    // nobody wrote to (0.9) is delivered; dave's domain has the global 0.8.
+    let carl = "carl@lax.test";
+    d.teach_from(carl, &mut sink).await;
+    let m = message(carl, "new1@elsewhere.test", "c1");
+    let r = d.send(carl, &["new1@elsewhere.test"], &m).await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+    let (trace, _) = split_trace(&sink.recv().await.data);
+    assert!(
+        trace.contains("X-Misdirect-Score: 0.9000; action=deliver"),
+        "{trace}"
+    );
+    let dave = "dave@strict.test";
+    d.teach_from(dave, &mut sink).await;
+    let r = d
+        .send(
+            dave,
+            &["new2@elsewhere.test"],
+            &message(dave, "new2@elsewhere.test", "d1"),
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    sink.recv().await; // the notice
+
+    // SIGHUP with a reject threshold: 550 5.7.1 with the reason.
+    let text = std::fs::read_to_string(&d.config).unwrap();
+    std::fs::write(&d.config, text.replace("hold_at = 0.8", "reject_at = 0.85")).unwrap();
+    d.signal("-HUP");
+    let m = message(ALICE, STRANGER, "rej");
+    let mut r = String::new();
+    for _ in 0..100 {
+        r = d.send(ALICE, &[STRANGER], &m).await;
+        if r.starts_with("550") {
+            break;
+        }
+        // Still the old policy: held (and notified).
+        assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+        sink.recv().await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        r.starts_with(&format!(
+            "550 5.7.1 Refused: recipient <{STRANGER}> looks misaddressed (you have never written to {STRANGER}, and nobody here has)"
+        )),
+        "{r}"
+    );
+    // A bad file is refused and the reject policy stays.
+    std::fs::write(
+        &d.config,
+        format!(
+            "{}\n[policy.bogus]\n",
+            text.replace("hold_at = 0.8", "reject_at = 0.85")
+        ),
+    )
+    .unwrap();
+    d.signal("-HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = d.send(ALICE, &[STRANGER], &m).await;
+    assert!(r.starts_with("550 5.7.1"), "{r}");
+    assert!(sink.nothing_more().await);
+    d.terminate().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoring_failure_fail_open_and_fail_closed() {
+    // No From header: the baseline scorer has no sender to score against.
+    let m = b"To: <b@example.org>\r\nSubject: no from\r\n\r\nbody\r\n";
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(
+        dir.path(),
+        sink.addr.port(),
+        "[policy]\nfail_mode = \"open\"\n",
+    )
+    .await;
+    let r = d.send(ALICE, &["b@example.org"], m).await;
+    assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+    let got = sink.recv().await;
+    let text = String::from_utf8_lossy(&got.data);
+    let warn = "X-Misdirect-Warning: not checked for misdirection (scoring unavailable)\r\n";
+    let at = text.find(warn).expect("no warning header");
+    assert!(text.starts_with("Received: from client.test"), "{text}");
+    assert!(!text.contains("X-Misdirect-Score"), "{text}");
+    assert_eq!(&got.data[at + warn.len()..], &m[..]);
+    d.terminate().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let d = Daemon::start(
+        dir.path(),
+        sink.addr.port(),
+        "[policy]\nfail_mode = \"closed\"\n",
+    )
+    .await;
+    let r = d.send(ALICE, &["b@example.org"], m).await;
+    assert!(r.starts_with("451 4.3.0"), "{r}");
+    assert!(sink.nothing_more().await);
+    d.terminate().await;
+}
