@@ -157,25 +157,30 @@ pub struct AddrEntry {
     pub names: Vec<Box<str>>,
 }
 
+/// Hash map with foldhash: several times faster than SipHash on the short
+/// keys here (address strings, id tuples) and seeded per process, which
+/// keeps hash flooding by crafted addresses impractical.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 /// One tenant's association graph.
 #[derive(Debug, Default)]
 pub struct Graph {
     pub cfg: GraphConfig,
-    pub(crate) ids: HashMap<Arc<str>, Id>,
+    pub(crate) ids: FastMap<Arc<str>, Id>,
     pub(crate) addrs: Vec<AddrEntry>,
-    pub(crate) domain_ids: HashMap<Arc<str>, Id>,
+    pub(crate) domain_ids: FastMap<Arc<str>, Id>,
     pub(crate) domains: Vec<(Arc<str>, DomainStats)>,
-    pub(crate) edges: HashMap<(Id, Id), Edge>,
+    pub(crate) edges: FastMap<(Id, Id), Edge>,
     /// (sender, lower id, higher id)
-    pub(crate) co: HashMap<(Id, Id, Id), CoEdge>,
+    pub(crate) co: FastMap<(Id, Id, Id), CoEdge>,
     /// (sender, domain id)
-    pub(crate) sender_domains: HashMap<(Id, Id), Edge>,
+    pub(crate) sender_domains: FastMap<(Id, Id), Edge>,
     /// Hash of the Message-ID.
-    pub(crate) threads: HashMap<u64, ThreadEntry>,
+    pub(crate) threads: FastMap<u64, ThreadEntry>,
     /// Hash of the thread subject.
-    pub(crate) subjects: HashMap<u64, ThreadEntry>,
+    pub(crate) subjects: FastMap<u64, ThreadEntry>,
     /// (sender, hash of the lower-cased attachment name)
-    pub(crate) attachments: HashMap<(Id, u64), Vec<Id>>,
+    pub(crate) attachments: FastMap<(Id, u64), Vec<Id>>,
 }
 
 /// Stable 64-bit hash (FNV-1a) for thread and attachment keys, so keys are
@@ -890,7 +895,7 @@ impl Graph {
     /// strings and lists). The bench measures the real figure with a
     /// counting allocator.
     pub fn approx_bytes(&self) -> usize {
-        fn map<K, V>(m: &HashMap<K, V>) -> usize {
+        fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
             // hashbrown: buckets = capacity * 8 / 7, one control byte each.
             let buckets = m.capacity() * 8 / 7;
             buckets * (std::mem::size_of::<(K, V)>() + 1)
