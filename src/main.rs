@@ -38,6 +38,9 @@ enum Command {
     Export(misdirect::cli::graph::AddressArgs),
     /// Add a new key to the key file and rewrite the graph store under it.
     RotateKey(misdirect::cli::graph::ConfigArg),
+    /// Move the graph and held messages to another store
+    /// (`--from embedded --to postgres`).
+    Migrate(misdirect::cli::postgres::MigrateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -55,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Forget(a) => misdirect::cli::graph::forget(a),
         Command::Export(a) => misdirect::cli::graph::export(a),
         Command::RotateKey(a) => misdirect::cli::graph::rotate_key(a),
+        Command::Migrate(a) => misdirect::cli::postgres::migrate(a),
     }
 }

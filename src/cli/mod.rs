@@ -1,4 +1,5 @@
 //! Subcommand implementations (the argument parsing is in `main.rs`).
 
-pub mod serve;
 pub mod graph;
+pub mod postgres;
+pub mod serve;
