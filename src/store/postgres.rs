@@ -25,12 +25,14 @@
 //!   message is one row that every relay applies exactly once.
 //! - `graph_snapshot`: per tenant, a sealed, compressed copy of the graph
 //!   folded from the log up to `store_meta.snapshot_seq`. The retention job
-//!   compacts (fold, purge old associations, delete folded rows), and
-//!   `misdirectd migrate` writes an embedded store's graph here. A relay
-//!   whose position is below `snapshot_seq` reloads.
+//!   (every `privacy.retention_interval`, one relay at a time) compacts:
+//!   fold, purge associations older than `privacy.retention_days`, delete
+//!   the folded rows. `misdirectd migrate` writes an embedded store's graph
+//!   here.
 //! - `held`: held messages (metadata and bytes sealed) shared by every relay.
-//! - `store_meta.epoch` changes on every erasure or migration; every relay
-//!   that sees a new epoch reloads its graph from the database.
+//! - `store_meta.epoch` changes on every erasure, migration and
+//!   compaction; every relay that sees a new epoch reloads its graph from
+//!   the database.
 //!
 //! Rows carry `index_ps`, the keyed pseudonyms (HMAC-SHA256 under the
 //! tenant) of every address they mention, so `forget` finds them without
@@ -341,7 +343,8 @@ pub struct WireEvent {
 }
 
 impl WireEvent {
-    fn from_learn(ev: super::LearnEvent) -> WireEvent {
+    /// The stored form of a learn event.
+    pub fn from_learn(ev: super::LearnEvent) -> WireEvent {
         WireEvent {
             tenant: ev.tenant,
             meta: ev.meta,
@@ -885,34 +888,8 @@ impl PgGraph {
         }
     }
 
-    /// Append one batch; idempotent (a retried batch id is not inserted
-    /// again).
     async fn insert_batch(&self, id: &[u8; 16], rows: &[LogRow]) -> Result<(), PgError> {
-        let mut c = self.pool.get().await?;
-        let tx = timed(c.transaction()).await?;
-        timed(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])).await?;
-        let stmt = timed(tx.prepare(
-            "INSERT INTO learn_log (batch_id, tenant, origin, newest_ts, index_ps, body)
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch_id, tenant) DO NOTHING",
-        ))
-        .await?;
-        let id = id.as_slice();
-        for r in rows {
-            timed(tx.execute(
-                &stmt,
-                &[
-                    &id,
-                    &r.tenant,
-                    &self.origin,
-                    &r.newest_ts,
-                    &r.index_ps,
-                    &r.body,
-                ],
-            ))
-            .await?;
-        }
-        timed(tx.commit()).await?;
-        Ok(())
+        append_rows(&self.pool, self.origin, id, rows).await
     }
 
     /// Apply what other relays learnt since the last refresh; reload the
@@ -1071,6 +1048,46 @@ impl PgGraph {
     }
 }
 
+/// Append one learning batch to the log; idempotent: a batch id already
+/// in the log is not inserted again. `origin` is the writing relay's id.
+pub async fn append_events(
+    pool: &Pool,
+    keys: &Keys,
+    key_id: u32,
+    origin: i64,
+    id: &[u8; 16],
+    events: &[WireEvent],
+) -> Result<(), PgError> {
+    let rows = log_rows(keys, key_id, events)?;
+    append_rows(pool, origin, id, &rows).await
+}
+
+async fn append_rows(
+    pool: &Pool,
+    origin: i64,
+    id: &[u8; 16],
+    rows: &[LogRow],
+) -> Result<(), PgError> {
+    let mut c = pool.get().await?;
+    let tx = timed(c.transaction()).await?;
+    timed(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&LOG_LOCK])).await?;
+    let stmt = timed(tx.prepare(
+        "INSERT INTO learn_log (batch_id, tenant, origin, newest_ts, index_ps, body)
+         VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (batch_id, tenant) DO NOTHING",
+    ))
+    .await?;
+    let id = id.as_slice();
+    for r in rows {
+        timed(tx.execute(
+            &stmt,
+            &[&id, &r.tenant, &origin, &r.newest_ts, &r.index_ps, &r.body],
+        ))
+        .await?;
+    }
+    timed(tx.commit()).await?;
+    Ok(())
+}
+
 /// What an erasure changed in the database.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct DbForget {
@@ -1182,8 +1199,9 @@ pub async fn forget_in_db(
 }
 
 /// Fold every log row into the tenant snapshots (purging associations last
-/// seen before `cutoff`), delete the folded rows. Skipped (returns `false`)
-/// while another relay compacts.
+/// seen before `cutoff`), delete the folded rows, and bump the epoch so
+/// every relay reloads. Skipped (returns `false`) while another relay
+/// compacts.
 pub async fn compact(
     pool: &Pool,
     keys: Arc<Keys>,
@@ -1251,6 +1269,12 @@ pub async fn compact(
     timed(tx.execute(
         "UPDATE store_meta SET value = GREATEST(value, $1) WHERE key = 'snapshot_seq'",
         &[&max_seq],
+    ))
+    .await?;
+    // Every relay reloads, so that memory matches the purged snapshots.
+    timed(tx.execute(
+        "UPDATE store_meta SET value = value + 1 WHERE key = 'epoch'",
+        &[],
     ))
     .await?;
     timed(tx.commit()).await?;
