@@ -692,3 +692,61 @@ async fn schema_is_created_once_and_versioned() {
     bad.validate_into(&mut errs);
     assert!(errs.iter().any(|e| e.starts_with("store.url")), "{errs:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_require_connects_with_rustls_and_never_falls_back_to_plain() {
+    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let pg = PgCluster::start_with(|d| {
+        std::fs::write(d.join("server.crt"), ck.cert.pem()).unwrap();
+        std::fs::write(d.join("server.key"), ck.signing_key.serialize_pem()).unwrap();
+        format!(
+            "-c ssl=on -c ssl_cert_file={0}/server.crt -c ssl_key_file={0}/server.key",
+            d.display()
+        )
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    let url = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres",
+        pg.port
+    );
+    let mut cfg = pg_config("127.0.0.1:9".parse().unwrap(), dir.path(), dir.path(), &url);
+    cfg.store.tls = misdirect::config::store::PgTls::Require;
+    cfg.store.tls_ca = Some(ca.clone());
+    let (g, _t) = GraphHandle::open(&cfg, keys(&cfg)).await.unwrap();
+    g.learn(event("alice@corp.test", &["bob@corp.test"], 1_700_000_000))
+        .unwrap();
+    let (h, _t2) = GraphHandle::open(&cfg, keys(&cfg)).await.unwrap();
+    until(Duration::from_secs(20), "learning over TLS", || {
+        edge_total(&h, "alice@corp.test", "bob@corp.test") == 1
+    })
+    .await;
+    // The session really is encrypted.
+    let pool = postgres::pool_for(&cfg.store).await.unwrap();
+    let c = pool.get().await.unwrap();
+    let ssl: bool = c
+        .query_one(
+            "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(ssl);
+    // A CA that did not sign the server certificate is refused.
+    let other = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    std::fs::write(&ca, other.cert.pem()).unwrap();
+    let bad = postgres::pool_for(&cfg.store).await.unwrap();
+    assert!(bad.get().await.is_err());
+    // A server without TLS is refused rather than used in plain text.
+    let plain = PgCluster::start();
+    let mut cfg2 = cfg.clone();
+    std::fs::write(&ca, ck.cert.pem()).unwrap();
+    cfg2.store.url = format!(
+        "host=localhost hostaddr=127.0.0.1 port={} user=postgres dbname=postgres",
+        plain.port
+    );
+    let p2 = postgres::pool_for(&cfg2.store).await.unwrap();
+    assert!(p2.get().await.is_err());
+}

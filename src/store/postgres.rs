@@ -214,6 +214,8 @@ impl Pool {
                     .tls_ca
                     .as_ref()
                     .ok_or_else(|| PgError::Tls("store.tls_ca is required".into()))?;
+                // Never fall back to plain text.
+                cfg.ssl_mode(tokio_postgres::config::SslMode::Require);
                 Some(crate::store::pg_tls::MakeRustls::from_ca_file(ca)?)
             }
         };

@@ -11,6 +11,7 @@ pub struct PgCluster {
     pub port: u16,
     bin: PathBuf,
     run_as: Option<String>,
+    extra: String,
 }
 
 fn find_bin() -> PathBuf {
@@ -45,6 +46,13 @@ impl PgCluster {
     /// initdb + start. Panics with the install hint when PostgreSQL is
     /// missing.
     pub fn start() -> PgCluster {
+        PgCluster::start_with(|_| String::new())
+    }
+
+    /// Like [`PgCluster::start`], with extra server options made by `extra`
+    /// from the cluster directory (files written there are given to the
+    /// server's user, mode 0600).
+    pub fn start_with(extra: impl FnOnce(&Path) -> String) -> PgCluster {
         let bin = find_bin();
         let dir = tempfile::tempdir().unwrap();
         let run_as = if is_root() {
@@ -58,11 +66,26 @@ impl PgCluster {
         } else {
             None
         };
+        let extra = extra(dir.path());
+        if run_as.is_some() {
+            for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(f.path())
+                    .status()
+                    .unwrap();
+            }
+        }
+        for f in std::fs::read_dir(dir.path()).unwrap().flatten() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(f.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let c = PgCluster {
             dir,
             port: free_port(),
             bin,
             run_as,
+            extra,
         };
         let data = c.data();
         c.run(
@@ -109,9 +132,10 @@ impl PgCluster {
     pub fn start_server(&self) {
         let data = self.data();
         let opts = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100 {}",
             self.port,
-            self.dir.path().display()
+            self.dir.path().display(),
+            self.extra
         );
         let log = self.dir.path().join("server.log");
         self.run(
