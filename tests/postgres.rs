@@ -750,3 +750,115 @@ async fn tls_require_connects_with_rustls_and_never_falls_back_to_plain() {
     let p2 = postgres::pool_for(&cfg2.store).await.unwrap();
     assert!(p2.get().await.is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_stay_apart_in_the_shared_store() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = pg_config(
+        "127.0.0.1:9".parse().unwrap(),
+        dir.path(),
+        dir.path(),
+        &pg.url(),
+    );
+    cfg.tenants
+        .tenant
+        .push(misdirect::config::store::TenantConfig {
+            name: "other".into(),
+            domains: vec!["other.test".into()],
+        });
+    let k = keys(&cfg);
+    let (a, _ta) = GraphHandle::open(&cfg, k.clone()).await.unwrap();
+    let (b, _tb) = GraphHandle::open(&cfg, k.clone()).await.unwrap();
+    a.learn(event("alice@corp.test", &["bob@corp.test"], 1_700_000_000))
+        .unwrap();
+    let mut ev = event("zoe@other.test", &["bob@corp.test"], 1_700_000_001);
+    ev.tenant = a.tenant_for("zoe@other.test");
+    assert_eq!(ev.tenant, "other");
+    a.learn(ev).unwrap();
+    until(Duration::from_secs(20), "B to learn both tenants", || {
+        b.with_view("other", |v| v.sender("zoe@other.test").messages) == 1
+            && edge_total(&b, "alice@corp.test", "bob@corp.test") == 1
+    })
+    .await;
+    // Tenant "other"'s mail to bob leaves the default tenant's view of bob
+    // unchanged, and the other way round.
+    assert_eq!(
+        b.with_view("default", |v| v.address("bob@corp.test").senders),
+        1
+    );
+    assert_eq!(
+        b.with_view("default", |v| v.sender("zoe@other.test").messages),
+        0
+    );
+    assert_eq!(
+        b.with_view("other", |v| v.sender("alice@corp.test").messages),
+        0
+    );
+    let (c, _tc) = GraphHandle::open(&cfg, k).await.unwrap();
+    assert_eq!(
+        c.with_view("other", |v| v.address("bob@corp.test").senders),
+        1
+    );
+    assert_eq!(
+        c.with_view("default", |v| v.address("bob@corp.test").senders),
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_and_export_commands_on_the_shared_store() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pg_config(
+        "127.0.0.1:9".parse().unwrap(),
+        dir.path(),
+        dir.path(),
+        &pg.url(),
+    );
+    let k = keys(&cfg);
+    let (a, _ta) = GraphHandle::open(&cfg, k.clone()).await.unwrap();
+    a.learn(event(
+        "alice@corp.test",
+        &["bob@corp.test", "carol@corp.test"],
+        1_700_000_000,
+    ))
+    .unwrap();
+    tokio::time::sleep(BATCH * 4).await;
+    let file = dir.path().join("misdirectd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n",
+            pg.url(),
+            cfg.privacy.key_file.display()
+        ),
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+            .args(args)
+            .arg("--config")
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let exported = run(&["export", "Bob@Corp.test"]);
+    assert!(exported.contains("alice@corp.test"), "{exported}");
+    let forgot = run(&["forget", "bob@corp.test"]);
+    assert!(forgot.contains("\"tenants\":1"), "{forgot}");
+    let exported = run(&["export", "bob@corp.test"]);
+    assert!(!exported.contains("alice@corp.test"), "{exported}");
+    // The running relay reloads and forgets too.
+    until(Duration::from_secs(20), "the relay to reload", || {
+        edge_total(&a, "alice@corp.test", "bob@corp.test") == 0
+    })
+    .await;
+    assert_eq!(edge_total(&a, "alice@corp.test", "carol@corp.test"), 1);
+}
