@@ -1232,13 +1232,10 @@ pub async fn compact(
         max_seq = max_seq.max(seq);
         log.push(r.try_get::<_, Vec<u8>>(1)?);
     }
-    if log.is_empty() && cutoff.is_none() {
-        timed(tx.commit()).await?;
-        return Ok(true);
-    }
     let cfg2 = cfg.clone();
     let k = keys.clone();
-    let sealed: Vec<(String, Vec<u8>)> = tokio::task::spawn_blocking(move || {
+    let had_log = !log.is_empty();
+    let (sealed, purged): (Vec<(String, Vec<u8>)>, bool) = tokio::task::spawn_blocking(move || {
         let mut graphs: HashMap<String, Graph> = HashMap::new();
         for (t, body) in snap_bodies {
             graphs.insert(t, open_graph(&k, &body, &cfg2)?);
@@ -1248,17 +1245,29 @@ pub async fn compact(
                 ev.apply(&mut graphs, &cfg2);
             }
         }
+        let mut purged = false;
         if let Some(cut) = cutoff {
-            purge_all(&mut graphs, None, cut);
+            let (counts, _) = purge_all(&mut graphs, None, cut);
+            purged = counts
+                .iter()
+                .any(|(_, c)| c.edges + c.co_pairs + c.threads + c.addresses > 0);
+        }
+        if !had_log && !purged {
+            return Ok::<_, PgError>((Vec::new(), false));
         }
         let mut out = Vec::new();
         for (t, g) in &graphs {
             out.push((t.clone(), seal_graph(&k, g)?));
         }
-        Ok::<_, PgError>(out)
+        Ok::<_, PgError>((out, purged))
     })
     .await
     .map_err(|e| PgError::Task(e.to_string()))??;
+    if !had_log && !purged {
+        // Nothing to fold or purge: no write, no reload anywhere.
+        timed(tx.commit()).await?;
+        return Ok(true);
+    }
     for (t, body) in &sealed {
         timed(tx.execute(
             "INSERT INTO graph_snapshot (tenant, body) VALUES ($1, $2)
