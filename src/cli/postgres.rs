@@ -15,7 +15,7 @@ use crate::outbound::spool::Spool;
 use crate::privacy::Keys;
 use crate::store::pg_spool::PgSpool;
 use crate::store::postgres;
-use crate::store::{GraphHandle, Store};
+use crate::store::Store;
 
 /// A store backend named on the command line.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +53,6 @@ async fn load_keys(cfg: &Config) -> anyhow::Result<Arc<Keys>> {
         .await
         .context("key file task")??;
     Ok(Arc::new(keys))
-}
-
-/// The daemon's graph handle on the shared store (loads the key file).
-pub async fn open_graph(
-    cfg: &Config,
-) -> anyhow::Result<(GraphHandle, tokio::task::JoinHandle<()>)> {
-    let keys = load_keys(cfg).await?;
-    GraphHandle::open(cfg, keys)
-        .await
-        .context("opening the shared PostgreSQL store")
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -44,11 +44,8 @@ pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
 
 async fn serve(cfg: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     crate::telemetry::init_metrics(&cfg.metrics)?;
-    let (graph, _learner) = if cfg.store.backend == crate::config::store::StoreBackend::Postgres {
-        crate::cli::postgres::open_graph(&cfg).await?
-    } else {
-        GraphHandle::in_memory(cfg.graph.clone(), cfg.tenants.clone(), LEARN_QUEUE)
-    };
+    let (graph, _learner) =
+        GraphHandle::in_memory(cfg.graph.clone(), cfg.tenants.clone(), LEARN_QUEUE);
     let shared = Shared {
         scorer: scorer_for(&cfg),
         graph,
