@@ -42,7 +42,7 @@ pub enum StoreError {
     Task(String),
     #[error("shared graph store: {0}")]
     Shared(#[from] postgres::PgError),
-    #[error("the {0} store is opened with GraphHandle::open (or misdirectd migrate)")]
+    #[error("this command reads the embedded store only; with store.backend = \"{0}\" use serve, forget, export or migrate")]
     NotEmbedded(&'static str),
 }
 
