@@ -84,6 +84,9 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         explain: usize,
     },
+    /// Move the graph and held messages to another store
+    /// (`--from embedded --to postgres`).
+    Migrate(misdirect::cli::postgres::MigrateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,5 +121,6 @@ fn main() -> anyhow::Result<()> {
             model,
             explain,
         } => misdirect::cli::model::run_eval(&data, model.as_deref(), explain),
+        Command::Migrate(a) => misdirect::cli::postgres::migrate(a),
     }
 }

@@ -522,7 +522,13 @@ fn purge(c: &ConfigArg) -> anyhow::Result<()> {
 /// that does not name the address.
 pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
     init_logs();
-    let mut o = open(a.config.load()?)?;
+    let cfg = a.config.load()?;
+    if cfg.store.backend == crate::config::store::StoreBackend::Postgres {
+        let addr = normalise_arg(&cfg, &a.address)?;
+        let r = crate::cli::postgres::forget(cfg, &addr)?;
+        return emit(&serde_json::to_string(&r)?);
+    }
+    let mut o = open(cfg)?;
     let addr = normalise_arg(&o.cfg, &a.address)?;
     let (report, batch) = store::forget_all(&mut o.graphs, Some(&o.store), &addr);
     o.store.commit(batch)?;
@@ -544,9 +550,14 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
 /// `misdirectd export ADDRESS`: everything stored about the address, per
 /// tenant, as readable JSON.
 pub fn export(a: AddressArgs) -> anyhow::Result<()> {
-    let o = open(a.config.load()?)?;
-    let addr = normalise_arg(&o.cfg, &a.address)?;
-    let mut tenants: Vec<_> = o.graphs.iter().collect();
+    let cfg = a.config.load()?;
+    let graphs = if cfg.store.backend == crate::config::store::StoreBackend::Postgres {
+        crate::cli::postgres::load_graphs(&cfg)?
+    } else {
+        open(cfg.clone())?.graphs
+    };
+    let addr = normalise_arg(&cfg, &a.address)?;
+    let mut tenants: Vec<_> = graphs.iter().collect();
     tenants.sort_by(|a, b| a.0.cmp(b.0));
     let per: Vec<_> = tenants
         .into_iter()

@@ -4,4 +4,5 @@
 pub mod graph;
 pub mod hold;
 pub mod model;
+pub mod postgres;
 pub mod serve;

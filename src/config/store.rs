@@ -14,6 +14,20 @@ pub enum StoreBackend {
     /// Embedded redb file, no server needed.
     #[default]
     Embedded,
+    /// Shared PostgreSQL database (several relays, one graph).
+    Postgres,
+}
+
+/// TLS to the PostgreSQL server.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum PgTls {
+    /// Plain connection (loopback or a unix socket directory only).
+    #[default]
+    Disable,
+    /// TLS (rustls, ring) required; the server certificate is checked
+    /// against `tls_ca` (PEM).
+    Require,
 }
 
 /// `[store]` section: where the association graph is persisted.
@@ -30,6 +44,25 @@ pub struct StoreConfig {
     pub batch_interval: Duration,
     /// Bound of the learning queue between the relay and the store task.
     pub queue: usize,
+    /// PostgreSQL connection string (`backend = "postgres"`), e.g.
+    /// `host=127.0.0.1 port=5432 user=misdirect dbname=misdirect`.
+    pub url: String,
+    /// Connections each relay keeps to PostgreSQL at most.
+    pub pool_size: usize,
+    /// TLS to PostgreSQL.
+    pub tls: PgTls,
+    /// CA certificate (PEM) that signs the PostgreSQL server certificate
+    /// (`tls = "require"`).
+    pub tls_ca: Option<PathBuf>,
+    /// How often each relay reads what other relays learnt: a relay's
+    /// scores reflect another relay's learning at most
+    /// `batch_interval + refresh_interval` after the message.
+    #[serde(with = "humantime_serde")]
+    pub refresh_interval: Duration,
+    /// Memory budget (bytes) for learning queued while PostgreSQL is
+    /// unreachable; beyond it the oldest batches are dropped (logged and
+    /// counted in `misdirect_store_outage_dropped_total`).
+    pub outage_queue: usize,
 }
 
 impl Default for StoreConfig {
@@ -39,6 +72,12 @@ impl Default for StoreConfig {
             path: PathBuf::from("misdirect-data/graph.redb"),
             batch_interval: Duration::from_secs(1),
             queue: 10_000,
+            url: String::new(),
+            pool_size: 4,
+            tls: PgTls::Disable,
+            tls_ca: None,
+            refresh_interval: Duration::from_secs(2),
+            outage_queue: 64 << 20,
         }
     }
 }
@@ -53,6 +92,27 @@ impl StoreConfig {
         }
         if self.queue == 0 {
             errs.push(format!("{path}.queue: must be at least 1"));
+        }
+        if self.backend == StoreBackend::Postgres {
+            if self.url.trim().is_empty() {
+                errs.push(format!("{path}.url: required with backend = \"postgres\""));
+            } else if let Err(e) = self.url.parse::<tokio_postgres::Config>() {
+                errs.push(format!("{path}.url: {e}"));
+            }
+            if self.pool_size == 0 {
+                errs.push(format!("{path}.pool_size: must be at least 1"));
+            }
+            if self.refresh_interval.is_zero() {
+                errs.push(format!(
+                    "{path}.refresh_interval: must be greater than zero"
+                ));
+            }
+            if self.outage_queue == 0 {
+                errs.push(format!("{path}.outage_queue: must be at least 1 byte"));
+            }
+            if self.tls == PgTls::Require && self.tls_ca.is_none() {
+                errs.push(format!("{path}.tls_ca: required with tls = \"require\""));
+            }
         }
     }
 }

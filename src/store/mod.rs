@@ -6,6 +6,9 @@
 //! ([`GraphHandle::learn`]) so it never delays an SMTP reply.
 
 pub mod embedded;
+pub mod pg_spool;
+mod pg_tls;
+pub mod postgres;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -37,6 +40,10 @@ pub enum StoreError {
     Corrupt(String),
     #[error("graph store task failed: {0}")]
     Task(String),
+    #[error("shared graph store: {0}")]
+    Shared(#[from] postgres::PgError),
+    #[error("this command reads the embedded store only; with store.backend = \"{0}\" use serve, forget, export or migrate")]
+    NotEmbedded(&'static str),
 }
 
 macro_rules! from_redb {
@@ -70,6 +77,7 @@ impl Store {
             StoreBackend::Embedded => {
                 Ok(Store::Embedded(EmbeddedStore::open(&cfg.store.path, keys)?))
             }
+            StoreBackend::Postgres => Err(StoreError::NotEmbedded("postgres")),
         }
     }
 
@@ -270,6 +278,8 @@ pub struct GraphHandle {
     tx: mpsc::Sender<LearnEvent>,
     tenants: Arc<TenantsConfig>,
     persist: Option<Arc<Persist>>,
+    /// The shared PostgreSQL store, when configured.
+    shared: Option<Arc<postgres::PgGraph>>,
 }
 
 /// Why a learn event was not queued.
@@ -309,6 +319,7 @@ impl GraphHandle {
                 tx,
                 tenants: Arc::new(tenants),
                 persist: None,
+                shared: None,
             },
             task,
         )
@@ -325,6 +336,9 @@ impl GraphHandle {
         cfg: &Config,
         keys: Arc<Keys>,
     ) -> Result<(GraphHandle, tokio::task::JoinHandle<()>), StoreError> {
+        if cfg.store.backend == StoreBackend::Postgres {
+            return Ok(postgres::open_handle(cfg, keys).await?);
+        }
         let c = cfg.clone();
         let (store, loaded) = tokio::task::spawn_blocking(move || {
             let store = Store::open(&c, keys)?;
@@ -360,6 +374,7 @@ impl GraphHandle {
                 tx,
                 tenants: Arc::new(cfg.tenants.clone()),
                 persist: Some(persist),
+                shared: None,
             },
             task,
         ))
@@ -369,6 +384,9 @@ impl GraphHandle {
     /// durably in the store, before returning. Logs an audit line that does
     /// not name the address.
     pub async fn forget(&self, addr: &str) -> Result<ForgetReport, StoreError> {
+        if let Some(pg) = &self.shared {
+            return Ok(pg.forget(self, addr).await?);
+        }
         let guard = match &self.persist {
             Some(p) => Some(p.flush_lock.lock().await),
             None => None,
@@ -423,6 +441,11 @@ impl GraphHandle {
             mpsc::error::TrySendError::Full(_) => LearnError::Full,
             mpsc::error::TrySendError::Closed(_) => LearnError::Closed,
         })
+    }
+
+    /// The shared PostgreSQL store behind this handle, if any.
+    pub fn shared_store(&self) -> Option<&Arc<postgres::PgGraph>> {
+        self.shared.as_ref()
     }
 
     /// Shared access to the graphs, for stores and admin commands.

@@ -1,0 +1,195 @@
+//! Held messages in the shared PostgreSQL store, and [`HoldSpool`], the
+//! spool abstraction over the directory spool and this one.
+//!
+//! Table `held`: the hold id, the tenant name, the hold and expiry times,
+//! the keyed pseudonyms of the envelope addresses (for `forget`), and the
+//! metadata and the raw message each sealed with [`Keys::seal`]
+//! (AES-256-GCM). Any relay on the same database lists, reads and removes
+//! every relay's holds; removal is a single `DELETE`, so of two relays
+//! releasing the same hold at once exactly one gets `true`.
+
+use std::sync::Arc;
+
+use super::postgres::{PgError, Pool};
+use crate::outbound::spool::{HeldMeta, Spool, SpoolError};
+use crate::privacy::Keys;
+
+fn spool_err(e: PgError) -> SpoolError {
+    SpoolError::Io(std::io::Error::other(e.to_string()))
+}
+
+fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// Held messages in PostgreSQL.
+#[derive(Debug, Clone)]
+pub struct PgSpool {
+    pool: Arc<Pool>,
+    keys: Arc<Keys>,
+    key_id: u32,
+}
+
+impl PgSpool {
+    /// A spool on an open pool (schema already migrated).
+    pub async fn new(pool: Arc<Pool>, keys: Arc<Keys>) -> Result<PgSpool, SpoolError> {
+        let key_id = super::postgres::key_id(&pool, &keys)
+            .await
+            .map_err(spool_err)?;
+        Ok(PgSpool { pool, keys, key_id })
+    }
+
+    /// Connect with the `[store]` settings, migrate the schema, and open.
+    pub async fn connect(
+        sc: &crate::config::StoreConfig,
+        keys: Arc<Keys>,
+    ) -> Result<PgSpool, SpoolError> {
+        let pool = Arc::new(super::postgres::pool_for(sc).await.map_err(spool_err)?);
+        super::postgres::migrate_schema(&pool)
+            .await
+            .map_err(spool_err)?;
+        PgSpool::new(pool, keys).await
+    }
+
+    /// Store a message durably (committed before returning).
+    pub async fn put(&self, meta: &HeldMeta, raw: &[u8]) -> Result<(), SpoolError> {
+        if !valid_id(&meta.id) {
+            return Err(SpoolError::BadId);
+        }
+        let json = serde_json::to_vec(meta).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
+        let sealed_meta = self.keys.seal(&json);
+        let sealed_raw = self.keys.seal(raw);
+        if sealed_meta.is_empty() || sealed_raw.is_empty() {
+            return Err(SpoolError::Corrupt(
+                "sealing failed (no current key)".into(),
+            ));
+        }
+        let mut ps: Vec<Vec<u8>> = std::iter::once(meta.envelope.mail_from.as_str())
+            .chain(meta.envelope.rcpt_to.iter().map(String::as_str))
+            .filter(|a| !a.is_empty())
+            .map(|a| {
+                self.keys
+                    .pseudonym_bytes_with(self.key_id, &meta.tenant, a)
+                    .to_vec()
+            })
+            .collect();
+        ps.sort();
+        ps.dedup();
+        let c = self.pool.get().await.map_err(spool_err)?;
+        c.execute(
+            "INSERT INTO held (id, tenant, held_at, expires_at, index_ps, meta, raw)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
+             ON CONFLICT (id) DO UPDATE SET meta = EXCLUDED.meta, raw = EXCLUDED.raw,
+                 index_ps = EXCLUDED.index_ps, expires_at = EXCLUDED.expires_at",
+            &[
+                &meta.id,
+                &meta.tenant,
+                &meta.held_at,
+                &meta.expires_at,
+                &ps,
+                &sealed_meta,
+                &sealed_raw,
+            ],
+        )
+        .await
+        .map_err(|e| spool_err(e.into()))?;
+        Ok(())
+    }
+
+    fn open_meta(&self, id: &str, sealed: &[u8]) -> Result<HeldMeta, SpoolError> {
+        let plain = self
+            .keys
+            .open(sealed)
+            .map_err(|_| SpoolError::Corrupt(format!("held {id}")))?;
+        serde_json::from_slice(&plain).map_err(|_| SpoolError::Corrupt(format!("held {id}")))
+    }
+
+    /// Read a held message; `None` when no such id is held.
+    pub async fn get(&self, id: &str) -> Result<Option<(HeldMeta, Vec<u8>)>, SpoolError> {
+        if !valid_id(id) {
+            return Err(SpoolError::BadId);
+        }
+        let c = self.pool.get().await.map_err(spool_err)?;
+        let row = c
+            .query_opt("SELECT meta, raw FROM held WHERE id = $1", &[&id])
+            .await
+            .map_err(|e| spool_err(e.into()))?;
+        let Some(row) = row else { return Ok(None) };
+        let meta: &[u8] = row.try_get(0).map_err(|e| spool_err(e.into()))?;
+        let raw: &[u8] = row.try_get(1).map_err(|e| spool_err(e.into()))?;
+        let meta = self.open_meta(id, meta)?;
+        let raw = self
+            .keys
+            .open(raw)
+            .map_err(|_| SpoolError::Corrupt(format!("held {id}")))?;
+        Ok(Some((meta, raw)))
+    }
+
+    /// Metadata of every held message (every relay's), oldest first.
+    pub async fn list(&self) -> Result<Vec<HeldMeta>, SpoolError> {
+        let c = self.pool.get().await.map_err(spool_err)?;
+        let rows = c
+            .query("SELECT id, meta FROM held ORDER BY held_at, id", &[])
+            .await
+            .map_err(|e| spool_err(e.into()))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let id: &str = r.try_get(0).map_err(|e| spool_err(e.into()))?;
+            let meta: &[u8] = r.try_get(1).map_err(|e| spool_err(e.into()))?;
+            out.push(self.open_meta(id, meta)?);
+        }
+        Ok(out)
+    }
+
+    /// Remove a held message; `false` when it was not there (already
+    /// released or discarded, possibly by another relay).
+    pub async fn remove(&self, id: &str) -> Result<bool, SpoolError> {
+        if !valid_id(id) {
+            return Err(SpoolError::BadId);
+        }
+        let c = self.pool.get().await.map_err(spool_err)?;
+        let n = c
+            .execute("DELETE FROM held WHERE id = $1", &[&id])
+            .await
+            .map_err(|e| spool_err(e.into()))?;
+        Ok(n > 0)
+    }
+}
+
+/// Where held messages live: a directory (one relay) or PostgreSQL
+/// (shared by every relay on the database). Same methods as [`Spool`].
+#[derive(Debug, Clone)]
+pub enum HoldSpool {
+    Dir(Spool),
+    Postgres(PgSpool),
+}
+
+impl HoldSpool {
+    pub async fn put(&self, meta: &HeldMeta, raw: &[u8]) -> Result<(), SpoolError> {
+        match self {
+            HoldSpool::Dir(s) => s.put(meta, raw).await,
+            HoldSpool::Postgres(s) => s.put(meta, raw).await,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<(HeldMeta, Vec<u8>)>, SpoolError> {
+        match self {
+            HoldSpool::Dir(s) => s.get(id).await,
+            HoldSpool::Postgres(s) => s.get(id).await,
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<HeldMeta>, SpoolError> {
+        match self {
+            HoldSpool::Dir(s) => s.list().await,
+            HoldSpool::Postgres(s) => s.list().await,
+        }
+    }
+
+    pub async fn remove(&self, id: &str) -> Result<bool, SpoolError> {
+        match self {
+            HoldSpool::Dir(s) => s.remove(id).await,
+            HoldSpool::Postgres(s) => s.remove(id).await,
+        }
+    }
+}
