@@ -67,7 +67,7 @@ impl Daemon {
              [relay]\nhost = \"127.0.0.1\"\nport = {hop_port}\ntls = \"none\"\npool_size = 8\n\
              [store]\npath = \"{data}/graph.redb\"\n[privacy]\nkey_file = \"{data}/keys.json\"\n\
              [metrics]\n{metrics}[log]\nlevel = \"warn\"\n\
-             [model]\nscorer = \"never-seen\"\n",
+             [model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n",
             dir.join("data").display(),
             data = dir.join("data").display()
         );

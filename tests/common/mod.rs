@@ -227,6 +227,8 @@ pub struct Daemon {
 /// Configuration for tests: next hop at `hop`, state in `dir`, no metrics.
 pub fn test_config(hop: SocketAddr, dir: &std::path::Path) -> Config {
     let mut cfg = Config::default();
+    // The never-seen baseline scores a stranger 0.9: hold it.
+    cfg.policy.hold_at = Some(0.8);
     cfg.server.data_dir = dir.to_path_buf();
     cfg.server.hostname = "relay.test".into();
     cfg.relay.host = hop.ip().to_string();

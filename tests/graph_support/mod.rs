@@ -63,7 +63,7 @@ pub fn write_config(dir: &Path, extra: &str) -> PathBuf {
     std::fs::write(
         &cfg,
         format!(
-            "[model]\nscorer = \"never-seen\"\n\n[store]\npath = \"{}\"\nbatch_interval = \"50ms\"\n\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n{extra}\n",
+            "[model]\nscorer = \"never-seen\"\n\n[policy]\nhold_at = 0.8\n\n[store]\npath = \"{}\"\nbatch_interval = \"50ms\"\n\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n{extra}\n",
             dir.join("data/graph.redb").display(),
             dir.join("data/keys.json").display()
         ),
