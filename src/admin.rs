@@ -102,6 +102,10 @@ fn authorized(req: &Request<Incoming>, token: &str) -> bool {
 fn hold_error(e: HoldError) -> Resp {
     match e {
         HoldError::NotFound(_) => error(StatusCode::NOT_FOUND, "no such hold"),
+        HoldError::Busy(_) => error(
+            StatusCode::CONFLICT,
+            "this hold is being released or discarded by another request",
+        ),
         HoldError::Spool(SpoolError::BadId) => error(StatusCode::BAD_REQUEST, "invalid hold id"),
         HoldError::Deliver(d) => error(StatusCode::BAD_GATEWAY, &d.to_string()),
         HoldError::Spool(s) => {

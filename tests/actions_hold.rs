@@ -273,3 +273,45 @@ async fn admin_release_discard_and_expiry() {
     assert!(svc.list().await.unwrap().is_empty());
     sink.assert_empty();
 }
+
+/// Eight releases and a discard of one hold at the same time: it is
+/// delivered exactly once, every other call is refused, nothing is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_releases_deliver_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink().await;
+    let svc = service(hold_config(dir.path(), sink.addr), None).await;
+    let held = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), T0)
+        .await
+        .unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        let svc = svc.clone();
+        let id = held.id.clone();
+        tasks.push(tokio::spawn(async move {
+            if i == 4 {
+                svc.discard(&id, Actor::Admin).await
+            } else {
+                svc.release(&id, Actor::Admin, T0 + 1).await
+            }
+        }));
+    }
+    let mut ok = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => ok += 1,
+            Err(HoldError::Busy(_) | HoldError::NotFound(_)) => {}
+            Err(e) => panic!("unexpected error: {e}"),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one release or discard acts");
+    assert!(svc.list().await.unwrap().is_empty());
+    // At most one copy reached the next hop (none if the discard won).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut delivered = 0;
+    while sink.rx.try_recv().is_ok() {
+        delivered += 1;
+    }
+    assert!(delivered <= 1, "delivered {delivered} times");
+}

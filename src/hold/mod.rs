@@ -66,6 +66,38 @@ pub enum HoldError {
     Deliver(#[from] DeliverError),
     #[error("no held message {0}")]
     NotFound(String),
+    #[error("held message {0} is being released or discarded by another request")]
+    Busy(String),
+}
+
+/// Hold ids being released or discarded right now, in this process. A
+/// release delivers and then removes; without this claim a second release
+/// (the sender's reply, an admin, the expiry task) of the same id running in
+/// between would deliver it twice. Process-wide because a configuration
+/// reload builds a new [`HoldService`] while sessions may still use the old
+/// one. (Relays sharing a PostgreSQL spool do not share these claims.)
+static CLAIMS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Exclusive right to act on one held message; released when dropped.
+struct Claim(String);
+
+impl Claim {
+    fn take(id: &str) -> Result<Claim, HoldError> {
+        let mut set = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
+        if set.insert(id.to_string()) {
+            Ok(Claim(id.to_string()))
+        } else {
+            Err(HoldError::Busy(id.to_string()))
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        let mut set = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
+        set.remove(&self.0);
+    }
 }
 
 /// Who released or discarded a message.
@@ -347,7 +379,7 @@ impl HoldService {
         }
         match self.release(&parsed.hold_id, Actor::Sender, now).await {
             Ok(()) => Ok(Ok(parsed.hold_id)),
-            Err(HoldError::NotFound(_)) => Ok(Err(Refusal::NotHeld)),
+            Err(HoldError::NotFound(_) | HoldError::Busy(_)) => Ok(Err(Refusal::NotHeld)),
             Err(e) => Err(e),
         }
     }
@@ -368,7 +400,10 @@ impl HoldService {
     /// Deliver a held message (with an `X-Misdirect-Released` header) to its
     /// original recipients, remove it from the spool, and teach the graph
     /// that these recipients are right for this sender.
+    /// Concurrent calls for one id: one acts, the others get
+    /// [`HoldError::Busy`] (or `NotFound` once it is gone).
     pub async fn release(&self, id: &str, by: Actor, now: Ts) -> Result<(), HoldError> {
+        let _claim = Claim::take(id)?;
         let (meta, raw) = self.show(id).await?;
         let mut out = format!(
             "{RELEASED_HEADER}: by {}; {}\r\n",
@@ -393,6 +428,7 @@ impl HoldService {
     /// Remove a held message without delivering it. It is not learnt, so its
     /// recipients stay unknown for this sender and are flagged again.
     pub async fn discard(&self, id: &str, by: Actor) -> Result<(), HoldError> {
+        let _claim = Claim::take(id)?;
         if !self.spool.remove(id).await? {
             return Err(HoldError::NotFound(id.to_string()));
         }
@@ -456,6 +492,8 @@ impl HoldService {
                     id: meta.id,
                     action,
                 }),
+                // Someone else is releasing or discarding it right now.
+                Err(HoldError::Busy(_)) => {}
                 Err(e) => {
                     tracing::error!(hold_id = %meta.id, error = %e, "Expiry failed; will retry.")
                 }
