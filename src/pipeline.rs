@@ -126,7 +126,7 @@ impl Pipeline {
             _ => None,
         };
         let spool_dir = cfg.hold_spool_dir();
-        let spool = Spool::open(&spool_dir)
+        let spool = Spool::open(&spool_dir, shared.graph.keys().clone())
             .await
             .map_err(|e| BuildError::Spool(spool_dir.display().to_string(), e))?;
         let relay = Relay::new(&cfg.relay, &cfg.server.hostname)?;

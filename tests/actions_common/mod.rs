@@ -151,7 +151,12 @@ pub fn hold_config(dir: &std::path::Path, sink: SocketAddr) -> HoldConfig {
 }
 
 pub async fn service(cfg: HoldConfig, graph: Option<GraphHandle>) -> HoldService {
-    let spool = Spool::open(cfg.spool_dir.as_ref().unwrap()).await.unwrap();
+    let spool = Spool::open(
+        cfg.spool_dir.as_ref().unwrap(),
+        Arc::new(misdirect::privacy::Keys::from_secret([3; 32])),
+    )
+    .await
+    .unwrap();
     let deliver = SmtpDeliver::from_host_port(cfg.next_hop.as_deref().unwrap()).unwrap();
     HoldService::new(
         spool,
