@@ -8,7 +8,7 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use common::{Client, Sink};
@@ -34,7 +34,6 @@ fn free_port() -> u16 {
 
 struct Daemon {
     child: Child,
-    port: u16,
 }
 
 impl Drop for Daemon {
@@ -95,7 +94,7 @@ async fn spawn(config: &Path, port: u16, log: &Path) -> Daemon {
         .stderr(log)
         .spawn()
         .unwrap();
-    let d = Daemon { child, port };
+    let d = Daemon { child };
     let start = Instant::now();
     loop {
         if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
