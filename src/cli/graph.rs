@@ -594,7 +594,7 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
         let r = crate::cli::postgres::forget(cfg, &addr)?;
         let mut v = serde_json::to_value(r)?;
         if let Some(o) = v.as_object_mut() {
-            o.insert("held_in_directory_spool".into(), held.into());
+            o.insert("held".into(), held.into());
         }
         return emit(&serde_json::to_string(&v)?);
     }
