@@ -68,12 +68,17 @@ impl Daemon {
 
 /// Config with state under `dir/data`; holds what nobody here wrote to.
 fn write_config(dir: &Path, port: u16, hop: u16) -> PathBuf {
+    write_config_with(dir, port, hop, "")
+}
+
+/// `privacy` goes into `[privacy]`.
+fn write_config_with(dir: &Path, port: u16, hop: u16, privacy: &str) -> PathBuf {
     let data = dir.join("data");
     let text = format!(
         "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
          [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\n\
          [store]\npath = \"{d}/graph.redb\"\nbatch_interval = \"100ms\"\n\
-         [privacy]\nkey_file = \"{d}/keys.json\"\n\
+         [privacy]\nkey_file = \"{d}/keys.json\"\n{privacy}\n\
          [metrics]\nenabled = false\n[log]\nlevel = \"debug\"\n\
          [model]\nscorer = \"never-seen\"\n\
          [policy]\nhold_at = 0.8\n[hold]\nrelease_domain = \"confirm.acme-privacy.test\"\n",
@@ -323,4 +328,45 @@ async fn nothing_the_daemon_writes_or_logs_names_an_address_and_forget_covers_ho
     let list: serde_json::Value =
         serde_json::from_str(&run(&config, &["hold", "list", "--json"])).unwrap();
     assert_eq!(list.as_array().unwrap().len(), 2);
+}
+
+/// The control: with `pseudonymise_logs = false` the same scan finds the
+/// refused recipient and the next hop's text in the log, in clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_pseudonymise_logs_off_the_refused_recipient_is_logged_in_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    sink.ctl
+        .lock()
+        .unwrap()
+        .reject_rcpts
+        .insert(REFUSED.to_string());
+    let port = free_port();
+    let config = write_config_with(
+        dir.path(),
+        port,
+        sink.addr.port(),
+        "pseudonymise_logs = false",
+    );
+    let log = dir.path().join("daemon.log");
+    let d = spawn(&config, port, &log).await;
+    let r = send(
+        port,
+        &[(FRIEND_NAME, FRIEND), (REFUSED_NAME, REFUSED)],
+        "first",
+    )
+    .await;
+    assert!(r.contains("1 recipient(s) refused"), "{r}");
+    assert_eq!(sink.recv().await.rcpt_to, vec![FRIEND.to_string()]);
+    d.terminate();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.contains("Next hop refused recipient"))
+        .expect("refusal not logged");
+    assert!(line.contains(&format!("recipient={REFUSED}")), "{line}");
+    assert!(
+        line.contains(&format!("<{REFUSED}>: no such user")),
+        "{line}"
+    );
 }
