@@ -8,7 +8,6 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-pub mod actions;
 pub mod address;
 pub mod admin;
 pub mod classify;

@@ -32,6 +32,7 @@ use crate::outbound::dsn::{self, DsnInput};
 use crate::outbound::relay::{Relay, RelayOutcome};
 use crate::outbound::spool::{new_id, Spool};
 use crate::policy::{Context, FailAction, Policy};
+use crate::privacy::LogNames;
 use crate::scorer::{ScoreError, ScoreInput, Scorer};
 use crate::smtp::reply::Reply;
 use crate::store::{GraphHandle, LearnEvent};
@@ -98,6 +99,8 @@ pub struct Pipeline {
     policy: Policy,
     shared: Shared,
     hold: HoldService,
+    /// How log lines name addresses (`[privacy] pseudonymise_logs`).
+    logs: LogNames,
     encryptor: Encryptor,
     relay: Relay,
     tls: Option<Arc<rustls::ServerConfig>>,
@@ -126,19 +129,25 @@ impl Pipeline {
             _ => None,
         };
         let spool_dir = cfg.hold_spool_dir();
-        let spool = Spool::open(&spool_dir)
+        let spool = Spool::open(&spool_dir, shared.graph.keys().clone())
             .await
             .map_err(|e| BuildError::Spool(spool_dir.display().to_string(), e))?;
         let relay = Relay::new(&cfg.relay, &cfg.server.hostname)?;
         let norm = Normalizer::new(cfg.addresses.clone());
+        let logs = LogNames::new(shared.graph.keys().clone(), cfg.privacy.pseudonymise_logs);
         let hold = HoldService::new(
             spool,
             TokenKey::new(hold_secret(&cfg).await?),
             cfg.hold.clone(),
-            Arc::new(RelayDeliver(relay.clone())),
+            Arc::new(RelayDeliver {
+                relay: relay.clone(),
+                logs: logs.clone(),
+                tenants: cfg.tenants.clone(),
+            }),
             norm.clone(),
             Some(shared.graph.clone()),
-        );
+        )
+        .with_log_scrub(cfg.privacy.pseudonymise_logs);
         Ok(Pipeline {
             norm,
             policy: Policy::new(cfg.policy.clone()),
@@ -147,6 +156,7 @@ impl Pipeline {
             cfg: Arc::new(cfg),
             shared,
             hold,
+            logs,
             relay,
             tls,
             interceptors: Vec::new(),
@@ -226,7 +236,7 @@ impl Pipeline {
                     ..env
                 },
                 Err(e) => {
-                    error!(queue_id = %queue_id, error = %e, "Release by reply failed; reply deferred.");
+                    error!(queue_id = %queue_id, error = %self.logs.text(&e.to_string()), "Release by reply failed; reply deferred.");
                     return (
                         Reply::new(451, "4.3.0", "Temporary local problem, try again later"),
                         "tempfail",
@@ -273,8 +283,8 @@ impl Pipeline {
             rcpts,
             score = score.map(|s| format!("{s:.4}")).unwrap_or_else(|| "-".into()),
             action,
-            next_hop = %next_hop,
-            reply = %reply.summary(),
+            next_hop = %self.logs.text(&next_hop),
+            reply = %self.logs.text(&reply.summary()),
             latency_ms = latency.as_millis() as u64,
             "Message processed."
         );
@@ -404,7 +414,7 @@ impl Pipeline {
                 )
             }
             Err(e) => {
-                error!(queue_id = tx.queue_id, error = %e, "Could not hold message; deferred.");
+                error!(queue_id = tx.queue_id, error = %self.logs.text(&e.to_string()), "Could not hold message; deferred.");
                 (
                     Reply::new(451, "4.3.0", "Temporary local problem, try again later"),
                     "tempfail",
@@ -432,7 +442,7 @@ impl Pipeline {
         let plan = match self.encryptor.prepare(&tx.env, &tx.raw).await {
             Ok(p) => p,
             Err(e) => {
-                error!(queue_id = tx.queue_id, error = %e, "Encryption failed; message deferred.");
+                error!(queue_id = tx.queue_id, error = %self.logs.text(&e.to_string()), "Encryption failed; message deferred.");
                 return tempfail("Temporary failure encrypting the message, try again later");
             }
         };
@@ -465,7 +475,7 @@ impl Pipeline {
             {
                 Ok(m) => held = Some(m),
                 Err(e) => {
-                    error!(queue_id = tx.queue_id, error = %e, "Could not hold the unencrypted part; deferred.");
+                    error!(queue_id = tx.queue_id, error = %self.logs.text(&e.to_string()), "Could not hold the unencrypted part; deferred.");
                     return tempfail("Temporary local problem, try again later");
                 }
             }
@@ -476,7 +486,7 @@ impl Pipeline {
         if !(200..300).contains(&reply.code) {
             if let Some(m) = &held {
                 if let Err(e) = self.hold.discard(&m.id, crate::hold::Actor::Admin).await {
-                    error!(queue_id = tx.queue_id, hold_id = %m.id, error = %e, "Could not take back the hold after a failed delivery.");
+                    error!(queue_id = tx.queue_id, hold_id = %m.id, error = %self.logs.text(&e.to_string()), "Could not take back the hold after a failed delivery.");
                 }
             }
             return (reply, action, hop);
@@ -488,7 +498,7 @@ impl Pipeline {
                 .map(|(_, m)| m.as_slice())
                 .unwrap_or(&[]);
             if let Err(e) = self.hold.notify(m, msg, tx.now).await {
-                error!(hold_id = %m.id, error = %e, "Hold notice not sent.");
+                error!(hold_id = %m.id, error = %self.logs.text(&e.to_string()), "Hold notice not sent.");
             }
         }
         if let (Some((env, msg)), EncryptFallback::Tag) = (&plan.fallback, plan.fallback_action) {
@@ -505,10 +515,10 @@ impl Pipeline {
                     .await
                 {
                     Ok(m) => {
-                        warn!(queue_id = tx.queue_id, hold_id = %m.id, reply = %r2.summary(), "Tagged copy not delivered; held for an admin.")
+                        warn!(queue_id = tx.queue_id, hold_id = %m.id, reply = %self.logs.text(&r2.summary()), "Tagged copy not delivered; held for an admin.")
                     }
                     Err(e) => {
-                        error!(queue_id = tx.queue_id, error = %e, "Tagged copy neither delivered nor held; deferred.");
+                        error!(queue_id = tx.queue_id, error = %self.logs.text(&e.to_string()), "Tagged copy neither delivered nor held; deferred.");
                         return (r2, "tempfail", hop);
                     }
                 }
@@ -569,7 +579,7 @@ impl Pipeline {
                 self.learn(tx, env);
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "partial").increment(1);
                 for f in &rejected {
-                    warn!(queue_id = tx.queue_id, recipient = %f.address, code = f.code, text = %f.text, "Next hop refused recipient; DSN to sender.");
+                    warn!(queue_id = tx.queue_id, recipient = %self.logs.addr(&tx.tenant, &f.address), code = f.code, text = %self.logs.text(&f.text), "Next hop refused recipient; DSN to sender.");
                 }
                 self.send_dsn(tx, &rejected).await;
                 (
@@ -607,7 +617,7 @@ impl Pipeline {
             }
             RelayOutcome::Deferred { reason } => {
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "deferred").increment(1);
-                warn!(queue_id = tx.queue_id, reason = %reason, "Next hop unavailable; message deferred.");
+                warn!(queue_id = tx.queue_id, reason = %self.logs.text(&reason), "Next hop unavailable; message deferred.");
                 (
                     Reply::new(451, "4.4.1", "Next hop unavailable, try again later"),
                     "tempfail",
@@ -647,7 +657,7 @@ impl Pipeline {
             }
             other => {
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "dsn").increment(1);
-                error!(queue_id = tx.queue_id, outcome = ?other, "DSN could not be delivered.");
+                error!(queue_id = tx.queue_id, outcome = %self.logs.text(&format!("{other:?}")), "DSN could not be delivered.");
             }
         }
     }
@@ -751,16 +761,23 @@ async fn hold_secret(cfg: &Config) -> Result<Vec<u8>, BuildError> {
 }
 
 /// [`Deliver`] through the relay's next-hop transport (notices, releases).
-pub struct RelayDeliver(pub Relay);
+pub struct RelayDeliver {
+    pub relay: Relay,
+    /// How refused recipients and next-hop text are logged.
+    pub logs: LogNames,
+    /// To name a refused recipient by its pseudonym in the sender's tenant.
+    pub tenants: crate::config::TenantsConfig,
+}
 
 impl Deliver for RelayDeliver {
     fn send<'a>(&'a self, envelope: &'a Envelope, raw: &'a [u8]) -> DeliverFuture<'a> {
         Box::pin(async move {
-            match self.0.send_raw(envelope, raw).await {
+            match self.relay.send_raw(envelope, raw).await {
                 RelayOutcome::Delivered { .. } => Ok(()),
                 RelayOutcome::Partial { rejected, .. } => {
                     for f in &rejected {
-                        warn!(recipient = %f.address, code = f.code, text = %f.text, "Next hop refused a recipient of a released message or notice.");
+                        let tenant = self.tenants.tenant_for(&envelope.mail_from);
+                        warn!(recipient = %self.logs.addr(tenant, &f.address), code = f.code, text = %self.logs.text(&f.text), "Next hop refused a recipient of a released message or notice.");
                     }
                     Ok(())
                 }

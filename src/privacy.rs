@@ -309,6 +309,61 @@ impl Keys {
     }
 }
 
+/// `text` with every word that contains `@` (an address, bracketed or not)
+/// replaced by `<address>`: for logging text that may echo addresses, such as
+/// a next hop's reply.
+pub fn scrub_addresses(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.contains('@') {
+            out.push_str("<address>");
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for c in text.chars() {
+        if c.is_whitespace() || c == ',' || c == ';' {
+            flush(&mut word, &mut out);
+            out.push(c);
+        } else {
+            word.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
+/// How log lines name addresses: pseudonyms and scrubbed free text unless
+/// `[privacy] pseudonymise_logs = false`.
+#[derive(Debug, Clone)]
+pub struct LogNames {
+    keys: std::sync::Arc<Keys>,
+    pseudonymise: bool,
+}
+
+impl LogNames {
+    pub fn new(keys: std::sync::Arc<Keys>, pseudonymise: bool) -> LogNames {
+        LogNames { keys, pseudonymise }
+    }
+
+    /// An address as a log field ([`Keys::log_name`]).
+    pub fn addr(&self, tenant: &str, addr: &str) -> String {
+        self.keys.log_name(tenant, addr, self.pseudonymise)
+    }
+
+    /// Free text (e.g. a next hop's reply) with addresses scrubbed
+    /// ([`scrub_addresses`]) when pseudonymising.
+    pub fn text(&self, text: &str) -> String {
+        if self.pseudonymise {
+            scrub_addresses(text)
+        } else {
+            text.to_string()
+        }
+    }
+}
+
 #[cfg(unix)]
 fn check_permissions(path: &Path) -> Result<(), PrivacyError> {
     use std::os::unix::fs::PermissionsExt;
@@ -404,5 +459,16 @@ mod tests {
         assert_ne!(a, Keys::from_secret([9; 32]).pseudonym("a", "bob@x.com"));
         assert_eq!(k.log_name("a", "bob@x.com", false), "bob@x.com");
         assert_eq!(k.log_name("a", "bob@x.com", true), format!("ps:{a}"));
+    }
+
+    #[test]
+    fn scrub_replaces_every_address_word() {
+        assert_eq!(
+            scrub_addresses("550 5.1.1 <Bob@X.com>: user unknown, alice@y.org;x"),
+            "550 5.1.1 <address> user unknown, <address>;x"
+        );
+        let n = LogNames::new(std::sync::Arc::new(Keys::from_secret([1; 32])), false);
+        assert_eq!(n.text("to a@b.c"), "to a@b.c");
+        assert_eq!(n.addr("t", "a@b.c"), "a@b.c");
     }
 }

@@ -15,8 +15,9 @@ fn write_config(dir: &Path, sink: std::net::SocketAddr, extra: &str) -> std::pat
     std::fs::write(
         &p,
         format!(
-            "[model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n{extra}\n[hold]\nspool_dir = {:?}\nrelease_domain = \"confirm.acme.test\"\nsecret = \"{SECRET}\"\nnext_hop = \"{sink}\"\n",
-            dir.join("hold").display().to_string()
+            "[model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n{extra}\n[hold]\nspool_dir = {:?}\nrelease_domain = \"confirm.acme.test\"\nsecret = \"{SECRET}\"\nnext_hop = \"{sink}\"\n[privacy]\nkey_file = {:?}\n",
+            dir.join("hold").display().to_string(),
+            dir.join("keys.json").display().to_string()
         ),
     )
     .unwrap();

@@ -352,9 +352,14 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(500), sink.rx.recv()).await {
         at_sink.insert(String::from_utf8_lossy(&m.data).into_owned());
     }
-    let spool = misdirect::outbound::spool::Spool::open(dir.path().join("data").join("spool"))
-        .await
-        .unwrap();
+    let spool = misdirect::outbound::spool::Spool::open(
+        dir.path().join("data").join("spool"),
+        std::sync::Arc::new(
+            misdirect::privacy::Keys::load(&dir.path().join("data").join("keys.json")).unwrap(),
+        ),
+    )
+    .await
+    .unwrap();
     let mut in_spool = Vec::new();
     for meta in spool.list().await.unwrap() {
         let (_, raw) = spool.get(&meta.id).await.unwrap().unwrap();

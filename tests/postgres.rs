@@ -370,7 +370,11 @@ async fn a_hold_made_on_one_relay_is_released_on_the_other() {
     ));
     // The directory spool answers the same calls.
     let d = tempfile::tempdir().unwrap();
-    let ds = HoldSpool::Dir(Spool::open(d.path()).await.unwrap());
+    let ds = HoldSpool::Dir(
+        Spool::open(d.path(), Arc::new(Keys::from_secret([5; 32])))
+            .await
+            .unwrap(),
+    );
     ds.put(&held_meta(&id, "alice@corp.test", "eve@new.test"), raw)
         .await
         .unwrap();
@@ -597,7 +601,9 @@ async fn migrate_moves_an_embedded_graph_and_holds_then_compaction_keeps_it() {
         store.encode(&mut batch, "default", g, g.all_records());
         store.commit(batch).unwrap();
     }
-    let spool = Spool::open(dir.path().join("spool")).await.unwrap();
+    let spool = Spool::open(dir.path().join("spool"), k.clone())
+        .await
+        .unwrap();
     let id = new_id(1_700_000_000);
     spool
         .put(

@@ -517,16 +517,86 @@ fn purge(c: &ConfigArg) -> anyhow::Result<()> {
     )
 }
 
-/// `misdirectd forget ADDRESS`: erase the address from every tenant,
-/// durably. Prints what was removed (counts only) and logs an audit line
-/// that does not name the address.
+/// A held message and the role an address has in it.
+type HeldRole = (crate::outbound::spool::HeldMeta, &'static str);
+
+/// Held messages in the directory spool whose envelope sender or a
+/// recipient is `addr` (normalised), with the role it has in each. Nothing
+/// when the spool directory does not exist.
+fn held_involving(
+    cfg: &Config,
+    addr: &str,
+) -> anyhow::Result<(Option<crate::outbound::spool::Spool>, Vec<HeldRole>)> {
+    let dir = cfg.hold_spool_dir();
+    if !dir.is_dir() {
+        return Ok((None, Vec::new()));
+    }
+    let norm = Normalizer::new(cfg.addresses.clone());
+    let same = |a: &str| {
+        let n = norm
+            .normalize(a)
+            .unwrap_or_else(|_| a.trim().trim_matches(['<', '>']).to_lowercase());
+        n == addr
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let keys = crate::cli::hold::load_keys(cfg).await?;
+        let spool = crate::outbound::spool::Spool::open(&dir, keys)
+            .await
+            .with_context(|| format!("hold spool {}", dir.display()))?;
+        let mut out = Vec::new();
+        for m in spool.list().await? {
+            let from = same(&m.envelope.mail_from);
+            let to = m.envelope.rcpt_to.iter().any(|r| same(r));
+            let role = match (from, to) {
+                (true, true) => "sender and recipient",
+                (true, false) => "sender",
+                (false, true) => "recipient",
+                (false, false) => continue,
+            };
+            out.push((m, role));
+        }
+        Ok((Some(spool), out))
+    })
+}
+
+/// Remove the held messages involving `addr` durably; returns how many.
+fn forget_held(cfg: &Config, addr: &str) -> anyhow::Result<usize> {
+    let (spool, held) = held_involving(cfg, addr)?;
+    let Some(spool) = spool else {
+        return Ok(0);
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut n = 0;
+        for (m, _) in &held {
+            if spool.remove(&m.id).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    })
+}
+
+/// `misdirectd forget ADDRESS`: erase the address from every tenant and
+/// every held message to or from it, durably. Prints what was removed
+/// (counts only) and logs an audit line that does not name the address.
 pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
     init_logs();
     let cfg = a.config.load()?;
     if cfg.store.backend == crate::config::store::StoreBackend::Postgres {
         let addr = normalise_arg(&cfg, &a.address)?;
+        let held = forget_held(&cfg, &addr)?;
         let r = crate::cli::postgres::forget(cfg, &addr)?;
-        return emit(&serde_json::to_string(&r)?);
+        let mut v = serde_json::to_value(r)?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("held".into(), held.into());
+        }
+        return emit(&serde_json::to_string(&v)?);
     }
     let mut o = open(cfg)?;
     let addr = normalise_arg(&o.cfg, &a.address)?;
@@ -537,13 +607,19 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
     if report.tenants > 0 {
         o.store.rewrite(&o.cfg, &o.graphs)?;
     }
+    let held = forget_held(&o.cfg, &addr)?;
     tracing::info!(
         target: "audit",
         tenants = report.tenants,
         records = report.records,
+        held,
         "Erasure of one address performed."
     );
-    emit(&serde_json::to_string(&report)?)?;
+    let mut v = serde_json::to_value(&report)?;
+    if let Some(obj) = v.as_object_mut() {
+        obj.insert("held".into(), held.into());
+    }
+    emit(&serde_json::to_string(&v)?)?;
     Ok(())
 }
 
@@ -566,6 +642,21 @@ pub fn export(a: AddressArgs) -> anyhow::Result<()> {
                 .map(|v| serde_json::json!({"tenant": t, "data": v}))
         })
         .collect();
+    let held: Vec<_> = held_involving(&cfg, &addr)?
+        .1
+        .into_iter()
+        .map(|(m, role)| {
+            serde_json::json!({
+                "id": m.id,
+                "tenant": m.tenant,
+                "role": role,
+                "held_at": crate::graph::memory::format_ts(m.held_at),
+                "expires_at": crate::graph::memory::format_ts(m.expires_at),
+                "action": m.verdict.action,
+                "score": m.verdict.score,
+            })
+        })
+        .collect();
     let out = serde_json::json!({
         "address": addr,
         "exported_at": crate::graph::memory::format_ts(
@@ -575,6 +666,7 @@ pub fn export(a: AddressArgs) -> anyhow::Result<()> {
                 .unwrap_or(0)
         ),
         "tenants": per,
+        "held": held,
     });
     emit(&serde_json::to_string_pretty(&out)?)?;
     Ok(())

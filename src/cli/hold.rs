@@ -19,6 +19,7 @@ use crate::message::MessageMeta;
 use crate::outbound::spool::Spool;
 use crate::pipeline::{check_message, CheckReport};
 use crate::policy::{Context, FailAction, Policy};
+use crate::privacy::Keys;
 use crate::scorer::ScoreInput;
 
 /// Default configuration file.
@@ -63,9 +64,20 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// The key file of the configuration (created when missing), loaded on the
+/// blocking pool.
+pub async fn load_keys(cfg: &Config) -> anyhow::Result<Arc<Keys>> {
+    let kf = cfg.privacy.key_file.clone();
+    let keys = tokio::task::spawn_blocking(move || Keys::load_or_create(&kf))
+        .await?
+        .with_context(|| format!("key file {}", cfg.privacy.key_file.display()))?;
+    Ok(Arc::new(keys))
+}
+
 async fn service(cfg: &Config) -> anyhow::Result<HoldService> {
     let dir = cfg.hold_spool_dir();
-    let spool = Spool::open(&dir)
+    let keys = load_keys(cfg).await?;
+    let spool = Spool::open(&dir, keys)
         .await
         .with_context(|| format!("hold spool {}", dir.display()))?;
     let deliver: Arc<dyn Deliver> = match &cfg.hold.next_hop {

@@ -96,7 +96,7 @@ pub async fn migrate_embedded_to_postgres(cfg: &Config) -> anyhow::Result<Migrat
     let mut held = 0;
     let spool_dir = cfg.server.data_dir.join("spool");
     if tokio::fs::try_exists(&spool_dir).await.unwrap_or(false) {
-        let dir = Spool::open(&spool_dir).await?;
+        let dir = Spool::open(&spool_dir, keys.clone()).await?;
         let pg = PgSpool::new(pool.clone(), keys.clone()).await?;
         for m in dir.list().await? {
             if let Some((meta, raw)) = dir.get(&m.id).await? {

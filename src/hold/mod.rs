@@ -161,6 +161,8 @@ pub struct HoldService {
     deliver: Arc<dyn Deliver>,
     norm: Normalizer,
     graph: Option<GraphHandle>,
+    /// Scrub addresses from next-hop text in log lines.
+    scrub_logs: bool,
 }
 
 /// Unix seconds now.
@@ -192,6 +194,22 @@ impl HoldService {
             deliver,
             norm,
             graph,
+            scrub_logs: true,
+        }
+    }
+
+    /// Whether log lines scrub addresses from error text (next-hop replies);
+    /// on unless `[privacy] pseudonymise_logs = false`.
+    pub fn with_log_scrub(mut self, scrub: bool) -> Self {
+        self.scrub_logs = scrub;
+        self
+    }
+
+    fn log_text(&self, e: &dyn std::fmt::Display) -> String {
+        if self.scrub_logs {
+            crate::privacy::scrub_addresses(&e.to_string())
+        } else {
+            e.to_string()
         }
     }
 
@@ -289,7 +307,7 @@ impl HoldService {
     ) -> Result<HeldMeta, HoldError> {
         let meta = self.hold(tenant, envelope, raw, verdict, now).await?;
         if let Err(e) = self.notify(&meta, raw, now).await {
-            tracing::error!(hold_id = %meta.id, error = %e, "Hold notice not sent.");
+            tracing::error!(hold_id = %meta.id, error = %self.log_text(&e), "Hold notice not sent.");
         }
         Ok(meta)
     }
@@ -416,7 +434,7 @@ impl HoldService {
         // Delivered: now it must leave the spool. If removal fails the
         // message could be delivered twice; that is logged loudly.
         if let Err(e) = self.spool.remove(id).await {
-            tracing::error!(hold_id = %id, error = %e, "Released message delivered but not removed from the spool.");
+            tracing::error!(hold_id = %id, error = %self.log_text(&e), "Released message delivered but not removed from the spool.");
             return Err(e.into());
         }
         metrics::counter!("misdirect_hold_released_total", "by" => by.as_str()).increment(1);
@@ -495,7 +513,7 @@ impl HoldService {
                 // Someone else is releasing or discarding it right now.
                 Err(HoldError::Busy(_)) => {}
                 Err(e) => {
-                    tracing::error!(hold_id = %meta.id, error = %e, "Expiry failed; will retry.")
+                    tracing::error!(hold_id = %meta.id, error = %self.log_text(&e), "Expiry failed; will retry.")
                 }
             }
         }

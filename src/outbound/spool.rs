@@ -1,22 +1,30 @@
 //! The hold spool: held messages with their envelope and verdict, stored
 //! durably before the upstream gets its `250`.
 //!
-//! One file per message, `<id>.held`: a line of JSON metadata
-//! ([`HeldMeta`]) followed by the raw message bytes. A file is written to a
+//! One file per message, `<id>.held`, sealed with [`Keys::seal`]
+//! (AES-256-GCM): the magic `MDS1`, the length of the sealed metadata (u32
+//! little-endian), the sealed JSON metadata ([`HeldMeta`]), then the sealed
+//! raw message bytes. Nothing in the file is readable without the key file.
+//! A file in the older clear layout (a line of JSON metadata followed by the
+//! raw bytes) is still read. A file is written to a
 //! temporary name, fsynced, renamed into place and the directory fsynced, so a
 //! message is either fully held or not at all, even across `kill -9` or a
 //! power loss. All file I/O runs on the blocking pool.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::Envelope;
 use crate::graph::Ts;
+use crate::privacy::Keys;
 use crate::verdict::Verdict;
 
 const SUFFIX: &str = "held";
+/// First bytes of a sealed spool file.
+const MAGIC: &[u8; 4] = b"MDS1";
 
 /// Everything about a held message except its bytes.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,10 +52,11 @@ pub enum SpoolError {
     Join(String),
 }
 
-/// Durable store of held messages in one directory.
+/// Durable store of held messages in one directory, sealed under `keys`.
 #[derive(Debug, Clone)]
 pub struct Spool {
     dir: PathBuf,
+    keys: Arc<Keys>,
 }
 
 fn valid_id(id: &str) -> bool {
@@ -69,9 +78,9 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Spool {
-    /// Open (creating if needed) the spool directory. Leftover temporary
-    /// files from a crash are removed.
-    pub async fn open(dir: impl Into<PathBuf>) -> Result<Spool, SpoolError> {
+    /// Open (creating if needed) the spool directory; files are sealed and
+    /// opened with `keys`. Leftover temporary files from a crash are removed.
+    pub async fn open(dir: impl Into<PathBuf>, keys: Arc<Keys>) -> Result<Spool, SpoolError> {
         let dir = dir.into();
         let d = dir.clone();
         blocking(move || {
@@ -85,7 +94,7 @@ impl Spool {
             Ok(())
         })
         .await?;
-        Ok(Spool { dir })
+        Ok(Spool { dir, keys })
     }
 
     pub fn dir(&self) -> &Path {
@@ -103,9 +112,21 @@ impl Spool {
     pub async fn put(&self, meta: &HeldMeta, raw: &[u8]) -> Result<(), SpoolError> {
         let path = self.path(&meta.id)?;
         let tmp = path.with_extension("tmp");
-        let mut buf = serde_json::to_vec(meta).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
-        buf.push(b'\n');
-        buf.extend_from_slice(raw);
+        let json = serde_json::to_vec(meta).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
+        let sealed_meta = self.keys.seal(&json);
+        let sealed_raw = self.keys.seal(raw);
+        if sealed_meta.is_empty() || sealed_raw.is_empty() {
+            return Err(SpoolError::Corrupt(
+                "sealing failed (no current key)".into(),
+            ));
+        }
+        let meta_len = u32::try_from(sealed_meta.len())
+            .map_err(|_| SpoolError::Corrupt("metadata too large".into()))?;
+        let mut buf = Vec::with_capacity(8 + sealed_meta.len() + sealed_raw.len());
+        buf.extend_from_slice(MAGIC);
+        buf.extend_from_slice(&meta_len.to_le_bytes());
+        buf.extend_from_slice(&sealed_meta);
+        buf.extend_from_slice(&sealed_raw);
         let dir = self.dir.clone();
         blocking(move || {
             let mut f = std::fs::File::create(&tmp)?;
@@ -122,8 +143,9 @@ impl Spool {
     /// Read a held message; `None` when no such id is held.
     pub async fn get(&self, id: &str) -> Result<Option<(HeldMeta, Vec<u8>)>, SpoolError> {
         let path = self.path(id)?;
+        let keys = self.keys.clone();
         blocking(move || match std::fs::read(&path) {
-            Ok(bytes) => parse(&path, bytes).map(Some),
+            Ok(bytes) => parse(&keys, &path, bytes).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e.into()),
         })
@@ -133,6 +155,7 @@ impl Spool {
     /// Metadata of every held message, oldest first.
     pub async fn list(&self) -> Result<Vec<HeldMeta>, SpoolError> {
         let dir = self.dir.clone();
+        let keys = self.keys.clone();
         blocking(move || {
             let mut out = Vec::new();
             for entry in std::fs::read_dir(&dir)? {
@@ -145,11 +168,7 @@ impl Spool {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                     Err(e) => return Err(e.into()),
                 };
-                let mut line = Vec::new();
-                std::io::BufRead::read_until(&mut std::io::BufReader::new(f), b'\n', &mut line)?;
-                let meta: HeldMeta = serde_json::from_slice(&line)
-                    .map_err(|_| SpoolError::Corrupt(p.display().to_string()))?;
-                out.push(meta);
+                out.push(read_meta(&keys, &p, f)?);
             }
             out.sort_by(|a, b| (a.held_at, &a.id).cmp(&(b.held_at, &b.id)));
             Ok(out)
@@ -173,7 +192,60 @@ impl Spool {
     }
 }
 
-fn parse(path: &Path, mut bytes: Vec<u8>) -> Result<(HeldMeta, Vec<u8>), SpoolError> {
+fn corrupt(path: &Path) -> SpoolError {
+    SpoolError::Corrupt(path.display().to_string())
+}
+
+fn open_meta(keys: &Keys, path: &Path, sealed: &[u8]) -> Result<HeldMeta, SpoolError> {
+    let json = keys
+        .open(sealed)
+        .map_err(|e| SpoolError::Corrupt(format!("{} ({e})", path.display())))?;
+    serde_json::from_slice(&json).map_err(|_| corrupt(path))
+}
+
+/// The metadata of one spool file, reading only as much as needed.
+fn read_meta(keys: &Keys, path: &Path, f: std::fs::File) -> Result<HeldMeta, SpoolError> {
+    let mut r = std::io::BufReader::new(f);
+    let mut head = [0u8; 8];
+    let mut got = 0;
+    while got < head.len() {
+        let n = r.read(&mut head[got..])?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    if got == head.len() && &head[..4] == MAGIC {
+        let len = u32::from_le_bytes([head[4], head[5], head[6], head[7]]) as usize;
+        let mut sealed = Vec::new();
+        r.take(len as u64).read_to_end(&mut sealed)?;
+        if sealed.len() != len {
+            return Err(corrupt(path));
+        }
+        return open_meta(keys, path, &sealed);
+    }
+    // Older clear layout: a JSON line, then the bytes.
+    let mut line = head[..got].to_vec();
+    if !line.contains(&b'\n') {
+        std::io::BufRead::read_until(&mut r, b'\n', &mut line)?;
+    }
+    let end = line.iter().position(|b| *b == b'\n').unwrap_or(line.len());
+    serde_json::from_slice(&line[..end]).map_err(|_| corrupt(path))
+}
+
+fn parse(keys: &Keys, path: &Path, mut bytes: Vec<u8>) -> Result<(HeldMeta, Vec<u8>), SpoolError> {
+    if bytes.len() >= 8 && &bytes[..4] == MAGIC {
+        let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+        let end = 8usize
+            .checked_add(len)
+            .filter(|e| *e <= bytes.len())
+            .ok_or_else(|| corrupt(path))?;
+        let meta = open_meta(keys, path, &bytes[8..end])?;
+        let raw = keys
+            .open(&bytes[end..])
+            .map_err(|e| SpoolError::Corrupt(format!("{} ({e})", path.display())))?;
+        return Ok((meta, raw));
+    }
     let nl = bytes
         .iter()
         .position(|b| *b == b'\n')
@@ -210,10 +282,14 @@ mod tests {
         }
     }
 
+    fn keys() -> Arc<Keys> {
+        Arc::new(Keys::from_secret([7; 32]))
+    }
+
     #[tokio::test]
     async fn put_get_list_remove_roundtrip() {
         let dir = tempfile::tempdir().unwrap();
-        let s = Spool::open(dir.path()).await.unwrap();
+        let s = Spool::open(dir.path(), keys()).await.unwrap();
         let raw = b"Subject: x\r\n\r\n.line\r\n\xff8bit\r\n".to_vec();
         let a = new_id(5);
         let b = new_id(3);
@@ -230,8 +306,42 @@ mod tests {
         assert!(matches!(s.get("../etc").await, Err(SpoolError::BadId)));
         // Reopen: still there, and stray temp files are cleaned.
         std::fs::write(dir.path().join("junk.tmp"), b"partial").unwrap();
-        let s2 = Spool::open(dir.path()).await.unwrap();
+        let s2 = Spool::open(dir.path(), keys()).await.unwrap();
         assert_eq!(s2.list().await.unwrap().len(), 1);
         assert!(!dir.path().join("junk.tmp").exists());
+    }
+
+    #[tokio::test]
+    async fn files_are_sealed_and_need_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Spool::open(dir.path(), keys()).await.unwrap();
+        let id = new_id(9);
+        s.put(&meta(&id, 9), b"Subject: secret-subject\r\n\r\nbody")
+            .await
+            .unwrap();
+        let on_disk = std::fs::read(dir.path().join(format!("{id}.held"))).unwrap();
+        let text = String::from_utf8_lossy(&on_disk);
+        for needle in ["a@x.org", "b@y.org", "secret-subject", "default"] {
+            assert!(!text.contains(needle), "{needle} in clear on disk");
+        }
+        // Another key cannot read it.
+        let other = Spool::open(dir.path(), Arc::new(Keys::from_secret([8; 32])))
+            .await
+            .unwrap();
+        assert!(matches!(other.get(&id).await, Err(SpoolError::Corrupt(_))));
+        assert!(matches!(other.list().await, Err(SpoolError::Corrupt(_))));
+    }
+
+    #[tokio::test]
+    async fn older_clear_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = new_id(4);
+        let mut buf = serde_json::to_vec(&meta(&id, 4)).unwrap();
+        buf.push(b'\n');
+        buf.extend_from_slice(b"raw");
+        std::fs::write(dir.path().join(format!("{id}.held")), buf).unwrap();
+        let s = Spool::open(dir.path(), keys()).await.unwrap();
+        assert_eq!(s.list().await.unwrap(), vec![meta(&id, 4)]);
+        assert_eq!(s.get(&id).await.unwrap().unwrap().1, b"raw");
     }
 }

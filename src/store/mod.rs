@@ -280,6 +280,8 @@ pub struct GraphHandle {
     persist: Option<Arc<Persist>>,
     /// The shared PostgreSQL store, when configured.
     shared: Option<Arc<postgres::PgGraph>>,
+    /// The privacy keys (an ephemeral random key for an in-memory graph).
+    keys: Arc<Keys>,
 }
 
 /// Why a learn event was not queued.
@@ -320,6 +322,7 @@ impl GraphHandle {
                 tenants: Arc::new(tenants),
                 persist: None,
                 shared: None,
+                keys: Arc::new(Keys::from_secret(rand::random())),
             },
             task,
         )
@@ -340,8 +343,9 @@ impl GraphHandle {
             return Ok(postgres::open_handle(cfg, keys).await?);
         }
         let c = cfg.clone();
+        let k = keys.clone();
         let (store, loaded) = tokio::task::spawn_blocking(move || {
-            let store = Store::open(&c, keys)?;
+            let store = Store::open(&c, k)?;
             let graphs = store.load(&c.graph)?;
             Ok::<_, StoreError>((store, graphs))
         })
@@ -375,6 +379,7 @@ impl GraphHandle {
                 tenants: Arc::new(cfg.tenants.clone()),
                 persist: Some(persist),
                 shared: None,
+                keys,
             },
             task,
         ))
@@ -409,6 +414,11 @@ impl GraphHandle {
             "Erasure of one address performed."
         );
         Ok(report)
+    }
+
+    /// The privacy keys this handle pseudonymises and seals with.
+    pub fn keys(&self) -> &Arc<Keys> {
+        &self.keys
     }
 
     /// The tenant a sender address belongs to.

@@ -671,7 +671,7 @@ pub async fn open_handle(
     metrics::gauge!(STORE_UP).set(1.0);
     let pg = Arc::new(PgGraph {
         pool,
-        keys,
+        keys: keys.clone(),
         key_id,
         origin: rand::random::<i64>(),
         graph_cfg: cfg.graph.clone(),
@@ -704,6 +704,7 @@ pub async fn open_handle(
             tenants: Arc::new(cfg.tenants.clone()),
             persist: None,
             shared: Some(pg),
+            keys,
         },
         task,
     ))

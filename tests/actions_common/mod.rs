@@ -151,7 +151,10 @@ pub fn hold_config(dir: &std::path::Path, sink: SocketAddr) -> HoldConfig {
 }
 
 pub async fn service(cfg: HoldConfig, graph: Option<GraphHandle>) -> HoldService {
-    let spool = Spool::open(cfg.spool_dir.as_ref().unwrap()).await.unwrap();
+    // The key file next to the spool (where the CLI tests' config names it).
+    let dir = cfg.spool_dir.as_ref().unwrap();
+    let keys = misdirect::privacy::Keys::load_or_create(&dir.parent().unwrap().join("keys.json"));
+    let spool = Spool::open(dir, Arc::new(keys.unwrap())).await.unwrap();
     let deliver = SmtpDeliver::from_host_port(cfg.next_hop.as_deref().unwrap()).unwrap();
     HoldService::new(
         spool,
