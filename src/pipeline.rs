@@ -807,28 +807,15 @@ pub struct CheckReport {
     pub score_error: Option<String>,
 }
 
-/// Score a message with its header recipients against a graph and policy.
-pub async fn check_message(
-    norm: Normalizer,
-    shared: Shared,
-    policy: Policy,
-    raw: Vec<u8>,
-    now: Ts,
-) -> CheckReport {
-    let job = tokio::task::spawn_blocking(move || {
-        let meta = MessageMeta::parse(&raw, &norm);
-        let sender = meta.sender().map(str::to_string).unwrap_or_default();
-        let tenant = shared.graph.tenant_for(&sender);
-        let scored = shared.graph.with_view(&tenant, |g| {
-            shared.scorer.score(
-                g,
-                &ScoreInput {
-                    meta: &meta,
-                    recipients: &meta.recipients,
-                    now,
-                },
-            )
-        });
+impl CheckReport {
+    /// The report for a scoring result: the policy's verdict (and the reply
+    /// a reject gets), or what `fail_mode` does when scoring failed.
+    pub fn from_scored(
+        sender: String,
+        tenant: String,
+        policy: &Policy,
+        scored: Result<crate::verdict::Scores, crate::scorer::ScoreError>,
+    ) -> CheckReport {
         match scored {
             Ok(scores) => {
                 let verdict = policy.decide_for(
@@ -864,6 +851,32 @@ pub async fn check_message(
                 }
             }
         }
+    }
+}
+
+/// Score a message with its header recipients against a graph and policy.
+pub async fn check_message(
+    norm: Normalizer,
+    shared: Shared,
+    policy: Policy,
+    raw: Vec<u8>,
+    now: Ts,
+) -> CheckReport {
+    let job = tokio::task::spawn_blocking(move || {
+        let meta = MessageMeta::parse(&raw, &norm);
+        let sender = meta.sender().map(str::to_string).unwrap_or_default();
+        let tenant = shared.graph.tenant_for(&sender);
+        let scored = shared.graph.with_view(&tenant, |g| {
+            shared.scorer.score(
+                g,
+                &ScoreInput {
+                    meta: &meta,
+                    recipients: &meta.recipients,
+                    now,
+                },
+            )
+        });
+        CheckReport::from_scored(sender, tenant, &policy, scored)
     });
     match job.await {
         Ok(r) => r,

@@ -18,7 +18,7 @@ use crate::hold::{
 use crate::message::MessageMeta;
 use crate::outbound::spool::Spool;
 use crate::pipeline::{check_message, CheckReport};
-use crate::policy::{Context, FailAction, Policy};
+use crate::policy::Policy;
 use crate::privacy::Keys;
 use crate::scorer::ScoreInput;
 
@@ -336,40 +336,6 @@ fn check_with_history(
         recipients: &meta.recipients,
         now: meta.date.unwrap_or_else(now),
     };
-    let report = match scorer.score(&graph, &input) {
-        Ok(scores) => {
-            let verdict = policy.decide_for(
-                &Context {
-                    tenant: &tenant,
-                    sender: &sender,
-                },
-                scores,
-            );
-            let reply = (verdict.action == crate::verdict::Action::Reject)
-                .then(|| Policy::reject_reply(&verdict));
-            CheckReport {
-                sender,
-                tenant,
-                verdict: Some(verdict),
-                reply,
-                score_error: None,
-            }
-        }
-        Err(e) => {
-            let (what, reply) = match policy.on_score_error(&e) {
-                FailAction::Deliver { header } => {
-                    (format!("deliver with {}: {}", header.0, header.1), None)
-                }
-                FailAction::TempFail { reply } => (reply.clone(), Some(reply)),
-            };
-            CheckReport {
-                sender,
-                tenant,
-                verdict: None,
-                reply,
-                score_error: Some(format!("{e}; {what}")),
-            }
-        }
-    };
+    let report = CheckReport::from_scored(sender, tenant, &policy, scorer.score(&graph, &input));
     Ok((report, learnt))
 }
