@@ -11,11 +11,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use mail_parser::mailbox::{maildir, mbox};
-use serde::Deserialize;
 
 use crate::address::Normalizer;
 use crate::graph::Ts;
-use crate::message::{Field, Mailbox, MessageMeta, Recipient};
+use crate::message::{Mailbox, MessageMeta, Recipient};
 
 /// Kind of archive at a path.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,10 +223,9 @@ impl<'a> Reader<'a> {
                         continue;
                     }
                     let len = line.len() as u64;
-                    match serde_json::from_str::<CorpusRow>(&line) {
+                    match crate::classify::corpus::parse_line(&line, self.norm) {
                         Ok(row) => {
-                            let meta = row.into_meta(self.norm);
-                            if let Some(m) = self.accept(meta, None) {
+                            if let Some(m) = self.accept(row.meta, None) {
                                 f(m, len);
                             }
                         }
@@ -246,80 +244,6 @@ fn file_mtime(p: &Path) -> Option<Ts> {
         .ok()
         .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
         .map(|d| d.as_secs() as Ts)
-}
-
-/// One line of the dev corpus (headers only). Its `bcc` is a copy of `cc`
-/// (an artefact of the corpus conversion), so it is ignored.
-#[derive(Debug, Deserialize)]
-struct CorpusRow {
-    #[serde(default)]
-    message_id: Option<String>,
-    #[serde(default)]
-    date: Option<String>,
-    #[serde(default)]
-    from: Option<String>,
-    #[serde(default)]
-    to: Vec<String>,
-    #[serde(default)]
-    cc: Vec<String>,
-    #[serde(default)]
-    subject: Option<String>,
-    #[serde(default)]
-    x_from: Option<String>,
-    #[serde(default)]
-    attachments: Vec<String>,
-}
-
-impl CorpusRow {
-    fn into_meta(self, norm: &Normalizer) -> MessageMeta {
-        let mut meta = MessageMeta {
-            message_id: self.message_id.map(|m| {
-                m.trim()
-                    .trim_start_matches('<')
-                    .trim_end_matches('>')
-                    .to_string()
-            }),
-            date: self
-                .date
-                .as_deref()
-                .and_then(mail_parser::DateTime::parse_rfc3339)
-                .map(|d| d.to_timestamp()),
-            subject: self.subject,
-            ..Default::default()
-        };
-        meta.from = self
-            .from
-            .as_deref()
-            .and_then(|f| norm.normalize(f).ok())
-            .map(|address| Mailbox {
-                address,
-                name: self
-                    .x_from
-                    .map(|n| n.trim().to_string())
-                    .filter(|n| !n.is_empty() && !n.contains('@') && !n.contains('/')),
-            });
-        for (field, list) in [(Field::To, self.to), (Field::Cc, self.cc)] {
-            for a in list {
-                let Ok(address) = norm.normalize(&a) else {
-                    continue;
-                };
-                if meta.recipients.iter().any(|r| r.address == address) {
-                    continue;
-                }
-                meta.recipients.push(Recipient {
-                    address,
-                    name: None,
-                    field,
-                });
-            }
-        }
-        meta.attachments = self
-            .attachments
-            .into_iter()
-            .map(|name| crate::message::Attachment { name, size: 0 })
-            .collect();
-        meta
-    }
 }
 
 /// Total size of the files behind these sources (for a progress bar).

@@ -93,7 +93,8 @@ fn row_to_message(row: Row, norm: &Normalizer) -> CorpusMessage {
                 .x_from
                 .as_deref()
                 .map(str::trim)
-                .filter(|n| !n.is_empty() && !n.contains('<'))
+                // Notes/Outlook wrote "Name </O=ENRON/...>" or an address.
+                .filter(|n| !n.is_empty() && !n.contains(['<', '@', '/']))
                 .map(str::to_string),
         });
     let mut recipients: Vec<Recipient> = Vec::new();
@@ -113,7 +114,13 @@ fn row_to_message(row: Row, norm: &Normalizer) -> CorpusMessage {
         }
     }
     let meta = MessageMeta {
-        message_id: row.message_id,
+        // Without angle brackets, as mail-parser gives Message-IDs.
+        message_id: row.message_id.map(|m| {
+            m.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        }),
         date: row.date.as_deref().and_then(parse_date),
         from,
         recipients,
@@ -135,6 +142,12 @@ fn row_to_message(row: Row, norm: &Normalizer) -> CorpusMessage {
         folder: row.folder,
         meta,
     }
+}
+
+/// One corpus JSON line as a message (its `bcc`, a copy of `cc` in this
+/// corpus, is ignored).
+pub fn parse_line(line: &str, norm: &Normalizer) -> Result<CorpusMessage, serde_json::Error> {
+    serde_json::from_str::<Row>(line).map(|row| row_to_message(row, norm))
 }
 
 /// Read messages from a reader of JSON lines; `path` is only for errors.
