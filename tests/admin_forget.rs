@@ -31,7 +31,6 @@ struct Daemon {
     child: Child,
     port: u16,
     admin: u16,
-    config: PathBuf,
 }
 
 impl Drop for Daemon {
@@ -68,12 +67,7 @@ impl Daemon {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap();
-        let d = Daemon {
-            child,
-            port,
-            admin,
-            config,
-        };
+        let d = Daemon { child, port, admin };
         let start = Instant::now();
         loop {
             if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
