@@ -387,6 +387,10 @@ fn synth(a: &SynthArgs) -> anyhow::Result<()> {
         return Err(e);
     }
     commit_pending(&o.store, &o.graphs, &mut pending)?;
+    // The batched commits leave most of the file as freed copy-on-write
+    // pages; a rewrite leaves only the live records.
+    let store = o.store.rewrite(&o.cfg, &o.graphs)?;
+    o.store = store;
     let g = o.graphs.get(&a.tenant);
     emit(&serde_json::to_string(&serde_json::json!({
         "tenant": a.tenant,

@@ -233,6 +233,87 @@ fn find<V>(list: &[(Id, V)], k: Id) -> Result<usize, usize> {
     list.binary_search_by_key(&k, |x| x.0)
 }
 
+/// The address index: a hash table of ids, hashed and compared through the
+/// address strings in the graph's entries.
+#[derive(Debug, Default)]
+pub(crate) struct AddrIndex {
+    table: hashbrown::HashTable<Id>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl AddrIndex {
+    fn hash(&self, s: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(s)
+    }
+
+    fn get(&self, addrs: &[AddrEntry], s: &str) -> Option<Id> {
+        self.table
+            .find(self.hash(s), |id| {
+                addrs.get(*id as usize).is_some_and(|e| &*e.address == s)
+            })
+            .copied()
+    }
+
+    /// Index `id` under its address (already in `addrs`, not yet indexed).
+    fn insert(&mut self, addrs: &[AddrEntry], id: Id) {
+        let Some(e) = addrs.get(id as usize) else {
+            return;
+        };
+        let h = self.hash(&e.address);
+        let hasher = &self.hasher;
+        self.table.insert_unique(h, id, |x| {
+            use std::hash::BuildHasher;
+            addrs
+                .get(*x as usize)
+                .map_or(0, |e| hasher.hash_one(&*e.address))
+        });
+    }
+
+    fn remove(&mut self, id: Id, addr: &str) {
+        if let Ok(entry) = self.table.find_entry(self.hash(addr), |x| *x == id) {
+            entry.remove();
+        }
+    }
+
+    /// Rebuild from every live entry.
+    fn rebuild(&mut self, addrs: &[AddrEntry]) {
+        self.table.clear();
+        for id in 0..addrs.len() as Id {
+            if addrs
+                .get(id as usize)
+                .is_some_and(|e| !e.address.is_empty())
+            {
+                self.insert(addrs, id);
+            }
+        }
+    }
+
+    fn shrink_to_fit(&mut self, addrs: &[AddrEntry]) {
+        let hasher = &self.hasher;
+        self.table.shrink_to_fit(|x| {
+            use std::hash::BuildHasher;
+            addrs
+                .get(*x as usize)
+                .map_or(0, |e| hasher.hash_one(&*e.address))
+        });
+    }
+
+    fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Heap bytes: one id and one control byte per bucket.
+    fn bytes(&self) -> usize {
+        let cap = self.table.capacity();
+        if cap == 0 {
+            return 0;
+        }
+        let buckets = (cap * 8 / 7).next_power_of_two();
+        buckets * (std::mem::size_of::<Id>() + 1) + 16
+    }
+}
+
 /// Hash map with foldhash: several times faster than SipHash on the short
 /// keys here (address strings, id tuples) and seeded per process, which
 /// keeps hash flooding by crafted addresses impractical.
@@ -247,7 +328,9 @@ pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 #[derive(Debug, Default)]
 pub struct Graph {
     pub cfg: GraphConfig,
-    pub(crate) ids: FastMap<Arc<str>, Id>,
+    /// Address -> id, holding only ids (4 bytes a slot): the strings live
+    /// once, in `addrs`.
+    pub(crate) ids: AddrIndex,
     pub(crate) addrs: Vec<AddrEntry>,
     pub(crate) domain_ids: FastMap<Arc<str>, Id>,
     pub(crate) domains: Vec<(Arc<str>, DomainStats)>,
@@ -353,7 +436,7 @@ impl Graph {
 
     /// Id of a known address.
     pub fn id(&self, addr: &str) -> Option<Id> {
-        self.ids.get(addr).copied()
+        self.ids.get(&self.addrs, addr)
     }
 
     /// Address of an id.
@@ -363,16 +446,15 @@ impl Graph {
 
     /// Intern an address (and its domain).
     pub fn intern(&mut self, addr: &str) -> Id {
-        if let Some(id) = self.ids.get(addr) {
-            return *id;
+        if let Some(id) = self.ids.get(&self.addrs, addr) {
+            return id;
         }
         let id = self.addrs.len() as Id;
-        let a: Arc<str> = Arc::from(addr);
-        self.ids.insert(a.clone(), id);
         self.addrs.push(AddrEntry {
-            address: a,
+            address: Arc::from(addr),
             ..Default::default()
         });
+        self.ids.insert(&self.addrs, id);
         id
     }
 
@@ -642,6 +724,11 @@ impl Graph {
         }
     }
 
+    /// After setting `addrs` wholesale: index every live address.
+    pub(crate) fn rebuild_index(&mut self) {
+        self.ids.rebuild(&self.addrs);
+    }
+
     /// After loading: sort every list (a duplicate key keeps its last
     /// record), trim capacities to the contents, recount.
     pub(crate) fn finish_load(&mut self) {
@@ -676,7 +763,7 @@ impl Graph {
         }
         self.addrs.shrink_to_fit();
         self.domains.shrink_to_fit();
-        self.ids.shrink_to_fit();
+        self.ids.shrink_to_fit(&self.addrs);
         self.domain_ids.shrink_to_fit();
     }
 
@@ -1040,7 +1127,7 @@ impl Graph {
     /// kept about it.
     fn tombstone(&mut self, id: Id) {
         if let Some(e) = self.addrs.get_mut(id as usize) {
-            self.ids.remove(&e.address);
+            self.ids.remove(id, &e.address);
             *e = AddrEntry {
                 address: Arc::from(""),
                 ..Default::default()
@@ -1267,7 +1354,7 @@ impl Graph {
                 .values()
                 .map(|l| l.capacity() * 4)
                 .sum::<usize>();
-        map(&self.ids)
+        self.ids.bytes()
             + self.addrs.capacity() * std::mem::size_of::<AddrEntry>()
             + per_addr
             + map(&self.domain_ids)

@@ -33,6 +33,12 @@ use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, RecordKey, ThreadEntry};
 use crate::graph::{DomainStats, Graph, GraphConfig};
 use crate::privacy::{Keys, Pseudonym, PSEUDONYM_LEN};
 
+/// redb's page cache. Reads for scoring come from memory, so the store
+/// only needs pages for loading and for the learning commits; redb's
+/// default (1 GiB) would add up to that much to the daemon's resident
+/// memory once a large store has been read through.
+const CACHE_BYTES: usize = 64 << 20;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KINDS: [&str; 8] = [
     "addr", "domain", "edge", "sdom", "co", "thread", "subject", "att",
@@ -160,7 +166,7 @@ impl EmbeddedStore {
             std::fs::create_dir_all(dir)
                 .map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
         }
-        let db = match Database::create(path) {
+        let db = match Database::builder().set_cache_size(CACHE_BYTES).create(path) {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(StoreError::InUse(path.display().to_string()))
@@ -600,7 +606,9 @@ impl EmbeddedStore {
         if tmp.exists() {
             std::fs::remove_file(&tmp).map_err(|e| StoreError::Io(tmp.display().to_string(), e))?;
         }
-        let db = Database::create(&tmp)?;
+        let db = Database::builder()
+            .set_cache_size(CACHE_BYTES)
+            .create(&tmp)?;
         restrict(&tmp)?;
         let fresh = EmbeddedStore {
             db,

@@ -497,15 +497,11 @@ pub fn open_graph(keys: &Keys, body: &[u8], cfg: &GraphConfig) -> Result<Graph, 
         .map_err(|e| PgError::Corrupt(e.to_string()))?;
     let s: Snap = serde_json::from_slice(&json).map_err(|e| PgError::Corrupt(e.to_string()))?;
     let mut g = Graph::new(cfg.clone());
-    for (i, a) in s.addrs.iter().enumerate() {
-        if !a.address.is_empty() {
-            g.ids.insert(a.address.clone(), i as Id);
-        }
-    }
     for (i, (d, _)) in s.domains.iter().enumerate() {
         g.domain_ids.insert(d.clone(), i as Id);
     }
     g.addrs = s.addrs;
+    g.rebuild_index();
     g.domains = s.domains;
     for (a, b, e) in s.edges {
         g.load_edge(a, b, e);
