@@ -221,6 +221,16 @@ async fn forget_on_the_running_daemon_erases_graph_store_and_holds() {
     assert!(v["records"].as_u64().unwrap() > 0, "{v}");
     assert_eq!(v["held"], 0, "{v}");
     assert_eq!(d.score(ALICE, BOB).await, 0.9);
+    // The store file was rewritten: not even Bob's pseudonym is left in it
+    // (no freed page keeps his records), while Alice's still is.
+    let keys = misdirect::privacy::Keys::load(&dir.path().join("data").join("keys.json")).unwrap();
+    let store = std::fs::read(dir.path().join("data").join("graph.redb")).unwrap();
+    let has = |addr: &str| {
+        let ps = keys.pseudonym_bytes("default", addr);
+        store.windows(ps.len()).any(|w| w == ps)
+    };
+    assert!(!has(BOB), "Bob's pseudonym is still in the store file");
+    assert!(has(ALICE));
     // Unknown now: nothing to erase.
     let (st, v) = d.forget(BOB).await;
     assert_eq!(st, 200, "{v}");
@@ -236,6 +246,22 @@ async fn forget_on_the_running_daemon_erases_graph_store_and_holds() {
     assert!(d.holds().await.is_empty());
     assert!(sink.nothing_more().await, "an erased hold was delivered");
 
+    // Learning goes on after the live rewrite: Dave (no history, so
+    // delivered) writes to Carol and the daemon, on the new store file,
+    // learns it and keeps it across the restart below.
+    let (dave, carol) = ("dave@acme.test", "carol@partner.test");
+    let r = d.send(dave, &[carol], &message(dave, carol, "later")).await;
+    assert!(r.starts_with("250 "), "{r}");
+    sink.recv().await;
+    let start = Instant::now();
+    while d.score(dave, STRANGER).await != 0.9 {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "never learnt Dave -> Carol"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
     // Durable: after a restart the daemon still has never seen Bob, and the
     // store (read with the daemon stopped) holds nothing about him.
     d.terminate().await;
@@ -249,5 +275,7 @@ async fn forget_on_the_running_daemon_erases_graph_store_and_holds() {
     );
     let d = Daemon::spawn(config, port, admin).await;
     assert_eq!(d.score(ALICE, BOB).await, 0.9);
+    assert_eq!(d.score("dave@acme.test", "carol@partner.test").await, 0.0);
+    assert_eq!(d.score("dave@acme.test", STRANGER).await, 0.9);
     d.terminate().await;
 }

@@ -23,7 +23,7 @@
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -141,7 +141,8 @@ fn ps_at(b: &[u8], i: usize) -> Option<Pseudonym> {
 
 /// The embedded store.
 pub struct EmbeddedStore {
-    db: Database,
+    /// Behind a lock only so that a live rewrite can swap in the new file.
+    db: RwLock<Database>,
     keys: Arc<Keys>,
     /// Key id the stored pseudonyms were made with.
     key_id: u32,
@@ -191,11 +192,15 @@ impl EmbeddedStore {
             return Err(StoreError::MissingKey(key_id));
         }
         Ok(EmbeddedStore {
-            db,
+            db: RwLock::new(db),
             keys,
             key_id,
             cache: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn db(&self) -> RwLockReadGuard<'_, Database> {
+        self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Key id of the stored pseudonyms.
@@ -208,7 +213,7 @@ impl EmbeddedStore {
     }
 
     fn tenants(&self) -> Result<Vec<String>, StoreError> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db().begin_read()?;
         let meta = match rtx.open_table(META) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
@@ -225,7 +230,7 @@ impl EmbeddedStore {
     /// Load every tenant's graph into memory. Blocking.
     pub fn load(&self, cfg: &GraphConfig) -> Result<HashMap<String, Graph>, StoreError> {
         let mut out = HashMap::new();
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db().begin_read()?;
         for tenant in self.tenants()? {
             let mut g = Graph::new(cfg.clone());
             let mut ids: HashMap<Pseudonym, Id> = HashMap::new();
@@ -546,7 +551,7 @@ impl EmbeddedStore {
         if batch.ops.is_empty() && batch.tenants.is_empty() {
             return Ok(());
         }
-        let mut wtx = self.db.begin_write()?;
+        let mut wtx = self.db().begin_write()?;
         wtx.set_durability(redb::Durability::Immediate)
             .map_err(|e| StoreError::Corrupt(e.to_string()))?;
         {
@@ -603,52 +608,84 @@ impl EmbeddedStore {
         key_id: u32,
     ) -> Result<EmbeddedStore, StoreError> {
         let tmp = path.with_extension("rewrite");
+        let fresh = self.fresh_at(&tmp, key_id)?;
+        let batch = fresh.encode_all(graphs);
+        fresh.commit(batch)?;
+        let keys = self.keys.clone();
+        drop(fresh);
+        drop(self);
+        replace_file(&tmp, path)?;
+        EmbeddedStore::open(path, keys)
+    }
+
+    /// An empty store file at `tmp` (replacing any left there) for the
+    /// pseudonyms of `key_id`.
+    fn fresh_at(&self, tmp: &Path, key_id: u32) -> Result<EmbeddedStore, StoreError> {
         if tmp.exists() {
-            std::fs::remove_file(&tmp).map_err(|e| StoreError::Io(tmp.display().to_string(), e))?;
+            std::fs::remove_file(tmp).map_err(|e| StoreError::Io(tmp.display().to_string(), e))?;
         }
         let db = Database::builder()
             .set_cache_size(CACHE_BYTES)
-            .create(&tmp)?;
-        restrict(&tmp)?;
+            .create(tmp)?;
+        restrict(tmp)?;
         let fresh = EmbeddedStore {
-            db,
+            db: RwLock::new(db),
             keys: self.keys.clone(),
             key_id,
             cache: Mutex::new(HashMap::new()),
         };
         {
-            let wtx = fresh.db.begin_write()?;
+            let db = fresh.db();
+            let wtx = db.begin_write()?;
             {
                 let mut meta = wtx.open_table(META)?;
                 meta.insert("key_id", fresh.key_id.to_le_bytes().as_slice())?;
             }
             wtx.commit()?;
         }
+        Ok(fresh)
+    }
+
+    /// Every record of every tenant, encoded for this store.
+    fn encode_all(&self, graphs: &HashMap<String, Graph>) -> Batch {
         let mut batch = Batch::default();
         let mut tenants: Vec<&String> = graphs.keys().collect();
         tenants.sort();
         for t in tenants {
             if let Some(g) = graphs.get(t) {
-                fresh.encode(&mut batch, t, g, g.all_records());
+                self.encode(&mut batch, t, g, g.all_records());
             }
         }
+        batch
+    }
+
+    /// [`EmbeddedStore::rewrite`] while the daemon runs: the records are
+    /// encoded under a read lock of `graphs` (scoring goes on), written to a
+    /// fresh file, which then atomically replaces `path` and becomes this
+    /// store's database. Callers must keep other commits out meanwhile
+    /// (what was learnt after the snapshot must stay pending and be
+    /// committed afterwards). Blocking.
+    pub fn rewrite_live(
+        &self,
+        path: &Path,
+        graphs: &std::sync::RwLock<HashMap<String, Graph>>,
+    ) -> Result<(), StoreError> {
+        let tmp = path.with_extension("rewrite");
+        let fresh = self.fresh_at(&tmp, self.key_id)?;
+        let batch = {
+            let map = graphs.read().unwrap_or_else(|p| p.into_inner());
+            fresh.encode_all(&map)
+        };
         fresh.commit(batch)?;
-        let keys = self.keys.clone();
-        drop(fresh);
-        drop(self);
-        std::fs::rename(&tmp, path).map_err(|e| StoreError::Io(path.display().to_string(), e))?;
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            if let Ok(d) = std::fs::File::open(dir) {
-                d.sync_all()
-                    .map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
-            }
-        }
-        EmbeddedStore::open(path, keys)
+        let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
+        replace_file(&tmp, path)?;
+        *db = fresh.db.into_inner().unwrap_or_else(|p| p.into_inner());
+        Ok(())
     }
 
     /// Size of the store file's data, and record counts per tenant table.
     pub fn table_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
-        let rtx = self.db.begin_read()?;
+        let rtx = self.db().begin_read()?;
         let mut out = Vec::new();
         for t in self.tenants()? {
             for kind in KINDS {
@@ -662,6 +699,18 @@ impl EmbeddedStore {
         }
         Ok(out)
     }
+}
+
+/// Rename `tmp` over `path` and make the rename durable.
+fn replace_file(tmp: &Path, path: &Path) -> Result<(), StoreError> {
+    std::fs::rename(tmp, path).map_err(|e| StoreError::Io(path.display().to_string(), e))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        if let Ok(d) = std::fs::File::open(dir) {
+            d.sync_all()
+                .map_err(|e| StoreError::Io(dir.display().to_string(), e))?;
+        }
+    }
+    Ok(())
 }
 
 /// Apply writes grouped by table.

@@ -119,6 +119,17 @@ impl Store {
         }
     }
 
+    /// [`EmbeddedStore::rewrite_live`]. Blocking.
+    pub fn rewrite_live(
+        &self,
+        path: &Path,
+        graphs: &RwLock<HashMap<String, Graph>>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Store::Embedded(s) => s.rewrite_live(path, graphs),
+        }
+    }
+
     /// Record counts per table.
     pub fn table_counts(&self) -> Result<Vec<(String, u64)>, StoreError> {
         match self {
@@ -239,6 +250,8 @@ pub fn retention_cutoff(retention_days: u32, now: Ts) -> Option<Ts> {
 /// Persistence state shared by the learning task and erasures.
 struct Persist {
     store: Store,
+    /// The store file (embedded store), for rewrites after an erasure.
+    path: std::path::PathBuf,
     /// Serialises encode + commit so that an older snapshot never lands
     /// after a newer one.
     flush_lock: tokio::sync::Mutex<()>,
@@ -360,6 +373,7 @@ impl GraphHandle {
         let graphs = Arc::new(RwLock::new(loaded));
         let persist = Arc::new(Persist {
             store,
+            path: cfg.store.path.clone(),
             flush_lock: tokio::sync::Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel::<LearnEvent>(cfg.store.queue.max(1));
@@ -386,8 +400,11 @@ impl GraphHandle {
     }
 
     /// Erase every association of `addr` in every tenant, in memory and
-    /// durably in the store, before returning. Logs an audit line that does
-    /// not name the address.
+    /// durably in the store, before returning; when the address was known,
+    /// the store file is then rewritten with only the live records (as
+    /// `misdirectd forget` does), so no freed page keeps the erased ones.
+    /// Learning goes on in memory meanwhile and is committed afterwards.
+    /// Logs an audit line that does not name the address.
     pub async fn forget(&self, addr: &str) -> Result<ForgetReport, StoreError> {
         if let Some(pg) = &self.shared {
             return Ok(pg.forget(self, addr).await?);
@@ -402,9 +419,17 @@ impl GraphHandle {
         };
         if let Some(p) = &self.persist {
             let p = p.clone();
-            tokio::task::spawn_blocking(move || p.store.commit(batch))
-                .await
-                .map_err(|e| StoreError::Task(e.to_string()))??;
+            let graphs = self.graphs.clone();
+            let known = report.tenants > 0;
+            tokio::task::spawn_blocking(move || {
+                p.store.commit(batch)?;
+                if known {
+                    p.store.rewrite_live(&p.path, &graphs)?;
+                }
+                Ok::<_, StoreError>(())
+            })
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
         }
         drop(guard);
         tracing::info!(
