@@ -991,17 +991,33 @@ impl Graph {
             self.addrs.len() + self.n_edges * 2 + self.n_co + self.threads.len(),
         );
         for id in 0..self.addrs.len() as Id {
-            if !self.is_tombstone(id) {
-                out.push(RecordKey::Addr(id));
-            }
+            self.address_records(id, &mut out);
         }
-        out.extend((0..self.domains.len() as Id).map(RecordKey::Domain));
-        out.extend(self.edges_iter().map(|(s, r, _)| RecordKey::Edge(s, r)));
-        out.extend(
-            self.sdom_iter()
-                .map(|(s, d, _)| RecordKey::SenderDomain(s, d)),
+        out.extend(self.shared_records());
+        out
+    }
+
+    /// The records of one address: its own, and as a sender its edges,
+    /// domain edges and co-recipient pairs (nothing for a tombstone).
+    pub fn address_records(&self, id: Id, out: &mut Vec<RecordKey>) {
+        if self.is_tombstone(id) {
+            return;
+        }
+        out.push(RecordKey::Addr(id));
+        if let Some(a) = self.adj(id) {
+            out.extend(a.out.iter().map(|(r, _)| RecordKey::Edge(id, *r)));
+            out.extend(a.sdom.iter().map(|(d, _)| RecordKey::SenderDomain(id, *d)));
+            out.extend(a.co.iter().map(|c| RecordKey::Co(id, c.a, c.b)));
+        }
+    }
+
+    /// The records not owned by one address: domains, threads, subjects,
+    /// attachment lists.
+    pub fn shared_records(&self) -> Vec<RecordKey> {
+        let mut out = Vec::with_capacity(
+            self.domains.len() + self.threads.len() + self.subjects.len() + self.attachments.len(),
         );
-        out.extend(self.co_iter().map(|(s, a, b, _)| RecordKey::Co(s, a, b)));
+        out.extend((0..self.domains.len() as Id).map(RecordKey::Domain));
         out.extend(self.threads.keys().map(|h| RecordKey::Thread(*h)));
         out.extend(self.subjects.keys().map(|h| RecordKey::Subject(*h)));
         out.extend(

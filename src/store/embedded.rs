@@ -39,6 +39,9 @@ use crate::privacy::{Keys, Pseudonym, PSEUDONYM_LEN};
 /// memory once a large store has been read through.
 const CACHE_BYTES: usize = 64 << 20;
 
+/// Records per commit when a store file is rewritten.
+const REWRITE_CHUNK: usize = 200_000;
+
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const KINDS: [&str; 8] = [
     "addr", "domain", "edge", "sdom", "co", "thread", "subject", "att",
@@ -609,8 +612,7 @@ impl EmbeddedStore {
     ) -> Result<EmbeddedStore, StoreError> {
         let tmp = path.with_extension("rewrite");
         let fresh = self.fresh_at(&tmp, key_id)?;
-        let batch = fresh.encode_all(graphs);
-        fresh.commit(batch)?;
+        fresh.fill(|| graphs)?;
         let keys = self.keys.clone();
         drop(fresh);
         drop(self);
@@ -646,17 +648,43 @@ impl EmbeddedStore {
         Ok(fresh)
     }
 
-    /// Every record of every tenant, encoded for this store.
-    fn encode_all(&self, graphs: &HashMap<String, Graph>) -> Batch {
-        let mut batch = Batch::default();
-        let mut tenants: Vec<&String> = graphs.keys().collect();
+    /// Write every record of every tenant into this (fresh) store, in
+    /// commits of about [`REWRITE_CHUNK`] records so that memory stays
+    /// bounded; `graphs` is asked for the graphs anew for each chunk (a
+    /// live rewrite releases its read lock in between).
+    fn fill<G>(&self, graphs: impl Fn() -> G) -> Result<(), StoreError>
+    where
+        G: std::ops::Deref<Target = HashMap<String, Graph>>,
+    {
+        let mut tenants: Vec<String> = graphs().keys().cloned().collect();
         tenants.sort();
         for t in tenants {
-            if let Some(g) = graphs.get(t) {
-                self.encode(&mut batch, t, g, g.all_records());
+            let mut next: usize = 0;
+            loop {
+                let mut batch = Batch::default();
+                let done = {
+                    let map = graphs();
+                    let Some(g) = map.get(&t) else { break };
+                    let mut records = Vec::with_capacity(REWRITE_CHUNK + 1024);
+                    let n = g.address_count();
+                    while next < n && records.len() < REWRITE_CHUNK {
+                        g.address_records(next as Id, &mut records);
+                        next += 1;
+                    }
+                    let done = next >= n;
+                    if done {
+                        records.extend(g.shared_records());
+                    }
+                    self.encode(&mut batch, &t, g, records);
+                    done
+                };
+                self.commit(batch)?;
+                if done {
+                    break;
+                }
             }
         }
-        batch
+        Ok(())
     }
 
     /// [`EmbeddedStore::rewrite`] while the daemon runs: the records are
@@ -672,11 +700,7 @@ impl EmbeddedStore {
     ) -> Result<(), StoreError> {
         let tmp = path.with_extension("rewrite");
         let fresh = self.fresh_at(&tmp, self.key_id)?;
-        let batch = {
-            let map = graphs.read().unwrap_or_else(|p| p.into_inner());
-            fresh.encode_all(&map)
-        };
-        fresh.commit(batch)?;
+        fresh.fill(|| graphs.read().unwrap_or_else(|p| p.into_inner()))?;
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
         replace_file(&tmp, path)?;
         *db = fresh.db.into_inner().unwrap_or_else(|p| p.into_inner());
@@ -715,7 +739,9 @@ fn replace_file(tmp: &Path, path: &Path) -> Result<(), StoreError> {
 
 /// Apply writes grouped by table.
 fn apply_ops(wtx: &redb::WriteTransaction, mut ops: Vec<Op>) -> Result<(), StoreError> {
-    ops.sort_by(|a, b| a.0.cmp(&b.0));
+    // By table, then key: B-tree inserts in key order fill pages
+    // sequentially (a full rewrite then makes a compact file).
+    ops.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut i = 0;
     while i < ops.len() {
         let name = ops[i].0.clone();
