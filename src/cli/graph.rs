@@ -347,19 +347,14 @@ fn synth(a: &SynthArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let org =
         crate::graph::synth::Org::new(crate::graph::synth::Org::people_for_edges(a.edges), a.seed);
-    let mut pending: HashMap<String, std::collections::HashSet<crate::graph::memory::RecordKey>> =
-        HashMap::new();
     let mut messages = 0u64;
-    let mut failure: Option<anyhow::Error> = None;
     {
-        let Opened {
-            cfg, store, graphs, ..
-        } = &mut o;
+        let Opened { cfg, graphs, .. } = &mut o;
         let g = graphs
             .entry(a.tenant.clone())
             .or_insert_with(|| Graph::new(cfg.graph.clone()));
         org.for_each_message(a.seed, |sender, rcpts, ts| {
-            let input = crate::graph::LearnInput {
+            g.learn(&crate::graph::LearnInput {
                 sender,
                 sender_name: None,
                 recipients: rcpts,
@@ -367,28 +362,12 @@ fn synth(a: &SynthArgs) -> anyhow::Result<()> {
                 subject: None,
                 attachments: Vec::new(),
                 ts,
-            };
-            g.learn(&input);
-            g.touched_by(&input, pending.entry(a.tenant.clone()).or_default());
+            });
             messages += 1;
-            if messages % 200_000 == 0 && failure.is_none() {
-                let mut batch = Batch::default();
-                for (t, keys) in pending.iter() {
-                    store.encode(&mut batch, t, g, keys.iter().copied());
-                }
-                if let Err(e) = store.commit(batch) {
-                    failure = Some(e.into());
-                }
-                pending.clear();
-            }
         });
     }
-    if let Some(e) = failure {
-        return Err(e);
-    }
-    commit_pending(&o.store, &o.graphs, &mut pending)?;
-    // The batched commits leave most of the file as freed copy-on-write
-    // pages; a rewrite leaves only the live records.
+    // The store was empty for this tenant: write the whole graph once, in
+    // one transaction, into a fresh file that replaces it.
     let store = o.store.rewrite(&o.cfg, &o.graphs)?;
     o.store = store;
     let g = o.graphs.get(&a.tenant);

@@ -648,23 +648,32 @@ impl EmbeddedStore {
         Ok(fresh)
     }
 
-    /// Write every record of every tenant into this (fresh) store, in
-    /// commits of about [`REWRITE_CHUNK`] records so that memory stays
-    /// bounded; `graphs` is asked for the graphs anew for each chunk (a
-    /// live rewrite releases its read lock in between).
+    /// Write every record of every tenant into this (fresh) store in one
+    /// durable transaction, encoding and inserting about
+    /// [`REWRITE_CHUNK`] records at a time so that memory stays bounded;
+    /// `graphs` is asked for the graphs anew for each chunk (a live rewrite
+    /// releases its read lock in between).
     fn fill<G>(&self, graphs: impl Fn() -> G) -> Result<(), StoreError>
     where
         G: std::ops::Deref<Target = HashMap<String, Graph>>,
     {
         let mut tenants: Vec<String> = graphs().keys().cloned().collect();
         tenants.sort();
-        for t in tenants {
+        let mut wtx = self.db().begin_write()?;
+        wtx.set_durability(redb::Durability::Immediate)
+            .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        {
+            let mut meta = wtx.open_table(META)?;
+            let j = serde_json::to_vec(&tenants).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            meta.insert("tenants", j.as_slice())?;
+        }
+        for t in &tenants {
             let mut next: usize = 0;
             loop {
                 let mut batch = Batch::default();
                 let done = {
                     let map = graphs();
-                    let Some(g) = map.get(&t) else { break };
+                    let Some(g) = map.get(t) else { break };
                     let mut records = Vec::with_capacity(REWRITE_CHUNK + 1024);
                     let n = g.address_count();
                     while next < n && records.len() < REWRITE_CHUNK {
@@ -675,15 +684,16 @@ impl EmbeddedStore {
                     if done {
                         records.extend(g.shared_records());
                     }
-                    self.encode(&mut batch, &t, g, records);
+                    self.encode(&mut batch, t, g, records);
                     done
                 };
-                self.commit(batch)?;
+                apply_ops(&wtx, batch.ops)?;
                 if done {
                     break;
                 }
             }
         }
+        wtx.commit()?;
         Ok(())
     }
 
