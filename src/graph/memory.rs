@@ -150,7 +150,7 @@ pub struct ThreadEntry {
 /// adjacency.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AddrEntry {
-    pub address: Arc<str>,
+    pub address: Box<str>,
     pub sent: u32,
     pub received: u32,
     pub senders: u32,
@@ -451,7 +451,7 @@ impl Graph {
         }
         let id = self.addrs.len() as Id;
         self.addrs.push(AddrEntry {
-            address: Arc::from(addr),
+            address: Box::from(addr),
             ..Default::default()
         });
         self.ids.insert(&self.addrs, id);
@@ -1145,7 +1145,7 @@ impl Graph {
         if let Some(e) = self.addrs.get_mut(id as usize) {
             self.ids.remove(id, &e.address);
             *e = AddrEntry {
-                address: Arc::from(""),
+                address: Box::from(""),
                 ..Default::default()
             };
         }
@@ -1326,8 +1326,8 @@ impl Graph {
     }
 
     /// Heap bytes of this graph's tables and lists, counted from their
-    /// capacities (hash table buckets and control bytes, vectors, strings
-    /// with their reference-count headers). Allocator overhead per
+    /// capacities (hash table buckets and control bytes, vectors, strings,
+    /// the reference-count headers of domain names). Allocator overhead per
     /// allocation is not included; process RSS shows it.
     pub fn approx_bytes(&self) -> usize {
         fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
@@ -1346,7 +1346,7 @@ impl Graph {
                 let s = if a.address.is_empty() {
                     0
                 } else {
-                    16 + a.address.len()
+                    a.address.len()
                 };
                 let adj = a.adj.as_ref().map_or(0, |j| {
                     std::mem::size_of::<Adjacency>()
