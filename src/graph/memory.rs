@@ -1723,6 +1723,9 @@ mod privacy_tests {
             }
         };
         check(&g);
+        // The per-edge and per-pair sizes the README states.
+        assert_eq!(std::mem::size_of::<(Id, Edge)>(), 28);
+        assert_eq!(std::mem::size_of::<CoSlot>(), 12);
         let before = g.edge_count();
         g.forget("u3@x.com").unwrap();
         check(&g);
