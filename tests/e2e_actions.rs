@@ -718,3 +718,96 @@ async fn scoring_failure_fail_open_and_fail_closed() {
     assert!(sink.nothing_more().await);
     d.terminate().await;
 }
+
+/// An admin's discard is a judgement the daemon remembers: the same pair
+/// is held again with a score of at least 0.99 and a reason naming the
+/// discard; `misdirectd hold release` (through the running daemon's admin
+/// API) then delivers it and the daemon learns the pair is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_is_remembered_and_cli_release_through_the_daemon_is_learnt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(dir.path(), sink.addr.port(), HOLD).await;
+    d.teach(&mut sink).await;
+    let m = message(ALICE, STRANGER, "first-try");
+    let r = d.send(ALICE, &[STRANGER], &m).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let id = r
+        .trim_start_matches("250 2.0.0 Held as ")
+        .trim()
+        .to_string();
+    sink.recv().await; // the notice
+    let (st, v) = d
+        .http("POST", &format!("/holds/{id}/discard"), Some(TOKEN), b"")
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    // The next message to the pair is scored with the discard in mind.
+    let again = message(ALICE, STRANGER, "second-try");
+    let mut verdict = serde_json::Value::Null;
+    for _ in 0..300 {
+        let (st, v) = d.http("POST", "/check", Some(TOKEN), &again).await;
+        assert_eq!(st, 200, "{v}");
+        if v["verdict"]["score"].as_f64() == Some(0.99) {
+            verdict = v["verdict"].clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(verdict["action"], "hold", "discard never learnt: {verdict}");
+    let reason = verdict["recipients"][0]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "an earlier message from you to {STRANGER} was held and then discarded by an administrator on "
+        )),
+        "{reason}"
+    );
+    let r = d.send(ALICE, &[STRANGER], &again).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let id2 = r
+        .trim_start_matches("250 2.0.0 Held as ")
+        .trim()
+        .to_string();
+    let notice = sink.recv().await;
+    let text = mail_parser::MessageParser::default()
+        .parse(&notice.data[..])
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+        .unwrap();
+    assert!(text.contains("discarded by an administrator"), "{text}");
+
+    // The admin (CLI, daemon running with [admin]) releases it: delivered
+    // by the daemon, which learns the pair.
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["hold", "-c"])
+        .arg(&d.config)
+        .args(["release", &id2])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!("released {id2} (by the daemon at ")),
+        "{said}"
+    );
+    assert_released(&sink.recv().await, &again, "admin");
+    let third = message(ALICE, STRANGER, "third");
+    let mut delivered = false;
+    for _ in 0..300 {
+        let (_, v) = d.http("POST", "/check", Some(TOKEN), &third).await;
+        if v["verdict"]["action"] == "deliver" {
+            delivered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(delivered, "the release through the CLI was not learnt");
+    let r = d.send(ALICE, &[STRANGER], &third).await;
+    assert!(r.starts_with("250 2.0.0 "), "{r}");
+    assert!(!r.contains("Held"), "{r}");
+    sink.recv().await;
+    d.terminate().await;
+}

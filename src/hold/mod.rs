@@ -214,6 +214,12 @@ impl HoldService {
         }
     }
 
+    /// Learn releases and discards into `graph` (none: nothing is learnt).
+    pub fn with_graph(mut self, graph: Option<GraphHandle>) -> Self {
+        self.graph = graph;
+        self
+    }
+
     /// Whether log lines scrub addresses from error text (next-hop replies);
     /// on unless `[privacy] pseudonymise_logs = false`.
     pub fn with_log_scrub(mut self, scrub: bool) -> Self {
