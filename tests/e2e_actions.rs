@@ -173,6 +173,24 @@ impl Daemon {
     /// Teach the graph that alice writes to bob (delivered at once: alice
     /// has no history yet), and wait until the daemon scores a stranger
     /// from alice 0.9.
+    /// `POST /check` until the verdict satisfies `ok` (the daemon learns
+    /// asynchronously); that verdict, or `None` after about six seconds.
+    async fn check_until(
+        &self,
+        msg: &[u8],
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        for _ in 0..300 {
+            let (st, v) = self.http("POST", "/check", Some(TOKEN), msg).await;
+            assert_eq!(st, 200, "{v}");
+            if ok(&v["verdict"]) {
+                return Some(v["verdict"].clone());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     async fn teach(&self, sink: &mut Sink) {
         self.teach_from(ALICE, sink).await
     }
@@ -185,15 +203,10 @@ impl Daemon {
         assert!(r.starts_with("250 "), "{r}");
         sink.recv().await;
         let probe = message(sender, STRANGER, "probe");
-        for _ in 0..300 {
-            let (st, v) = self.http("POST", "/check", Some(TOKEN), &probe).await;
-            assert_eq!(st, 200, "{v}");
-            if v["verdict"]["score"].as_f64() == Some(0.9) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the delivered message was never learnt");
+        let learnt = self
+            .check_until(&probe, |v| v["score"].as_f64() == Some(0.9))
+            .await;
+        assert!(learnt.is_some(), "the delivered message was never learnt");
     }
 }
 
@@ -266,16 +279,8 @@ async fn hold_reply_release_learns_and_survives_restart() {
 
     // Released means learnt: the same pair now goes straight through.
     let again = message(ALICE, STRANGER, "q3-followup");
-    let mut delivered = false;
-    for _ in 0..100 {
-        let (_, v) = d.http("POST", "/check", Some(TOKEN), &again).await;
-        if v["verdict"]["action"] == "deliver" {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(delivered, "the release was not learnt");
+    let delivered = d.check_until(&again, |v| v["action"] == "deliver").await;
+    assert!(delivered.is_some(), "the release was not learnt");
     let r = d.send(ALICE, &[STRANGER], &again).await;
     assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
     let (trace, body) = split_trace(&sink.recv().await.data);
@@ -744,17 +749,11 @@ async fn discard_is_remembered_and_cli_release_through_the_daemon_is_learnt() {
 
     // The next message to the pair is scored with the discard in mind.
     let again = message(ALICE, STRANGER, "second-try");
-    let mut verdict = serde_json::Value::Null;
-    for _ in 0..300 {
-        let (st, v) = d.http("POST", "/check", Some(TOKEN), &again).await;
-        assert_eq!(st, 200, "{v}");
-        if v["verdict"]["score"].as_f64() == Some(0.99) {
-            verdict = v["verdict"].clone();
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(verdict["action"], "hold", "discard never learnt: {verdict}");
+    let verdict = d
+        .check_until(&again, |v| v["score"].as_f64() == Some(0.99))
+        .await
+        .expect("the discard was never learnt");
+    assert_eq!(verdict["action"], "hold", "{verdict}");
     let reason = verdict["recipients"][0]["reasons"][0].as_str().unwrap();
     assert!(
         reason.starts_with(&format!(
@@ -795,16 +794,11 @@ async fn discard_is_remembered_and_cli_release_through_the_daemon_is_learnt() {
     );
     assert_released(&sink.recv().await, &again, "admin");
     let third = message(ALICE, STRANGER, "third");
-    let mut delivered = false;
-    for _ in 0..300 {
-        let (_, v) = d.http("POST", "/check", Some(TOKEN), &third).await;
-        if v["verdict"]["action"] == "deliver" {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(delivered, "the release through the CLI was not learnt");
+    let delivered = d.check_until(&third, |v| v["action"] == "deliver").await;
+    assert!(
+        delivered.is_some(),
+        "the release through the CLI was not learnt"
+    );
     let r = d.send(ALICE, &[STRANGER], &third).await;
     assert!(r.starts_with("250 2.0.0 "), "{r}");
     assert!(!r.contains("Held"), "{r}");

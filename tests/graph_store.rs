@@ -409,13 +409,15 @@ async fn discarded_pairs_persist_until_delivery_and_are_erasable() {
         &msg("alice@corp.test", &["bob@corp.test"], &[], t0, 0),
     ))
     .unwrap();
-    let mut discard = event(
-        &h,
-        &msg("alice@corp.test", &["mallory@else.test"], &[], t0 + 60, 1),
-    );
-    discard.kind = LearnKind::Discarded;
-    discard.ts = t0 + 120;
-    h.learn(discard).unwrap();
+    let discard = |h: &GraphHandle, ts: i64, n: usize| {
+        let mut ev = event(
+            h,
+            &msg("alice@corp.test", &["mallory@else.test"], &[], ts, n),
+        );
+        ev.kind = LearnKind::Discarded;
+        ev
+    };
+    h.learn(discard(&h, t0 + 120, 1)).unwrap();
     drop(h);
     task.await.unwrap();
 
@@ -457,13 +459,7 @@ async fn discarded_pairs_persist_until_delivery_and_are_erasable() {
     }
     assert!(superseded);
     // A new discard after that delivery counts again; erasure removes it.
-    let mut again = event(
-        &h,
-        &msg("alice@corp.test", &["mallory@else.test"], &[], t0 + 700, 3),
-    );
-    again.kind = LearnKind::Discarded;
-    again.ts = t0 + 900;
-    h.learn(again).unwrap();
+    h.learn(discard(&h, t0 + 900, 3)).unwrap();
     drop(h);
     task.await.unwrap();
     let (h, task) = open(&cfg).await;
