@@ -9,9 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::binary::{free_port, DaemonProcess, Output};
 use common::{message, split_trace, Client, Received, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,27 +21,11 @@ const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The daemon binary on a config in a temp dir; killed when dropped.
 struct Daemon {
-    child: Child,
-    port: u16,
+    proc: DaemonProcess,
     admin: u16,
     config: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Configuration: next hop at `hop`, state under `dir`, `sections` appended
@@ -71,62 +56,32 @@ impl Daemon {
     }
 
     async fn spawn(config: PathBuf, port: u16, admin: u16) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            port,
+        let c = config.clone();
+        let proc =
+            tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c, port, Output::Inherit))
+                .await
+                .unwrap();
+        Daemon {
+            proc,
             admin,
             config,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).await.is_ok() && &b == b"220" {
-                    return d;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
+        self.proc.addr()
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.proc.signal(sig)
     }
 
-    /// SIGTERM and wait for a clean exit.
-    async fn terminate(mut self) {
-        self.signal("-TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// SIGTERM and wait for a clean exit (the next hop keeps running).
+    async fn terminate(self) {
+        let proc = self.proc;
+        tokio::task::spawn_blocking(move || proc.terminate())
+            .await
+            .unwrap();
     }
 
     /// One message over SMTP; the final reply.
@@ -289,7 +244,7 @@ async fn hold_reply_release_learns_and_survives_restart() {
 
     // Learning survives a restart (persistent store), and so does the
     // generated release-token secret.
-    let (config, port, admin) = (d.config.clone(), d.port, d.admin);
+    let (config, port, admin) = (d.config.clone(), d.proc.port, d.admin);
     d.terminate().await;
     let secret = std::fs::metadata(dir.path().join("data/hold.secret")).unwrap();
     assert_eq!(
