@@ -128,6 +128,16 @@ impl Daemon {
     /// Teach the graph that alice writes to bob (delivered at once: alice
     /// has no history yet), and wait until the daemon scores a stranger
     /// from alice 0.9.
+    /// Send ALICE -> STRANGER with this subject, which must be held; the
+    /// message and the hold id.
+    async fn hold_stranger(&self, subject: &str) -> (Vec<u8>, String) {
+        let m = message(ALICE, STRANGER, subject);
+        let r = self.send(ALICE, &[STRANGER], &m).await;
+        let id = r.strip_prefix("250 2.0.0 Held as ");
+        assert!(id.is_some(), "{r}");
+        (m, id.unwrap_or_default().trim().to_string())
+    }
+
     /// `POST /check` until the verdict satisfies `ok` (the daemon learns
     /// asynchronously); that verdict, or `None` after about six seconds.
     async fn check_until(
@@ -205,9 +215,7 @@ async fn hold_reply_release_learns_and_survives_restart() {
     d.teach(&mut sink).await;
 
     // A message to a stranger is held; the sender's notice reaches the next hop.
-    let m = message(ALICE, STRANGER, "q3-figures");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let (m, _) = d.hold_stranger("q3-figures").await;
     let notice = sink.recv().await;
     assert_eq!(notice.mail_from, "");
     assert_eq!(notice.rcpt_to, vec![ALICE.to_string()]);
@@ -277,9 +285,7 @@ async fn forged_foreign_and_expired_replies_release_nothing() {
     )
     .await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "held");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    d.hold_stranger("held").await;
     let release = release_address(&sink.recv().await);
 
     // Forged: one character of the token changed.
@@ -420,9 +426,7 @@ async fn expired_holds_are_released_by_the_expiry_task() {
     )
     .await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "expiring");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let (m, _) = d.hold_stranger("expiring").await;
     sink.recv().await; // the notice
     assert_released(&sink.recv().await, &m, "expiry");
     // The spool entry is removed only after the next hop accepted the
@@ -547,9 +551,7 @@ async fn encrypt_without_certificate_holds_by_default() {
     )
     .await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "nocert");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    d.hold_stranger("nocert").await;
     let notice = sink.recv().await;
     assert_eq!(notice.rcpt_to, vec![ALICE.to_string()]);
     assert!(sink.nothing_more().await);
@@ -689,13 +691,7 @@ async fn discard_is_remembered_and_cli_release_through_the_daemon_is_learnt() {
     let mut sink = Sink::start().await;
     let d = Daemon::start(dir.path(), sink.addr.port(), HOLD).await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "first-try");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
-    let id = r
-        .trim_start_matches("250 2.0.0 Held as ")
-        .trim()
-        .to_string();
+    let (_, id) = d.hold_stranger("first-try").await;
     sink.recv().await; // the notice
     let (st, v) = d
         .http("POST", &format!("/holds/{id}/discard"), Some(TOKEN), b"")
