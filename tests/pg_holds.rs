@@ -334,6 +334,23 @@ async fn concurrent_releases_from_two_relays_deliver_once() {
         );
         assert!(d.a.holds().await.is_empty());
     }
+    // A discard on A racing a release on B: one of them acts; the message
+    // leaves once if the release won, never if the discard did.
+    let (id, _, m) = d.a.hold("race-discard", &mut sink).await;
+    let discard = format!("/holds/{id}/discard");
+    let ((sa, va), (sb, vb)) = tokio::join!(d.a.http("POST", &discard, b""), d.b.release(&id));
+    assert!(
+        (sa == 200) != (sb == 200) && [409, 404].contains(&sa.max(sb)),
+        "A discard: {sa} {va}, B release: {sb} {vb}"
+    );
+    if sb == 200 {
+        assert_released(&sink.recv().await, &m, "race-discard", "admin");
+    }
+    assert!(
+        sink.nothing_more().await,
+        "delivered after a discard or twice"
+    );
+    assert!(d.b.holds().await.is_empty());
 }
 
 /// The hold CLI on the postgres configuration (no daemon involved in the
@@ -373,10 +390,42 @@ async fn hold_cli_lists_and_releases_from_the_shared_store() {
     assert!(ok, "{err}");
     assert!(out.contains(&id), "{out}");
     assert!(out.contains("1 held"), "{out}");
+    // A release whose delivery fails (nothing listens at its next hop)
+    // gives its claim up: relay B releases the hold straight after.
+    let dead = common::dead_port().await.local_addr().unwrap().port();
+    let dead_file = cli_dir.path().join("dead-hop.toml");
+    std::fs::write(
+        &dead_file,
+        std::fs::read_to_string(&file).unwrap().replace(
+            &format!("next_hop = \"127.0.0.1:{}\"", sink.addr.port()),
+            &format!("next_hop = \"127.0.0.1:{dead}\""),
+        ),
+    )
+    .unwrap();
+    let out = tokio::task::block_in_place(|| {
+        Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+            .args(["hold", "--config"])
+            .arg(&dead_file)
+            .args(["release", &id])
+            .output()
+            .unwrap()
+    });
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("delivery failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(d.b.holds().await, vec![id.clone()]);
+    let (st, v) = d.b.release(&id).await;
+    assert_eq!(st, 200, "{v}");
+    assert_released(&sink.recv().await, &m, "cli", "admin");
+    // Another hold for the CLI release itself.
+    let (id, _, m) = d.a.hold("cli2", &mut sink).await;
     let (ok, out, err) = tokio::task::block_in_place(|| run(&["hold", "release", &id]));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("released {id}"));
-    assert_released(&sink.recv().await, &m, "cli", "admin");
+    assert_released(&sink.recv().await, &m, "cli2", "admin");
     assert!(sink.nothing_more().await);
     assert!(d.a.holds().await.is_empty());
     assert!(d.b.holds().await.is_empty());
