@@ -520,15 +520,16 @@ fn purge(c: &ConfigArg) -> anyhow::Result<()> {
 /// A held message and the role an address has in it.
 type HeldRole = (crate::outbound::spool::HeldMeta, &'static str);
 
-/// Held messages in the directory spool whose envelope sender or a
-/// recipient is `addr` (normalised), with the role it has in each. Nothing
-/// when the spool directory does not exist.
+/// Held messages in the hold spool (directory, or the shared store's with
+/// `store.backend = "postgres"`) whose envelope sender or a recipient is
+/// `addr` (normalised), with the role it has in each. Nothing when the
+/// spool directory does not exist.
 fn held_involving(
     cfg: &Config,
     addr: &str,
-) -> anyhow::Result<(Option<crate::outbound::spool::Spool>, Vec<HeldRole>)> {
+) -> anyhow::Result<(Option<crate::store::pg_spool::HoldSpool>, Vec<HeldRole>)> {
     let dir = cfg.hold_spool_dir();
-    if !dir.is_dir() {
+    if cfg.store.backend == crate::config::store::StoreBackend::Embedded && !dir.is_dir() {
         return Ok((None, Vec::new()));
     }
     let norm = Normalizer::new(cfg.addresses.clone());
@@ -543,9 +544,7 @@ fn held_involving(
         .build()?;
     rt.block_on(async {
         let keys = crate::cli::hold::load_keys(cfg).await?;
-        let spool = crate::outbound::spool::Spool::open(&dir, keys)
-            .await
-            .with_context(|| format!("hold spool {}", dir.display()))?;
+        let spool = crate::cli::hold::open_spool(cfg, keys).await?;
         let mut out = Vec::new();
         for m in spool.list().await? {
             let from = same(&m.envelope.mail_from);

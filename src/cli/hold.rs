@@ -1,5 +1,7 @@
-//! `misdirectd hold list|show|release|discard|expire` (directly on the spool
-//! directory from the configuration) and `misdirectd check FILE.eml`.
+//! `misdirectd hold list|show|release|discard|expire` (directly on the hold
+//! spool of the configuration: the spool directory, or the shared
+//! PostgreSQL store with `store.backend = "postgres"`) and
+//! `misdirectd check FILE.eml`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 
 use crate::address::Normalizer;
+use crate::config::store::StoreBackend;
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::graph::{Graph, LearnInput};
@@ -21,6 +24,7 @@ use crate::pipeline::{check_message, CheckReport};
 use crate::policy::Policy;
 use crate::privacy::Keys;
 use crate::scorer::ScoreInput;
+use crate::store::pg_spool::{HoldSpool, PgSpool};
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/misdirect/misdirectd.toml";
@@ -74,12 +78,29 @@ pub async fn load_keys(cfg: &Config) -> anyhow::Result<Arc<Keys>> {
     Ok(Arc::new(keys))
 }
 
+/// The configuration's hold spool: the directory (created when missing), or
+/// the shared store's (schema migrated) with `store.backend = "postgres"`.
+pub async fn open_spool(cfg: &Config, keys: Arc<Keys>) -> anyhow::Result<HoldSpool> {
+    Ok(match cfg.store.backend {
+        StoreBackend::Embedded => {
+            let dir = cfg.hold_spool_dir();
+            HoldSpool::Dir(
+                Spool::open(&dir, keys)
+                    .await
+                    .with_context(|| format!("hold spool {}", dir.display()))?,
+            )
+        }
+        StoreBackend::Postgres => HoldSpool::Postgres(
+            PgSpool::connect(&cfg.store, keys)
+                .await
+                .context("hold spool in the shared store")?,
+        ),
+    })
+}
+
 async fn service(cfg: &Config) -> anyhow::Result<HoldService> {
-    let dir = cfg.hold_spool_dir();
     let keys = load_keys(cfg).await?;
-    let spool = Spool::open(&dir, keys)
-        .await
-        .with_context(|| format!("hold spool {}", dir.display()))?;
+    let spool = open_spool(cfg, keys).await?;
     let deliver: Arc<dyn Deliver> = match &cfg.hold.next_hop {
         Some(h) => Arc::new(SmtpDeliver::from_host_port(h).map_err(|e| anyhow!(e))?),
         None => Arc::new(NoNextHop),

@@ -84,9 +84,10 @@ const OP_TIMEOUT: Duration = Duration::from_secs(15);
 const TAIL_LIMIT: i64 = 2000;
 
 /// Versioned schema migrations, applied in order by [`migrate_schema`].
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE store_meta (key text PRIMARY KEY, value bigint NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE store_meta (key text PRIMARY KEY, value bigint NOT NULL);
      INSERT INTO store_meta VALUES ('epoch', 0), ('snapshot_seq', 0);
      CREATE TABLE learn_log (
          seq bigserial PRIMARY KEY,
@@ -112,7 +113,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          meta bytea NOT NULL,
          raw bytea NOT NULL);
      CREATE INDEX held_index_ps ON held USING gin (index_ps);",
-)];
+    ),
+    (
+        2,
+        // Cross-relay release claims (see `pg_spool::PgSpool::claim`).
+        "ALTER TABLE held
+             ADD COLUMN claimed_until timestamptz NOT NULL DEFAULT '-infinity',
+             ADD COLUMN claim_token bigint;",
+    ),
+];
 
 /// Shared-store errors.
 #[derive(Debug, thiserror::Error)]
