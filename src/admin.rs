@@ -10,9 +10,13 @@
 //! - `POST /check` (body: a raw message): the verdict the running daemon
 //!   would give it, with its live configuration and graph (nothing is sent,
 //!   held or learnt); `misdirectd check` uses it
+//! - `POST /forget` (body: `{"address": "..."}`): erase the address from the
+//!   running daemon's graph (every tenant) and its store, durably, and
+//!   remove the held messages to or from it; answers the counts
+//!   `{"tenants": n, "records": n, "held": n}`
 //!
 //! Errors are JSON `{"error": "..."}` with 400 (bad id), 401 (missing or
-//! wrong token), 404, 405, 413 (a `/check` message over [`MAX_CHECK_BODY`]), 502 (the next hop refused a release) or 500.
+//! wrong token; 400 also for a `/forget` body without a valid address), 404, 405, 413 (a `/check` message over [`MAX_CHECK_BODY`]), 502 (the next hop refused a release) or 500.
 //!
 //! Entry point: [`serve`], given an already bound listener.
 
@@ -40,6 +44,66 @@ pub type CheckFn = Arc<
         + Sync,
 >;
 
+/// Erases an address from the running daemon for `POST /forget`.
+pub type ForgetFn = Arc<
+    dyn Fn(String) -> Pin<Box<dyn Future<Output = Result<serde_json::Value, ForgetError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Why `POST /forget` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ForgetError {
+    /// The address does not parse (400).
+    #[error("invalid address: {0}")]
+    BadAddress(String),
+    /// The store or the spool failed (500); nothing is reported as erased.
+    #[error("erasure failed: {0}")]
+    Failed(String),
+}
+
+/// Erase `address` from the daemon running `p`: every tenant's graph in
+/// memory and in its store (committed durably before this returns), then
+/// every held message whose envelope sender or a recipient is the address.
+/// Addresses are compared after normalisation (as in `misdirectd forget`).
+pub async fn forget_live(
+    p: &crate::pipeline::Pipeline,
+    address: &str,
+) -> Result<serde_json::Value, ForgetError> {
+    let norm = crate::address::Normalizer::new(p.config().addresses.clone());
+    let addr = norm
+        .normalize(address)
+        .map_err(|e| ForgetError::BadAddress(e.to_string()))?;
+    let report = p
+        .shared()
+        .graph
+        .forget(&addr)
+        .await
+        .map_err(|e| ForgetError::Failed(e.to_string()))?;
+    let spool = p.spool();
+    let same = |a: &str| norm.normalize(a).is_ok_and(|n| n == addr);
+    let mut held = 0usize;
+    let list = spool
+        .list()
+        .await
+        .map_err(|e| ForgetError::Failed(e.to_string()))?;
+    for m in list {
+        if same(&m.envelope.mail_from) || m.envelope.rcpt_to.iter().any(|r| same(r)) {
+            match spool.remove(&m.id).await {
+                Ok(true) => held += 1,
+                Ok(false) => {}
+                Err(e) => return Err(ForgetError::Failed(e.to_string())),
+            }
+        }
+    }
+    tracing::info!(
+        target: "audit",
+        held,
+        "Erasure of one address from the running daemon (admin API) performed."
+    );
+    Ok(json!({ "tenants": report.tenants, "records": report.records, "held": held }))
+}
+
 /// Largest message `POST /check` accepts.
 pub const MAX_CHECK_BODY: usize = 64 << 20;
 
@@ -48,6 +112,7 @@ pub const MAX_CHECK_BODY: usize = 64 << 20;
 pub struct AdminState {
     hold: HoldSource,
     check: Option<CheckFn>,
+    forget: Option<ForgetFn>,
     token: Arc<String>,
 }
 
@@ -57,6 +122,7 @@ impl AdminState {
         AdminState {
             hold: Arc::new(move || hold.clone()),
             check: None,
+            forget: None,
             token: Arc::new(token),
         }
     }
@@ -66,8 +132,15 @@ impl AdminState {
         AdminState {
             hold,
             check: Some(check),
+            forget: None,
             token: Arc::new(token),
         }
+    }
+
+    /// Serve `POST /forget` with `f` (without it the endpoint is 404).
+    pub fn with_forget(mut self, f: ForgetFn) -> Self {
+        self.forget = Some(f);
+        self
     }
 }
 
@@ -161,6 +234,31 @@ async fn handle(state: AdminState, req: Request<Incoming>) -> Resp {
             None => error(StatusCode::NOT_FOUND, "not found"),
         },
         (["check"], _) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
+        (["forget"], &Method::POST) => {
+            let Some(forget) = &state.forget else {
+                return error(StatusCode::NOT_FOUND, "not found");
+            };
+            let address = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v.get("address")?.as_str().map(str::to_string));
+            let Some(address) = address else {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "body must be JSON {\"address\": \"...\"}",
+                );
+            };
+            match forget(address).await {
+                Ok(v) => json_resp(StatusCode::OK, v),
+                Err(e @ ForgetError::BadAddress(_)) => {
+                    error(StatusCode::BAD_REQUEST, &e.to_string())
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Admin API erasure failed.");
+                    error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string())
+                }
+            }
+        }
+        (["forget"], _) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"),
         (["holds"], &Method::GET) => match h.list().await {
             Ok(list) => json_resp(StatusCode::OK, json!(list)),
             Err(e) => hold_error(e),

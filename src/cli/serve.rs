@@ -123,7 +123,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>, scorer: Arc<dyn Scorer>) -> a
     });
     let expiry = tokio::spawn(expiry_loop(cell.clone(), shutdown.clone()));
     let admin_task = admin_listener.map(|(l, token)| {
-        let (hc, cc) = (cell.clone(), cell.clone());
+        let (hc, cc, fc) = (cell.clone(), cell.clone(), cell.clone());
         let state = AdminState::live(
             Arc::new(move || hc.current().hold().clone()),
             Arc::new(move |raw| {
@@ -131,7 +131,11 @@ async fn serve(cfg: Config, path: Option<PathBuf>, scorer: Arc<dyn Scorer>) -> a
                 Box::pin(async move { p.check(raw).await })
             }),
             token,
-        );
+        )
+        .with_forget(Arc::new(move |addr| {
+            let p = fc.current();
+            Box::pin(async move { admin::forget_live(&p, &addr).await })
+        }));
         let mut sd = shutdown.clone();
         tokio::spawn(admin::serve(l, state, async move { sd.recv().await }))
     });

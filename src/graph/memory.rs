@@ -32,6 +32,9 @@ pub struct GraphConfig {
     pub max_thread_participants: usize,
     /// Recipients kept per (sender, attachment name).
     pub max_attachment_recipients: usize,
+    /// Entries kept in each of the thread (Message-ID) and subject indexes;
+    /// past it, learning evicts the least recently seen eighth.
+    pub max_threads: usize,
 }
 
 impl Default for GraphConfig {
@@ -42,6 +45,7 @@ impl Default for GraphConfig {
             max_names: 4,
             max_thread_participants: 64,
             max_attachment_recipients: 32,
+            max_threads: 1_000_000,
         }
     }
 }
@@ -142,7 +146,8 @@ pub struct ThreadEntry {
     pub last: u32,
 }
 
-/// Per-address counters.
+/// Per-address counters, and (for an address that has sent mail) its
+/// adjacency.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AddrEntry {
     pub address: Arc<str>,
@@ -152,9 +157,80 @@ pub struct AddrEntry {
     pub first_sent: u32,
     pub last_sent: u32,
     pub last_seen: u32,
-    /// Recipients ever written to (adjacency list, for contact scans).
-    pub contacts: Vec<Id>,
+    /// What this address sent: `None` for an address that was only ever a
+    /// recipient (most of them), so that recipients cost no adjacency.
+    /// Persisted record by record, not with the entry.
+    #[serde(skip)]
+    pub(crate) adj: Option<Box<Adjacency>>,
     pub names: Vec<Box<str>>,
+}
+
+impl AddrEntry {
+    /// A copy of the counters and names, without the adjacency.
+    pub fn without_adjacency(&self) -> AddrEntry {
+        AddrEntry {
+            address: self.address.clone(),
+            sent: self.sent,
+            received: self.received,
+            senders: self.senders,
+            first_sent: self.first_sent,
+            last_sent: self.last_sent,
+            last_seen: self.last_seen,
+            adj: None,
+            names: self.names.clone(),
+        }
+    }
+}
+
+/// One sender's associations, each list sorted by id for binary search.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Adjacency {
+    /// Recipient id -> edge (28 bytes per edge).
+    pub(crate) out: Vec<(Id, Edge)>,
+    /// Co-recipient pairs (12 bytes per pair), sorted by (a, b), a < b.
+    pub(crate) co: Vec<CoSlot>,
+    /// Domain id -> edge.
+    pub(crate) sdom: Vec<(Id, Edge)>,
+}
+
+/// A co-recipient pair in a sender's list: the two recipient ids (lower
+/// first), the message count (saturating at 65,535) and the day (days
+/// since 1970) the pair was last seen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct CoSlot {
+    pub(crate) a: Id,
+    pub(crate) b: Id,
+    pub(crate) count: u16,
+    pub(crate) day: u16,
+}
+
+impl CoSlot {
+    fn new(a: Id, b: Id, c: CoEdge) -> CoSlot {
+        CoSlot {
+            a,
+            b,
+            count: c.count.min(u16::MAX as u32) as u16,
+            day: day_of(c.last),
+        }
+    }
+
+    /// The pair's record: `last` is the start of the day it was last seen.
+    pub(crate) fn edge(&self) -> CoEdge {
+        CoEdge {
+            count: self.count as u32,
+            last: self.day as u32 * 86400,
+        }
+    }
+}
+
+/// Day number (since 1970) of a timestamp, saturating at 65,535 (2149).
+fn day_of(t: u32) -> u16 {
+    (t / 86400).min(u16::MAX as u32) as u16
+}
+
+/// Find `k` in a list sorted by its first element.
+fn find<V>(list: &[(Id, V)], k: Id) -> Result<usize, usize> {
+    list.binary_search_by_key(&k, |x| x.0)
 }
 
 /// Hash map with foldhash: several times faster than SipHash on the short
@@ -163,6 +239,11 @@ pub struct AddrEntry {
 pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 /// One tenant's association graph.
+///
+/// Layout: addresses are interned to `u32` ids; each sender's edges,
+/// co-recipient pairs and domain edges live in sorted vectors in its
+/// [`AddrEntry`] (binary search, no per-edge hash table), so a
+/// sender-to-recipient edge costs 28 bytes and a co-recipient pair 12.
 #[derive(Debug, Default)]
 pub struct Graph {
     pub cfg: GraphConfig,
@@ -170,11 +251,10 @@ pub struct Graph {
     pub(crate) addrs: Vec<AddrEntry>,
     pub(crate) domain_ids: FastMap<Arc<str>, Id>,
     pub(crate) domains: Vec<(Arc<str>, DomainStats)>,
-    pub(crate) edges: FastMap<(Id, Id), Edge>,
-    /// (sender, lower id, higher id)
-    pub(crate) co: FastMap<(Id, Id, Id), CoEdge>,
-    /// (sender, domain id)
-    pub(crate) sender_domains: FastMap<(Id, Id), Edge>,
+    /// Number of sender-recipient edges.
+    pub(crate) n_edges: usize,
+    /// Number of co-recipient pairs.
+    pub(crate) n_co: usize,
     /// Hash of the Message-ID.
     pub(crate) threads: FastMap<u64, ThreadEntry>,
     /// Hash of the thread subject.
@@ -182,9 +262,12 @@ pub struct Graph {
     /// (sender, hash of the lower-cased attachment name)
     pub(crate) attachments: FastMap<(Id, u64), Vec<Id>>,
     /// (sender, recipient) -> when a held message from the sender naming
-    /// the recipient was last discarded (an admin or the expiry task judged
-    /// it misaddressed). Rare, so a plain map.
+    /// the recipient was last discarded by an admin (judged misaddressed).
+    /// Rare, so a plain map.
     pub(crate) discards: FastMap<(Id, Id), u32>,
+    /// Thread and subject keys the last [`Graph::learn`] evicted (reported
+    /// by [`Graph::touched_by`] so that stores delete them).
+    pub(crate) evicted: Vec<RecordKey>,
 }
 
 /// Stable 64-bit hash (FNV-1a) for thread and attachment keys, so keys are
@@ -216,6 +299,48 @@ pub fn attachment_key(name: &str) -> u64 {
     let mut h = Fnv(0xcbf29ce484222325);
     name.trim().to_lowercase().hash(&mut h);
     h.finish()
+}
+
+/// Remove adjacent duplicates by key from a sorted list, keeping the last.
+fn dedup_keep_last<T, K: PartialEq>(v: &mut Vec<T>, key: impl Fn(&T) -> K) {
+    if v.len() < 2 {
+        return;
+    }
+    v.reverse();
+    v.dedup_by(|later, earlier| key(later) == key(earlier));
+    v.reverse();
+}
+
+/// Drop the least recently seen eighth of a thread index that grew past
+/// `cap`, noting each evicted key.
+fn evict_oldest(
+    map: &mut FastMap<u64, ThreadEntry>,
+    cap: usize,
+    key: fn(u64) -> RecordKey,
+    evicted: &mut Vec<RecordKey>,
+) {
+    let keep = cap - cap / 8;
+    let mut lasts: Vec<u32> = map.values().map(|t| t.last).collect();
+    let drop_n = lasts.len().saturating_sub(keep);
+    if drop_n == 0 {
+        return;
+    }
+    let (_, cut, _) = lasts.select_nth_unstable(drop_n - 1);
+    let cut = *cut;
+    // Entries strictly older than the cut go; ties at the cut go until
+    // enough are dropped.
+    let mut ties = drop_n - lasts[..drop_n].iter().filter(|l| **l < cut).count();
+    map.retain(|h, t| {
+        let gone = t.last < cut
+            || (t.last == cut && ties > 0 && {
+                ties -= 1;
+                true
+            });
+        if gone {
+            evicted.push(key(*h));
+        }
+        !gone
+    });
 }
 
 impl Graph {
@@ -309,17 +434,32 @@ impl Graph {
             }
             rids.push(rid);
             self.add_name(rid, r.name.as_deref());
-            let new_edge = !self.edges.contains_key(&(s, rid));
-            self.edges
-                .entry((s, rid))
-                .or_default()
-                .bump(r.field, m.ts, hl);
             let did = self.intern_domain(domain_of(&r.address));
-            let new_domain_edge = !self.sender_domains.contains_key(&(s, did));
-            self.sender_domains
-                .entry((s, did))
-                .or_default()
-                .bump(r.field, m.ts, hl);
+            let adj = self.adj_mut(s);
+            let new_edge = match find(&adj.out, rid) {
+                Ok(i) => {
+                    adj.out[i].1.bump(r.field, m.ts, hl);
+                    false
+                }
+                Err(i) => {
+                    let mut e = Edge::default();
+                    e.bump(r.field, m.ts, hl);
+                    adj.out.insert(i, (rid, e));
+                    true
+                }
+            };
+            let new_domain_edge = match find(&adj.sdom, did) {
+                Ok(i) => {
+                    adj.sdom[i].1.bump(r.field, m.ts, hl);
+                    false
+                }
+                Err(i) => {
+                    let mut e = Edge::default();
+                    e.bump(r.field, m.ts, hl);
+                    adj.sdom.insert(i, (did, e));
+                    true
+                }
+            };
             let ds = &mut self.domains[did as usize].1;
             ds.messages = ds.messages.saturating_add(1);
             if new_domain_edge {
@@ -330,7 +470,7 @@ impl Graph {
             re.last_seen = re.last_seen.max(t);
             if new_edge {
                 re.senders += 1;
-                self.addrs[s as usize].contacts.push(rid);
+                self.n_edges += 1;
             }
             // First time anyone wrote to this address: count it for its domain.
             if self.addrs[rid as usize].received == 1 {
@@ -338,6 +478,9 @@ impl Graph {
             }
         }
         if rids.len() >= 2 && rids.len() <= self.cfg.max_corecipients {
+            let day = day_of(t);
+            let mut added = 0;
+            let adj = self.adj_mut(s);
             for i in 0..rids.len() {
                 for j in i + 1..rids.len() {
                     let (a, b) = if rids[i] < rids[j] {
@@ -345,12 +488,30 @@ impl Graph {
                     } else {
                         (rids[j], rids[i])
                     };
-                    let c = self.co.entry((s, a, b)).or_default();
-                    c.count = c.count.saturating_add(1);
-                    c.last = c.last.max(t);
+                    match adj.co.binary_search_by_key(&(a, b), |c| (c.a, c.b)) {
+                        Ok(k) => {
+                            let c = &mut adj.co[k];
+                            c.count = c.count.saturating_add(1);
+                            c.day = c.day.max(day);
+                        }
+                        Err(k) => {
+                            adj.co.insert(
+                                k,
+                                CoSlot {
+                                    a,
+                                    b,
+                                    count: 1,
+                                    day,
+                                },
+                            );
+                            added += 1;
+                        }
+                    }
                 }
             }
+            self.n_co += added;
         }
+        self.evicted.clear();
         let max_p = self.cfg.max_thread_participants;
         let mut participants = Vec::with_capacity(rids.len() + 1);
         participants.push(s);
@@ -374,6 +535,18 @@ impl Graph {
                 }
             }
         }
+        let cap = self.cfg.max_threads.max(1);
+        if self.threads.len() > cap {
+            evict_oldest(&mut self.threads, cap, RecordKey::Thread, &mut self.evicted);
+        }
+        if self.subjects.len() > cap {
+            evict_oldest(
+                &mut self.subjects,
+                cap,
+                RecordKey::Subject,
+                &mut self.evicted,
+            );
+        }
         let max_a = self.cfg.max_attachment_recipients;
         for name in &m.attachments {
             let list = self
@@ -391,14 +564,134 @@ impl Graph {
         }
     }
 
+    /// The adjacency of sender `s`, created when missing.
+    fn adj_mut(&mut self, s: Id) -> &mut Adjacency {
+        self.addrs[s as usize].adj.get_or_insert_with(Box::default)
+    }
+
+    /// The adjacency of sender `s`, if it has sent anything.
+    pub(crate) fn adj(&self, s: Id) -> Option<&Adjacency> {
+        self.addrs.get(s as usize)?.adj.as_deref()
+    }
+
+    /// The edge `s -> r`, by ids.
+    pub(crate) fn edge_ids(&self, s: Id, r: Id) -> Option<&Edge> {
+        let adj = self.adj(s)?;
+        find(&adj.out, r).ok().map(|i| &adj.out[i].1)
+    }
+
+    /// The sender-to-domain edge `s -> d`, by ids.
+    pub(crate) fn sdom_ids(&self, s: Id, d: Id) -> Option<&Edge> {
+        let adj = self.adj(s)?;
+        find(&adj.sdom, d).ok().map(|i| &adj.sdom[i].1)
+    }
+
+    /// The co-recipient pair `(a, b)` of sender `s`, by ids (either order).
+    pub(crate) fn co_ids(&self, s: Id, a: Id, b: Id) -> Option<CoEdge> {
+        let (a, b) = if a < b { (a, b) } else { (b, a) };
+        let adj = self.adj(s)?;
+        adj.co
+            .binary_search_by_key(&(a, b), |c| (c.a, c.b))
+            .ok()
+            .map(|i| adj.co[i].edge())
+    }
+
+    /// Every edge as (sender, recipient, edge).
+    pub(crate) fn edges_iter(&self) -> impl Iterator<Item = (Id, Id, &Edge)> + '_ {
+        self.addrs.iter().enumerate().flat_map(|(s, e)| {
+            e.adj
+                .iter()
+                .flat_map(move |a| a.out.iter().map(move |(r, ed)| (s as Id, *r, ed)))
+        })
+    }
+
+    /// Every sender-to-domain edge as (sender, domain, edge).
+    pub(crate) fn sdom_iter(&self) -> impl Iterator<Item = (Id, Id, &Edge)> + '_ {
+        self.addrs.iter().enumerate().flat_map(|(s, e)| {
+            e.adj
+                .iter()
+                .flat_map(move |a| a.sdom.iter().map(move |(d, ed)| (s as Id, *d, ed)))
+        })
+    }
+
+    /// Every co-recipient pair as (sender, lower id, higher id, record).
+    pub(crate) fn co_iter(&self) -> impl Iterator<Item = (Id, Id, Id, CoEdge)> + '_ {
+        self.addrs.iter().enumerate().flat_map(|(s, e)| {
+            e.adj
+                .iter()
+                .flat_map(move |a| a.co.iter().map(move |c| (s as Id, c.a, c.b, c.edge())))
+        })
+    }
+
+    /// Loading: add an edge without keeping lists sorted; call
+    /// [`Graph::finish_load`] after the last one.
+    pub(crate) fn load_edge(&mut self, s: Id, r: Id, e: Edge) {
+        if (s as usize) < self.addrs.len() {
+            self.adj_mut(s).out.push((r, e));
+        }
+    }
+
+    /// Loading: add a sender-to-domain edge (see [`Graph::load_edge`]).
+    pub(crate) fn load_sdom(&mut self, s: Id, d: Id, e: Edge) {
+        if (s as usize) < self.addrs.len() {
+            self.adj_mut(s).sdom.push((d, e));
+        }
+    }
+
+    /// Loading: add a co-recipient pair (see [`Graph::load_edge`]).
+    pub(crate) fn load_co(&mut self, s: Id, a: Id, b: Id, c: CoEdge) {
+        let (a, b) = if a < b { (a, b) } else { (b, a) };
+        if (s as usize) < self.addrs.len() {
+            self.adj_mut(s).co.push(CoSlot::new(a, b, c));
+        }
+    }
+
+    /// After loading: sort every list (a duplicate key keeps its last
+    /// record), trim capacities to the contents, recount.
+    pub(crate) fn finish_load(&mut self) {
+        let (mut n_edges, mut n_co) = (0, 0);
+        for e in &mut self.addrs {
+            if let Some(a) = e.adj.as_deref_mut() {
+                a.out.sort_by_key(|x| x.0);
+                dedup_keep_last(&mut a.out, |x| x.0);
+                a.sdom.sort_by_key(|x| x.0);
+                dedup_keep_last(&mut a.sdom, |x| x.0);
+                a.co.sort_by_key(|c| (c.a, c.b));
+                dedup_keep_last(&mut a.co, |c| (c.a, c.b));
+                a.out.shrink_to_fit();
+                a.sdom.shrink_to_fit();
+                a.co.shrink_to_fit();
+                n_edges += a.out.len();
+                n_co += a.co.len();
+            }
+        }
+        self.n_edges = n_edges;
+        self.n_co = n_co;
+    }
+
+    /// Trim every list's spare capacity (learning grows them by doubling).
+    pub fn shrink_to_fit(&mut self) {
+        for e in &mut self.addrs {
+            if let Some(a) = e.adj.as_deref_mut() {
+                a.out.shrink_to_fit();
+                a.sdom.shrink_to_fit();
+                a.co.shrink_to_fit();
+            }
+        }
+        self.addrs.shrink_to_fit();
+        self.domains.shrink_to_fit();
+        self.ids.shrink_to_fit();
+        self.domain_ids.shrink_to_fit();
+    }
+
     /// Number of sender-recipient edges.
     pub fn edge_count(&self) -> usize {
-        self.edges.len()
+        self.n_edges
     }
 
     /// Number of co-recipient pairs.
     pub fn co_count_total(&self) -> usize {
-        self.co.len()
+        self.n_co
     }
 
     /// Number of known addresses.
@@ -418,14 +711,14 @@ impl GraphView for Graph {
     fn edge(&self, sender: &str, rcpt: &str) -> Option<EdgeStats> {
         let s = self.id(sender)?;
         let r = self.id(rcpt)?;
-        self.edges.get(&(s, r)).map(Edge::stats)
+        self.edge_ids(s, r).map(Edge::stats)
     }
 
     fn sender(&self, sender: &str) -> SenderStats {
         match self.id(sender).and_then(|s| self.addrs.get(s as usize)) {
             Some(e) => SenderStats {
                 messages: e.sent,
-                contacts: e.contacts.len() as u32,
+                contacts: e.adj.as_ref().map_or(0, |a| a.out.len() as u32),
                 first: e.first_sent as Ts,
                 last: e.last_sent as Ts,
             },
@@ -448,14 +741,13 @@ impl GraphView for Graph {
         let (Some(s), Some(a), Some(b)) = (self.id(sender), self.id(a), self.id(b)) else {
             return 0;
         };
-        let key = if a < b { (s, a, b) } else { (s, b, a) };
-        self.co.get(&key).map(|c| c.count).unwrap_or(0)
+        self.co_ids(s, a, b).map(|c| c.count).unwrap_or(0)
     }
 
     fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats> {
         let s = self.id(sender)?;
         let d = self.domain_ids.get(domain)?;
-        self.sender_domains.get(&(s, *d)).map(Edge::stats)
+        self.sdom_ids(s, *d).map(Edge::stats)
     }
 
     fn domain(&self, domain: &str) -> DomainStats {
@@ -468,11 +760,9 @@ impl GraphView for Graph {
 
     fn for_each_contact(&self, sender: &str, f: &mut dyn FnMut(&str, &EdgeStats)) {
         let Some(s) = self.id(sender) else { return };
-        let Some(e) = self.addrs.get(s as usize) else {
-            return;
-        };
-        for rid in &e.contacts {
-            if let (Some(addr), Some(edge)) = (self.address_of(*rid), self.edges.get(&(s, *rid))) {
+        let Some(adj) = self.adj(s) else { return };
+        for (rid, edge) in &adj.out {
+            if let Some(addr) = self.address_of(*rid) {
                 f(addr, &edge.stats());
             }
         }
@@ -519,7 +809,7 @@ impl GraphView for Graph {
     fn discarded(&self, sender: &str, rcpt: &str) -> Option<Ts> {
         let (s, r) = (self.id(sender)?, self.id(rcpt)?);
         let t = *self.discards.get(&(s, r))?;
-        let delivered_since = self.edges.get(&(s, r)).is_some_and(|e| e.last >= t);
+        let delivered_since = self.edge_ids(s, r).is_some_and(|e| e.last >= t);
         (!delivered_since).then_some(t as Ts)
     }
 
@@ -574,6 +864,7 @@ impl Graph {
 
     /// Every record a learn of `m` changed (call after [`Graph::learn`]).
     pub fn touched_by(&self, m: &LearnInput<'_>, out: &mut std::collections::HashSet<RecordKey>) {
+        out.extend(self.evicted.iter().copied());
         let Some(s) = self.id(m.sender) else { return };
         out.insert(RecordKey::Addr(s));
         let mut rids: Vec<Id> = Vec::with_capacity(m.recipients.len());
@@ -624,7 +915,7 @@ impl Graph {
     /// Every record in the graph (for a full rewrite of the store).
     pub fn all_records(&self) -> Vec<RecordKey> {
         let mut out = Vec::with_capacity(
-            self.addrs.len() + self.edges.len() * 2 + self.co.len() + self.threads.len(),
+            self.addrs.len() + self.n_edges * 2 + self.n_co + self.threads.len(),
         );
         for id in 0..self.addrs.len() as Id {
             if !self.is_tombstone(id) {
@@ -632,13 +923,12 @@ impl Graph {
             }
         }
         out.extend((0..self.domains.len() as Id).map(RecordKey::Domain));
-        out.extend(self.edges.keys().map(|(s, r)| RecordKey::Edge(*s, *r)));
+        out.extend(self.edges_iter().map(|(s, r, _)| RecordKey::Edge(s, r)));
         out.extend(
-            self.sender_domains
-                .keys()
-                .map(|(s, d)| RecordKey::SenderDomain(*s, *d)),
+            self.sdom_iter()
+                .map(|(s, d, _)| RecordKey::SenderDomain(s, d)),
         );
-        out.extend(self.co.keys().map(|(s, a, b)| RecordKey::Co(*s, *a, *b)));
+        out.extend(self.co_iter().map(|(s, a, b, _)| RecordKey::Co(s, a, b)));
         out.extend(self.threads.keys().map(|h| RecordKey::Thread(*h)));
         out.extend(self.subjects.keys().map(|h| RecordKey::Subject(*h)));
         out.extend(
@@ -698,20 +988,44 @@ impl Graph {
         self.discards.len()
     }
 
-    /// Remove the edge `s -> r` and undo its contribution to the counters
-    /// of `r`, of `r`'s domain and of the sender's domain edge; co-recipient
-    /// pairs and attachment lists are cleaned by [`Graph::prune_orphans`].
-    fn remove_edge(&mut self, s: Id, r: Id, touched: &mut Vec<RecordKey>) -> bool {
-        let Some(e) = self.edges.remove(&(s, r)) else {
+    /// Remove the edge `s -> r`, the sender's co-recipient pairs naming `r`
+    /// (counted in `co_removed`), and undo the edge's contribution to the
+    /// counters of `r`, of `r`'s domain and of the sender's domain edge;
+    /// attachment lists are cleaned by [`Graph::prune_orphans`].
+    fn remove_edge(
+        &mut self,
+        s: Id,
+        r: Id,
+        touched: &mut Vec<RecordKey>,
+        co_removed: &mut usize,
+    ) -> bool {
+        let Some(adj) = self
+            .addrs
+            .get_mut(s as usize)
+            .and_then(|e| e.adj.as_deref_mut())
+        else {
             return false;
         };
+        let Ok(i) = find(&adj.out, r) else {
+            return false;
+        };
+        let (_, e) = adj.out.remove(i);
+        let before = adj.co.len();
+        adj.co.retain(|c| {
+            let gone = c.a == r || c.b == r;
+            if gone {
+                touched.push(RecordKey::Co(s, c.a, c.b));
+            }
+            !gone
+        });
+        let gone_co = before - adj.co.len();
+        *co_removed += gone_co;
+        self.n_co -= gone_co;
+        self.n_edges -= 1;
         touched.push(RecordKey::Edge(s, r));
         touched.push(RecordKey::Addr(s));
         touched.push(RecordKey::Addr(r));
         let n = e.to.saturating_add(e.cc).saturating_add(e.bcc);
-        if let Some(se) = self.addrs.get_mut(s as usize) {
-            se.contacts.retain(|c| *c != r);
-        }
         let raddr = self.address_of(r).map(str::to_string).unwrap_or_default();
         let did = self.domain_ids.get(domain_of(&raddr)).copied();
         let mut now_unreceived = false;
@@ -725,12 +1039,19 @@ impl Graph {
             touched.push(RecordKey::Domain(d));
             touched.push(RecordKey::SenderDomain(s, d));
             let mut drop_sd = false;
-            if let Some(sd) = self.sender_domains.get_mut(&(s, d)) {
-                sd.to = sd.to.saturating_sub(e.to);
-                sd.cc = sd.cc.saturating_sub(e.cc);
-                sd.bcc = sd.bcc.saturating_sub(e.bcc);
-                sd.weight = (sd.weight - e.weight).max(0.0);
-                drop_sd = sd.to == 0 && sd.cc == 0 && sd.bcc == 0;
+            let adj = self.addrs[s as usize].adj.as_deref_mut();
+            if let Some(adj) = adj {
+                if let Ok(k) = find(&adj.sdom, d) {
+                    let sd = &mut adj.sdom[k].1;
+                    sd.to = sd.to.saturating_sub(e.to);
+                    sd.cc = sd.cc.saturating_sub(e.cc);
+                    sd.bcc = sd.bcc.saturating_sub(e.bcc);
+                    sd.weight = (sd.weight - e.weight).max(0.0);
+                    drop_sd = sd.to == 0 && sd.cc == 0 && sd.bcc == 0;
+                    if drop_sd {
+                        adj.sdom.remove(k);
+                    }
+                }
             }
             if let Some((_, ds)) = self.domains.get_mut(d as usize) {
                 ds.messages = ds.messages.saturating_sub(n);
@@ -741,36 +1062,23 @@ impl Graph {
                     ds.addresses = ds.addresses.saturating_sub(1);
                 }
             }
-            if drop_sd {
-                self.sender_domains.remove(&(s, d));
-            }
         }
         true
     }
 
-    /// After edges were removed: drop co-recipient pairs and attachment
-    /// list entries whose sender-recipient edge no longer exists (one pass).
-    fn prune_orphans(&mut self, touched: &mut Vec<RecordKey>) -> usize {
-        let edges = &self.edges;
-        let dead: Vec<(Id, Id, Id)> = self
-            .co
-            .keys()
-            .filter(|(s, a, b)| !edges.contains_key(&(*s, *a)) || !edges.contains_key(&(*s, *b)))
-            .copied()
-            .collect();
-        for k in &dead {
-            self.co.remove(k);
-            touched.push(RecordKey::Co(k.0, k.1, k.2));
-        }
-        for ((s, h), list) in self.attachments.iter_mut() {
+    /// After edges were removed: drop attachment list entries whose
+    /// sender-recipient edge no longer exists (one pass).
+    fn prune_orphans(&mut self, touched: &mut Vec<RecordKey>) {
+        let mut atts = std::mem::take(&mut self.attachments);
+        for ((s, h), list) in atts.iter_mut() {
             let before = list.len();
-            list.retain(|r| edges.contains_key(&(*s, *r)));
+            list.retain(|r| self.edge_ids(*s, *r).is_some());
             if list.len() != before {
                 touched.push(RecordKey::Attachment(*s, *h));
             }
         }
-        self.attachments.retain(|_, l| !l.is_empty());
-        dead.len()
+        atts.retain(|_, l| !l.is_empty());
+        self.attachments = atts;
     }
 
     /// Remove an id from every thread and subject participant list.
@@ -803,6 +1111,16 @@ impl Graph {
         }
     }
 
+    /// Senders with an edge to `r`.
+    fn senders_of(&self, r: Id) -> Vec<Id> {
+        self.addrs
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.adj.as_ref().is_some_and(|a| find(&a.out, r).is_ok()))
+            .map(|(s, _)| s as Id)
+            .collect()
+    }
+
     /// Erase every association involving `addr`: as sender, recipient,
     /// co-recipient, display names, thread participant and attachment
     /// recipient. Afterwards the address scores as never seen. Returns the
@@ -811,50 +1129,49 @@ impl Graph {
     pub fn forget(&mut self, addr: &str) -> Option<(Id, Vec<RecordKey>)> {
         let x = self.id(addr)?;
         let mut touched = Vec::new();
+        let mut co_removed = 0;
         let as_sender: Vec<Id> = self
-            .addrs
-            .get(x as usize)
-            .map(|e| e.contacts.clone())
+            .adj(x)
+            .map(|a| a.out.iter().map(|(r, _)| *r).collect())
             .unwrap_or_default();
         for r in as_sender {
-            self.remove_edge(x, r, &mut touched);
+            self.remove_edge(x, r, &mut touched, &mut co_removed);
         }
-        let as_rcpt: Vec<Id> = self
-            .edges
-            .keys()
-            .filter(|(_, r)| *r == x)
-            .map(|(s, _)| *s)
-            .collect();
-        for s in as_rcpt {
-            self.remove_edge(s, x, &mut touched);
+        for s in self.senders_of(x) {
+            self.remove_edge(s, x, &mut touched, &mut co_removed);
         }
         self.prune_orphans(&mut touched);
-        // Co-recipient pairs naming x under any sender, and everything x sent.
-        let co_keys: Vec<(Id, Id, Id)> = self
-            .co
-            .keys()
-            .filter(|(s, a, b)| *s == x || *a == x || *b == x)
-            .copied()
-            .collect();
-        for k in co_keys {
-            self.co.remove(&k);
-            touched.push(RecordKey::Co(k.0, k.1, k.2));
-        }
-        let sd_keys: Vec<(Id, Id)> = self
-            .sender_domains
-            .keys()
-            .filter(|(s, _)| *s == x)
-            .copied()
-            .collect();
-        for k in sd_keys {
-            if self.sender_domains.remove(&k).is_some() {
-                if let Some((_, ds)) = self.domains.get_mut(k.1 as usize) {
+        // Whatever x's adjacency still holds (pairs and domain edges left
+        // without an edge, e.g. from an inconsistent store), and pairs
+        // naming x under any sender.
+        if let Some(adj) = self.addrs.get_mut(x as usize).and_then(|e| e.adj.take()) {
+            for c in &adj.co {
+                touched.push(RecordKey::Co(x, c.a, c.b));
+            }
+            self.n_co -= adj.co.len();
+            self.n_edges -= adj.out.len();
+            for (d, _) in &adj.sdom {
+                if let Some((_, ds)) = self.domains.get_mut(*d as usize) {
                     ds.senders = ds.senders.saturating_sub(1);
                 }
+                touched.push(RecordKey::SenderDomain(x, *d));
+                touched.push(RecordKey::Domain(*d));
             }
-            touched.push(RecordKey::SenderDomain(k.0, k.1));
-            touched.push(RecordKey::Domain(k.1));
         }
+        let mut n_co = self.n_co;
+        for (s, e) in self.addrs.iter_mut().enumerate() {
+            if let Some(adj) = e.adj.as_deref_mut() {
+                adj.co.retain(|c| {
+                    let gone = c.a == x || c.b == x;
+                    if gone {
+                        touched.push(RecordKey::Co(s as Id, c.a, c.b));
+                        n_co -= 1;
+                    }
+                    !gone
+                });
+            }
+        }
+        self.n_co = n_co;
         let att_keys: Vec<(Id, u64)> = self
             .attachments
             .iter()
@@ -892,35 +1209,39 @@ impl Graph {
 
     /// Retention: delete associations last seen before `cutoff` (edges,
     /// co-recipient pairs, threads, subjects) and addresses with nothing
-    /// left that were last seen before it. Returns the counts and every
-    /// record changed.
+    /// left that were last seen before it. Co-recipient pairs keep the day
+    /// they were last seen, so a pair goes when its day began before the
+    /// cutoff. Returns the counts and every record changed.
     pub fn purge_older_than(&mut self, cutoff: Ts) -> (PurgeCounts, Vec<RecordKey>) {
         let c = clamp_ts(cutoff);
         let mut counts = PurgeCounts::default();
         let mut touched = Vec::new();
         let old: Vec<(Id, Id)> = self
-            .edges
-            .iter()
-            .filter(|(_, e)| e.last < c)
-            .map(|(k, _)| *k)
+            .edges_iter()
+            .filter(|(_, _, e)| e.last < c)
+            .map(|(s, r, _)| (s, r))
             .collect();
         for (s, r) in old {
-            if self.remove_edge(s, r, &mut touched) {
+            if self.remove_edge(s, r, &mut touched, &mut counts.co_pairs) {
                 counts.edges += 1;
             }
         }
-        counts.co_pairs += self.prune_orphans(&mut touched);
-        let old_co: Vec<(Id, Id, Id)> = self
-            .co
-            .iter()
-            .filter(|(_, e)| e.last < c)
-            .map(|(k, _)| *k)
-            .collect();
-        for k in old_co {
-            self.co.remove(&k);
-            counts.co_pairs += 1;
-            touched.push(RecordKey::Co(k.0, k.1, k.2));
+        self.prune_orphans(&mut touched);
+        let mut n_co = self.n_co;
+        for (s, e) in self.addrs.iter_mut().enumerate() {
+            if let Some(adj) = e.adj.as_deref_mut() {
+                adj.co.retain(|p| {
+                    let gone = p.edge().last < c;
+                    if gone {
+                        touched.push(RecordKey::Co(s as Id, p.a, p.b));
+                        n_co -= 1;
+                        counts.co_pairs += 1;
+                    }
+                    !gone
+                });
+            }
         }
+        self.n_co = n_co;
         let before = self.threads.len() + self.subjects.len();
         for (h, _) in self.threads.iter().filter(|(_, t)| t.last < c) {
             touched.push(RecordKey::Thread(*h));
@@ -955,7 +1276,8 @@ impl Graph {
             if e.address.is_empty() || e.last_seen >= c {
                 continue;
             }
-            if e.contacts.is_empty() && e.senders == 0 && !in_use.contains(&id) {
+            let no_edges = e.adj.as_ref().is_none_or(|a| a.out.is_empty());
+            if no_edges && e.senders == 0 && !in_use.contains(&id) {
                 let att: Vec<(Id, u64)> = self
                     .attachments
                     .keys()
@@ -965,6 +1287,15 @@ impl Graph {
                 for k in att {
                     self.attachments.remove(&k);
                     touched.push(RecordKey::Attachment(k.0, k.1));
+                }
+                if let Some(adj) = self.addrs[id as usize].adj.take() {
+                    for c in &adj.co {
+                        touched.push(RecordKey::Co(id, c.a, c.b));
+                    }
+                    self.n_co -= adj.co.len();
+                    for (d, _) in &adj.sdom {
+                        touched.push(RecordKey::SenderDomain(id, *d));
+                    }
                 }
                 self.tombstone(id);
                 touched.push(RecordKey::Addr(id));
@@ -976,22 +1307,37 @@ impl Graph {
         (counts, touched)
     }
 
-    /// Estimated heap bytes of this graph (hash table buckets, entries,
-    /// strings and lists). The bench measures the real figure with a
-    /// counting allocator.
+    /// Heap bytes of this graph's tables and lists, counted from their
+    /// capacities (hash table buckets and control bytes, vectors, strings
+    /// with their reference-count headers). Allocator overhead per
+    /// allocation is not included; process RSS shows it.
     pub fn approx_bytes(&self) -> usize {
         fn map<K, V, S>(m: &HashMap<K, V, S>) -> usize {
-            // hashbrown: buckets = capacity * 8 / 7, one control byte each.
-            let buckets = m.capacity() * 8 / 7;
-            buckets * (std::mem::size_of::<(K, V)>() + 1)
+            if m.capacity() == 0 {
+                return 0;
+            }
+            // hashbrown: capacity is 7/8 of the buckets (a power of two),
+            // one control byte per bucket plus a group's worth.
+            let buckets = (m.capacity() * 8 / 7).next_power_of_two();
+            buckets * (std::mem::size_of::<(K, V)>() + 1) + 16
         }
-        let strings: usize = self
+        let per_addr: usize = self
             .addrs
             .iter()
             .map(|a| {
-                16 + a.address.len()
-                    + a.contacts.capacity() * 4
-                    + a.names.capacity() * 16
+                let s = if a.address.is_empty() {
+                    0
+                } else {
+                    16 + a.address.len()
+                };
+                let adj = a.adj.as_ref().map_or(0, |j| {
+                    std::mem::size_of::<Adjacency>()
+                        + j.out.capacity() * std::mem::size_of::<(Id, Edge)>()
+                        + j.sdom.capacity() * std::mem::size_of::<(Id, Edge)>()
+                        + j.co.capacity() * std::mem::size_of::<CoSlot>()
+                });
+                s + adj
+                    + a.names.capacity() * std::mem::size_of::<Box<str>>()
                     + a.names.iter().map(|n| n.len()).sum::<usize>()
             })
             .sum();
@@ -1008,12 +1354,14 @@ impl Graph {
                 .sum::<usize>();
         map(&self.ids)
             + self.addrs.capacity() * std::mem::size_of::<AddrEntry>()
-            + strings
+            + per_addr
             + map(&self.domain_ids)
             + self.domains.capacity() * std::mem::size_of::<(Arc<str>, DomainStats)>()
-            + map(&self.edges)
-            + map(&self.co)
-            + map(&self.sender_domains)
+            + self
+                .domains
+                .iter()
+                .map(|(d, _)| 16 + d.len())
+                .sum::<usize>()
             + map(&self.threads)
             + map(&self.subjects)
             + map(&self.attachments)
@@ -1056,30 +1404,26 @@ impl Graph {
             })
         };
         let mut sent_to: Vec<_> = e
-            .contacts
+            .adj
             .iter()
-            .filter_map(|r| {
-                let ed = self.edges.get(&(x, *r))?;
-                Some(edge_json(self.address_of(*r)?, ed))
-            })
+            .flat_map(|a| a.out.iter())
+            .filter_map(|(r, ed)| Some(edge_json(self.address_of(*r)?, ed)))
             .collect();
         sent_to.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
         let mut received_from: Vec<_> = self
-            .edges
-            .iter()
-            .filter(|((_, r), _)| *r == x)
-            .filter_map(|((s, _), ed)| Some(edge_json(self.address_of(*s)?, ed)))
+            .senders_of(x)
+            .into_iter()
+            .filter_map(|s| Some(edge_json(self.address_of(s)?, self.edge_ids(s, x)?)))
             .collect();
         received_from.sort_by(|a, b| a["address"].as_str().cmp(&b["address"].as_str()));
         let mut co: Vec<_> = self
-            .co
-            .iter()
-            .filter(|((s, a, b), _)| *s == x || *a == x || *b == x)
-            .filter_map(|((s, a, b), c)| {
-                let mut pair = [self.address_of(*a)?, self.address_of(*b)?];
+            .co_iter()
+            .filter(|(s, a, b, _)| *s == x || *a == x || *b == x)
+            .filter_map(|(s, a, b, c)| {
+                let mut pair = [self.address_of(a)?, self.address_of(b)?];
                 pair.sort_unstable();
                 Some(json!({
-                    "sender": self.address_of(*s)?,
+                    "sender": self.address_of(s)?,
                     "recipients": pair,
                     "messages": c.count,
                     "last": day(c.last),
@@ -1087,11 +1431,11 @@ impl Graph {
             })
             .collect();
         co.sort_by_key(|v| v.to_string());
-        let mut domains: Vec<_> = self
-            .sender_domains
+        let mut domains: Vec<_> = e
+            .adj
             .iter()
-            .filter(|((s, _), _)| *s == x)
-            .filter_map(|((_, d), ed)| Some(edge_json(&self.domains.get(*d as usize)?.0, ed)))
+            .flat_map(|a| a.sdom.iter())
+            .filter_map(|(d, ed)| Some(edge_json(&self.domains.get(*d as usize)?.0, ed)))
             .collect();
         domains.sort_by_key(|v| v.to_string());
         let threads = self
@@ -1308,6 +1652,85 @@ mod privacy_tests {
         assert_eq!(g.edge_count(), 0);
         assert_eq!(g.address("carol@x.com"), AddressStats::default());
         assert_eq!(g.domain("x.com").senders, 0);
+    }
+
+    #[test]
+    fn thread_index_is_bounded_and_evictions_are_reported() {
+        let mut g = Graph::new(GraphConfig {
+            max_threads: 16,
+            ..Default::default()
+        });
+        let rc = [r("bob@x.com")];
+        let mut evicted = std::collections::HashSet::new();
+        for i in 0..40 {
+            let mid = format!("<{i}@a>");
+            let subj = format!("topic {i}");
+            let input = LearnInput {
+                sender: "alice@a.com",
+                sender_name: None,
+                recipients: &rc,
+                message_id: Some(&mid),
+                subject: Some(&subj),
+                attachments: vec![],
+                ts: 1000 + i,
+            };
+            g.learn(&input);
+            let mut t = std::collections::HashSet::new();
+            g.touched_by(&input, &mut t);
+            evicted.extend(
+                t.into_iter()
+                    .filter(|k| matches!(k, RecordKey::Thread(h) if !g.threads.contains_key(h))),
+            );
+            assert!(g.thread_count() <= 16 && g.subject_count() <= 16);
+        }
+        // The newest message's thread is kept, the oldest ones went, and
+        // every evicted key was reported for deletion.
+        assert_eq!(g.thread_participants(&["<39@a>".into()]).len(), 2);
+        assert!(g.thread_participants(&["<0@a>".into()]).is_empty());
+        assert_eq!(evicted.len() + g.thread_count(), 40);
+    }
+
+    #[test]
+    fn sorted_lists_match_counters_after_forget_and_purge() {
+        let mut g = Graph::new(GraphConfig::default());
+        for i in 0..30u32 {
+            let rc = [
+                r(&format!("u{}@x.com", i % 7)),
+                r(&format!("u{}@y.com", i % 5)),
+            ];
+            g.learn(&LearnInput {
+                sender: &format!("s{}@a.com", i % 3),
+                sender_name: None,
+                recipients: &rc,
+                message_id: None,
+                subject: None,
+                attachments: vec![],
+                ts: 86400 * (i as Ts + 1),
+            });
+        }
+        let check = |g: &Graph| {
+            assert_eq!(g.edges_iter().count(), g.edge_count());
+            assert_eq!(g.co_iter().count(), g.co_count_total());
+            for e in &g.addrs {
+                if let Some(a) = &e.adj {
+                    assert!(a.out.windows(2).all(|w| w[0].0 < w[1].0));
+                    assert!(a.co.windows(2).all(|w| (w[0].a, w[0].b) < (w[1].a, w[1].b)));
+                    assert!(a.co.iter().all(|c| c.a < c.b));
+                }
+            }
+        };
+        check(&g);
+        let before = g.edge_count();
+        g.forget("u3@x.com").unwrap();
+        check(&g);
+        assert!(g.edge_count() < before);
+        assert_eq!(g.co_count("s0@a.com", "u3@x.com", "u3@y.com"), 0);
+        let (counts, _) = g.purge_older_than(86400 * 20);
+        assert!(counts.edges > 0 && counts.co_pairs > 0);
+        check(&g);
+        // What is left was all seen on or after the cutoff day.
+        assert!(g.edges_iter().all(|(_, _, e)| e.last >= 86400 * 20));
+        assert!(g.co_iter().all(|(_, _, _, c)| c.last >= 86400 * 20));
     }
 
     #[test]

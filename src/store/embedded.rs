@@ -294,8 +294,7 @@ impl EmbeddedStore {
                     ) else {
                         return Err(corrupt("edge"));
                     };
-                    g.edges.insert((s, r), e);
-                    g.addrs[s as usize].contacts.push(r);
+                    g.load_edge(s, r, e);
                 }
             }
             if let Some(t) = open("sdom")? {
@@ -307,7 +306,7 @@ impl EmbeddedStore {
                     else {
                         return Err(corrupt("sender-domain edge"));
                     };
-                    g.sender_domains.insert((s, d), e);
+                    g.load_sdom(s, d, e);
                 }
             }
             if let Some(t) = open("co")? {
@@ -319,9 +318,10 @@ impl EmbeddedStore {
                         return Err(corrupt("co-recipient pair"));
                     };
                     let v = v.value();
-                    let key = if a < b { (s, a, b) } else { (s, b, a) };
-                    g.co.insert(
-                        key,
+                    g.load_co(
+                        s,
+                        a,
+                        b,
                         CoEdge {
                             count: u32_at(v, 0),
                             last: u32_at(v, 4),
@@ -329,6 +329,7 @@ impl EmbeddedStore {
                     );
                 }
             }
+            g.finish_load();
             for kind in ["thread", "subject"] {
                 if let Some(t) = open(kind)? {
                     for row in t.iter()? {
@@ -482,21 +483,17 @@ impl EmbeddedStore {
                         self.id_ps(cache, tenant, g, s),
                         self.id_ps(cache, tenant, g, r),
                     ) {
-                        (Some(a), Some(b)) => Some((
-                            "edge",
-                            [a, b].concat(),
-                            g.edges.get(&(s, r)).map(edge_bytes),
-                        )),
+                        (Some(a), Some(b)) => {
+                            Some(("edge", [a, b].concat(), g.edge_ids(s, r).map(edge_bytes)))
+                        }
                         _ => None,
                     }
                 }
                 RecordKey::SenderDomain(s, d) => match (self.id_ps(cache, tenant, g, s), dom_ps(d))
                 {
-                    (Some(a), Some(b)) => Some((
-                        "sdom",
-                        [a, b].concat(),
-                        g.sender_domains.get(&(s, d)).map(edge_bytes),
-                    )),
+                    (Some(a), Some(b)) => {
+                        Some(("sdom", [a, b].concat(), g.sdom_ids(s, d).map(edge_bytes)))
+                    }
                     _ => None,
                 },
                 RecordKey::Co(s, a, b) => match (
@@ -509,7 +506,7 @@ impl EmbeddedStore {
                         // Pair order by pseudonym, not by id: ids differ
                         // between runs, the stored key must not.
                         [ps, pa.min(pb), pa.max(pb)].concat(),
-                        g.co.get(&(s, a, b))
+                        g.co_ids(s, a, b)
                             .map(|c| [c.count.to_le_bytes(), c.last.to_le_bytes()].concat()),
                     )),
                     _ => None,

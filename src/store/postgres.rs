@@ -481,15 +481,11 @@ struct Snap {
 pub fn seal_graph(keys: &Keys, g: &Graph) -> Result<Vec<u8>, PgError> {
     use std::io::Write;
     let snap = Snap {
-        addrs: g.addrs.clone(),
+        addrs: g.addrs.iter().map(AddrEntry::without_adjacency).collect(),
         domains: g.domains.clone(),
-        edges: g.edges.iter().map(|((s, r), e)| (*s, *r, *e)).collect(),
-        co: g.co.iter().map(|((s, a, b), c)| (*s, *a, *b, *c)).collect(),
-        sdom: g
-            .sender_domains
-            .iter()
-            .map(|((s, d), e)| (*s, *d, *e))
-            .collect(),
+        edges: g.edges_iter().map(|(s, r, e)| (s, r, *e)).collect(),
+        co: g.co_iter().collect(),
+        sdom: g.sdom_iter().map(|(s, d, e)| (s, d, *e)).collect(),
         threads: g.threads.iter().map(|(k, v)| (*k, v.clone())).collect(),
         subjects: g.subjects.iter().map(|(k, v)| (*k, v.clone())).collect(),
         att: g
@@ -531,12 +527,16 @@ pub fn open_graph(keys: &Keys, body: &[u8], cfg: &GraphConfig) -> Result<Graph, 
     }
     g.addrs = s.addrs;
     g.domains = s.domains;
-    g.edges = s.edges.into_iter().map(|(a, b, e)| ((a, b), e)).collect();
-    g.co =
-        s.co.into_iter()
-            .map(|(x, a, b, c)| ((x, a, b), c))
-            .collect();
-    g.sender_domains = s.sdom.into_iter().map(|(a, d, e)| ((a, d), e)).collect();
+    for (a, b, e) in s.edges {
+        g.load_edge(a, b, e);
+    }
+    for (x, a, b, c) in s.co {
+        g.load_co(x, a, b, c);
+    }
+    for (a, d, e) in s.sdom {
+        g.load_sdom(a, d, e);
+    }
+    g.finish_load();
     g.threads = s.threads.into_iter().collect();
     g.subjects = s.subjects.into_iter().collect();
     g.attachments = s.att.into_iter().map(|(a, h, v)| ((a, h), v)).collect();
