@@ -25,7 +25,7 @@ use misdirect::privacy::Keys;
 use misdirect::scorer::{ScoreInput, Scorer};
 use misdirect::server::{self, ServerDeps};
 use misdirect::shutdown;
-use misdirect::store::{GraphHandle, LearnEvent};
+use misdirect::store::{GraphHandle, LearnEvent, LearnKind};
 use tokio::net::TcpListener;
 
 const SENDERS: usize = 50;
@@ -59,6 +59,7 @@ fn event(i: usize) -> LearnEvent {
         },
         recipients: rc,
         ts: 1_790_000_000 + i as i64,
+        kind: LearnKind::Delivered,
     }
 }
 

@@ -37,7 +37,7 @@ use crate::privacy::LogNames;
 use crate::scorer::{ScoreError, ScoreInput, Scorer};
 use crate::smtp::reply::Reply;
 use crate::store::pg_spool::{HoldSpool, PgSpool};
-use crate::store::{GraphHandle, LearnEvent};
+use crate::store::{GraphHandle, LearnEvent, LearnKind};
 use crate::telemetry;
 use crate::verdict::{Action, Verdict};
 
@@ -711,6 +711,7 @@ impl Pipeline {
             meta: tx.meta.clone(),
             recipients,
             ts: tx.now,
+            kind: LearnKind::Delivered,
         };
         if let Err(e) = self.shared.graph.learn(ev) {
             metrics::counter!(telemetry::LEARN_DROPPED).increment(1);

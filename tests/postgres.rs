@@ -25,7 +25,7 @@ use misdirect::server::{self, ServerDeps};
 use misdirect::shutdown::{self, ShutdownTrigger};
 use misdirect::store::pg_spool::{ClaimOutcome, HoldSpool, PgSpool};
 use misdirect::store::postgres::{self, WireEvent};
-use misdirect::store::{GraphHandle, LearnEvent, Store};
+use misdirect::store::{GraphHandle, LearnEvent, LearnKind, Store};
 use misdirect::verdict::{Action, Verdict};
 use pg_support::PgCluster;
 use tokio::net::TcpListener;
@@ -161,6 +161,7 @@ fn event(from: &str, to: &[&str], ts: i64) -> LearnEvent {
         },
         recipients,
         ts,
+        kind: LearnKind::Delivered,
     }
 }
 

@@ -34,7 +34,7 @@ use crate::graph::Ts;
 use crate::message::{Field, MessageMeta, Recipient};
 use crate::outbound::spool::{new_id, HeldMeta, SpoolError};
 use crate::store::pg_spool::{ClaimOutcome, HoldSpool, SpoolClaim, CLAIM_LEASE};
-use crate::store::{GraphHandle, LearnEvent};
+use crate::store::{GraphHandle, LearnEvent, LearnKind};
 use crate::verdict::Verdict;
 
 /// Header added to a released message.
@@ -107,6 +107,22 @@ impl Drop for Claim {
 struct HeldClaim {
     spool: SpoolClaim,
     _local: Claim,
+}
+
+/// The recipients a verdict flagged: every one scoring at least 0.5 (more
+/// likely wrong than right), or the worst one when none does.
+pub fn flagged_recipients(v: &Verdict) -> Vec<&crate::verdict::RecipientScore> {
+    let mut out: Vec<_> = v.recipients.iter().filter(|r| r.score >= 0.5).collect();
+    if out.is_empty() {
+        if let Some(w) = v
+            .recipients
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+        {
+            out.push(w);
+        }
+    }
+    out
 }
 
 /// Who released or discarded a message.
@@ -207,6 +223,12 @@ impl HoldService {
             graph,
             scrub_logs: true,
         }
+    }
+
+    /// Learn releases and discards into `graph` (none: nothing is learnt).
+    pub fn with_graph(mut self, graph: Option<GraphHandle>) -> Self {
+        self.graph = graph;
+        self
     }
 
     /// Whether log lines scrub addresses from error text (next-hop replies);
@@ -485,16 +507,52 @@ impl HoldService {
         Ok(())
     }
 
-    /// Remove a held message without delivering it. It is not learnt, so its
-    /// recipients stay unknown for this sender and are flagged again.
+    /// Remove a held message without delivering it. An admin's discard is a
+    /// judgement: the graph learns that the flagged recipients (see
+    /// [`flagged_recipients`]) are wrong for this sender, and they score as
+    /// discarded until mail to them is delivered. A discard by expiry (the
+    /// sender did nothing) teaches nothing.
     pub async fn discard(&self, id: &str, by: Actor) -> Result<(), HoldError> {
         let claim = self.claim(id).await?;
+        let held = match by {
+            Actor::Admin => self.spool.get(id).await?,
+            _ => None,
+        };
         if !self.spool.remove_claimed(&claim.spool).await? {
             return Err(HoldError::NotFound(id.to_string()));
         }
         metrics::counter!("misdirect_hold_discarded_total", "by" => by.as_str()).increment(1);
         tracing::info!(hold_id = %id, by = by.as_str(), "Held message discarded.");
+        if let Some((meta, raw)) = held {
+            self.learn_discard(&meta, &raw, now());
+        }
         Ok(())
+    }
+
+    fn learn_discard(&self, meta: &HeldMeta, raw: &[u8], now: Ts) {
+        let Some(g) = &self.graph else { return };
+        let flagged = flagged_recipients(&meta.verdict);
+        if flagged.is_empty() {
+            return;
+        }
+        let recipients = flagged
+            .into_iter()
+            .map(|r| Recipient {
+                address: r.address.clone(),
+                name: None,
+                field: r.field,
+            })
+            .collect();
+        let ev = LearnEvent {
+            tenant: meta.tenant.clone(),
+            meta: MessageMeta::parse(raw, &self.norm),
+            recipients,
+            ts: now,
+            kind: LearnKind::Discarded,
+        };
+        if let Err(e) = g.learn(ev) {
+            tracing::warn!(hold_id = %meta.id, error = %e, "Discarded message not learnt.");
+        }
     }
 
     fn learn(&self, meta: &HeldMeta, raw: &[u8], now: Ts) {
@@ -527,6 +585,7 @@ impl HoldService {
             meta: parsed,
             recipients,
             ts: now,
+            kind: LearnKind::Delivered,
         };
         if let Err(e) = g.learn(ev) {
             tracing::warn!(hold_id = %meta.id, error = %e, "Released message not learnt.");

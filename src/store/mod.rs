@@ -219,6 +219,7 @@ pub fn log_purge(cutoff: Ts, counts: &[(String, PurgeCounts)]) {
             co_pairs = c.co_pairs,
             threads = c.threads,
             addresses = c.addresses,
+            discards = c.discards,
             "Retention removed associations last seen before the cutoff."
         );
     }
@@ -244,14 +245,60 @@ struct Persist {
     flush_lock: tokio::sync::Mutex<()>,
 }
 
+/// What a [`LearnEvent`] teaches the graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LearnKind {
+    /// The message was delivered: its sender writes to these recipients.
+    #[default]
+    Delivered,
+    /// The message was held and then discarded: these recipients were
+    /// wrong for this sender ([`Graph::learn_discard`]).
+    Discarded,
+}
+
 /// One message to learn from, owned so it can cross the queue.
 #[derive(Debug, Clone)]
 pub struct LearnEvent {
     pub tenant: String,
     pub meta: MessageMeta,
-    /// Every recipient (header recipients and envelope-only ones as Bcc).
+    /// Every recipient (header recipients and envelope-only ones as Bcc);
+    /// for a discard, the recipients judged wrong.
     pub recipients: Vec<Recipient>,
     pub ts: Ts,
+    pub kind: LearnKind,
+}
+
+/// Apply one learn event (delivered or discarded) to a tenant map.
+pub(crate) fn apply_event(
+    graphs: &mut HashMap<String, Graph>,
+    cfg: &GraphConfig,
+    tenant: &str,
+    meta: &MessageMeta,
+    recipients: &[Recipient],
+    ts: Ts,
+    kind: LearnKind,
+) {
+    let g = || Graph::new(cfg.clone());
+    match kind {
+        LearnKind::Delivered => {
+            if let Some(input) = LearnInput::from_meta(meta, recipients, ts) {
+                graphs
+                    .entry(tenant.to_string())
+                    .or_insert_with(g)
+                    .learn(&input);
+            }
+        }
+        LearnKind::Discarded => {
+            if let Some(sender) = meta.sender() {
+                let rcpts: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+                graphs
+                    .entry(tenant.to_string())
+                    .or_insert_with(g)
+                    .learn_discard(sender, &rcpts, ts);
+            }
+        }
+    }
 }
 
 impl LearnEvent {
@@ -262,11 +309,32 @@ impl LearnEvent {
 
     /// Apply to an in-memory tenant map.
     pub fn apply(&self, graphs: &mut HashMap<String, Graph>, cfg: &GraphConfig) {
-        if let Some(input) = LearnInput::from_meta(&self.meta, &self.recipients, self.ts) {
-            graphs
-                .entry(self.tenant.clone())
-                .or_insert_with(|| Graph::new(cfg.clone()))
-                .learn(&input);
+        apply_event(
+            graphs,
+            cfg,
+            &self.tenant,
+            &self.meta,
+            &self.recipients,
+            self.ts,
+            self.kind,
+        );
+    }
+
+    /// Every record applying this event changed (call after [`Self::apply`]).
+    pub fn touched(&self, g: &Graph, out: &mut HashSet<RecordKey>) {
+        match self.kind {
+            LearnKind::Delivered => {
+                if let Some(input) = self.input() {
+                    g.touched_by(&input, out);
+                }
+            }
+            LearnKind::Discarded => {
+                if let Some(sender) = self.meta.sender() {
+                    let rcpts: Vec<&str> =
+                        self.recipients.iter().map(|r| r.address.as_str()).collect();
+                    g.touched_by_discard(sender, &rcpts, out);
+                }
+            }
         }
     }
 }
@@ -521,8 +589,8 @@ async fn learn_task(
                 let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
                 for ev in batch.drain(..) {
                     ev.apply(&mut map, &cfg);
-                    if let (Some(input), Some(g)) = (ev.input(), map.get(&ev.tenant)) {
-                        g.touched_by(&input, pending.entry(ev.tenant.clone()).or_default());
+                    if let Some(g) = map.get(&ev.tenant) {
+                        ev.touched(g, pending.entry(ev.tenant.clone()).or_default());
                     }
                 }
             }

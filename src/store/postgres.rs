@@ -59,7 +59,7 @@ use super::{log_purge, purge_all, retention_cutoff, unix_now, ForgetReport, Grap
 use crate::config::store::{PgTls, StoreConfig};
 use crate::config::Config;
 use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, ThreadEntry};
-use crate::graph::{DomainStats, Graph, GraphConfig, LearnInput, Ts};
+use crate::graph::{DomainStats, Graph, GraphConfig, Ts};
 use crate::message::{MessageMeta, Recipient};
 use crate::privacy::Keys;
 
@@ -351,6 +351,9 @@ pub struct WireEvent {
     pub meta: MessageMeta,
     pub recipients: Vec<Recipient>,
     pub ts: Ts,
+    /// Absent in log entries written before discards were recorded.
+    #[serde(default)]
+    pub kind: super::LearnKind,
 }
 
 impl WireEvent {
@@ -361,16 +364,20 @@ impl WireEvent {
             meta: ev.meta,
             recipients: ev.recipients,
             ts: ev.ts,
+            kind: ev.kind,
         }
     }
 
     fn apply(&self, graphs: &mut HashMap<String, Graph>, cfg: &GraphConfig) {
-        if let Some(input) = LearnInput::from_meta(&self.meta, &self.recipients, self.ts) {
-            graphs
-                .entry(self.tenant.clone())
-                .or_insert_with(|| Graph::new(cfg.clone()))
-                .learn(&input);
-        }
+        super::apply_event(
+            graphs,
+            cfg,
+            &self.tenant,
+            &self.meta,
+            &self.recipients,
+            self.ts,
+            self.kind,
+        );
     }
 
     /// Every address the event names.
@@ -465,6 +472,9 @@ struct Snap {
     threads: Vec<(u64, ThreadEntry)>,
     subjects: Vec<(u64, ThreadEntry)>,
     att: Vec<(Id, u64, Vec<Id>)>,
+    /// Absent in snapshots written before discards were recorded.
+    #[serde(default)]
+    discards: Vec<(Id, Id, u32)>,
 }
 
 /// Seal a tenant graph: JSON, zlib, AES-256-GCM.
@@ -487,6 +497,7 @@ pub fn seal_graph(keys: &Keys, g: &Graph) -> Result<Vec<u8>, PgError> {
             .iter()
             .map(|((s, h), v)| (*s, *h, v.clone()))
             .collect(),
+        discards: g.discards.iter().map(|((s, r), t)| (*s, *r, *t)).collect(),
     };
     let json = serde_json::to_vec(&snap).map_err(|e| PgError::Corrupt(e.to_string()))?;
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -529,6 +540,11 @@ pub fn open_graph(keys: &Keys, body: &[u8], cfg: &GraphConfig) -> Result<Graph, 
     g.threads = s.threads.into_iter().collect();
     g.subjects = s.subjects.into_iter().collect();
     g.attachments = s.att.into_iter().map(|(a, h, v)| ((a, h), v)).collect();
+    g.discards = s
+        .discards
+        .into_iter()
+        .map(|(a, r, t)| ((a, r), t))
+        .collect();
     Ok(g)
 }
 
