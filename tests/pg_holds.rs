@@ -10,9 +10,10 @@ mod common;
 mod pg_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::binary::{free_port, DaemonProcess, Output};
 use common::{message, Client, Received, Sink};
 use pg_support::PgCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -22,14 +23,6 @@ const TOKEN: &str = "admin-token-0123456789";
 const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// The store, key file and hold settings every relay of the deployment
 /// shares (`shared`: the directory of the common key file), next hop `hop`.
@@ -47,18 +40,10 @@ fn common_sections(pg: &PgCluster, shared: &Path, hop: u16) -> String {
     )
 }
 
-/// One relay process; killed when dropped.
+/// One relay process (killed when dropped) and its admin API port.
 struct Daemon {
-    child: Child,
-    port: u16,
+    process: DaemonProcess,
     admin: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -74,32 +59,13 @@ impl Daemon {
         );
         let config = dir.join("misdirectd.toml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, port, admin };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).await.is_ok() && &b == b"220" {
-                    return d;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process =
+            tokio::task::block_in_place(|| DaemonProcess::spawn(&config, port, Output::Inherit));
+        Daemon { process, admin }
     }
 
     async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
-        let mut c = Client::greeted(([127, 0, 0, 1], self.port).into()).await;
+        let mut c = Client::greeted(self.process.addr()).await;
         c.expect("EHLO client.test", "250").await;
         let r = c.send_mail(from, to, msg).await;
         c.cmd("QUIT").await;
