@@ -10,9 +10,10 @@ mod common;
 mod pg_support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::binary::{free_port, DaemonProcess, Output};
 use common::{message, Client, Received, Sink};
 use pg_support::PgCluster;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -23,42 +24,27 @@ const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The store, key file and hold settings every relay of the deployment
-/// shares (`shared`: the directory of the common key file), next hop `hop`.
-fn common_sections(pg: &PgCluster, shared: &Path, hop: u16) -> String {
+/// shares (`shared`: the directory of the common key file), next hop `hop`,
+/// `hold_extra` appended to `[hold]`.
+fn common_sections(pg: &PgCluster, shared: &Path, hop: u16, hold_extra: &str) -> String {
     format!(
         "[relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\n\
          [store]\nbackend = \"postgres\"\nurl = \"{url}\"\nbatch_interval = \"100ms\"\nrefresh_interval = \"200ms\"\n\
          [privacy]\nkey_file = \"{k}/keys.json\"\nretention_days = 0\n\
          [policy]\nhold_at = 0.8\n\
          [hold]\nrelease_domain = \"confirm.acme.test\"\nsecret = \"shared-release-secret-0123456789\"\n\
-         next_hop = \"127.0.0.1:{hop}\"\n\
+         next_hop = \"127.0.0.1:{hop}\"\n{hold_extra}\
          [model]\nscorer = \"never-seen\"\n",
         url = pg.url(),
         k = shared.display()
     )
 }
 
-/// One relay process; killed when dropped.
+/// One relay process (killed when dropped) and its admin API port.
 struct Daemon {
-    child: Child,
-    port: u16,
+    process: DaemonProcess,
     admin: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Daemon {
@@ -74,32 +60,13 @@ impl Daemon {
         );
         let config = dir.join("misdirectd.toml");
         std::fs::write(&config, text).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, port, admin };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)).await {
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).await.is_ok() && &b == b"220" {
-                    return d;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process =
+            tokio::task::block_in_place(|| DaemonProcess::spawn(&config, port, Output::Inherit));
+        Daemon { process, admin }
     }
 
     async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
-        let mut c = Client::greeted(([127, 0, 0, 1], self.port).into()).await;
+        let mut c = Client::greeted(self.process.addr()).await;
         c.expect("EHLO client.test", "250").await;
         let r = c.send_mail(from, to, msg).await;
         c.cmd("QUIT").await;
@@ -242,9 +209,14 @@ struct Deployment {
 
 /// Two relays on one database, next hop `hop`.
 async fn two_relays(hop: u16) -> Deployment {
+    two_relays_with(hop, "").await
+}
+
+/// [`two_relays`] with more `[hold]` settings.
+async fn two_relays_with(hop: u16, hold_extra: &str) -> Deployment {
     let pg = PgCluster::start();
     let shared = tempfile::tempdir().unwrap();
-    let common = common_sections(&pg, shared.path(), hop);
+    let common = common_sections(&pg, shared.path(), hop, hold_extra);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let a = Daemon::start(da.path(), &common).await;
     let b = Daemon::start(db.path(), &common).await;
@@ -437,7 +409,41 @@ async fn hold_cli_lists_and_releases_from_the_shared_store() {
     assert!(!ok);
     assert!(err.contains("no held message"), "{err}");
     assert!(sink.nothing_more().await);
+    // show and discard on a hold made at A.
+    let (id, _, _) = d.a.hold("cli3", &mut sink).await;
+    let (ok, out, err) = tokio::task::block_in_place(|| run(&["hold", "show", &id]));
+    assert!(ok, "{err}");
+    assert!(out.contains("Subject: cli3"), "{out}");
+    assert!(!out.contains("Hello."), "the body must not be shown: {out}");
+    let (ok, out, err) = tokio::task::block_in_place(|| run(&["hold", "discard", &id]));
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("discarded {id}"));
+    assert!(sink.nothing_more().await, "a discarded message left");
+    assert!(d.b.holds().await.is_empty());
     // No directory spool was made: the holds live in the database only.
     assert!(!cli_dir.path().join("data/spool").exists());
     assert!(d.shared.path().join("keys.json").exists());
+}
+
+/// Both relays run the expiry task over the shared holds: an expired hold
+/// is released by one of them, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_hold_is_released_once_by_the_two_relays_expiry_tasks() {
+    let mut sink = Sink::start().await;
+    let d = two_relays_with(
+        sink.addr.port(),
+        "hold_lifetime = \"1s\"\nexpiry_interval = \"200ms\"\nexpiry_action = \"release\"\n",
+    )
+    .await;
+    d.a.teach(&mut sink).await;
+    for round in 0..3 {
+        let subject = format!("expiry{round}");
+        let (id, _, m) = d.a.hold(&subject, &mut sink).await;
+        assert_released(&sink.recv().await, &m, &subject, "expiry");
+        assert!(
+            sink.nothing_more().await,
+            "round {round}: the expired hold was released twice"
+        );
+        assert!(!d.b.holds().await.contains(&id));
+    }
 }

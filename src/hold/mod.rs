@@ -515,7 +515,10 @@ impl HoldService {
     pub async fn discard(&self, id: &str, by: Actor) -> Result<(), HoldError> {
         let claim = self.claim(id).await?;
         let held = match by {
-            Actor::Admin => self.spool.get(id).await?,
+            Actor::Admin => match self.spool.get(id).await {
+                Ok(h) => h,
+                Err(e) => return Err(self.unclaim(claim, e.into()).await),
+            },
             _ => None,
         };
         if !self.spool.remove_claimed(&claim.spool).await? {
