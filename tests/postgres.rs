@@ -944,3 +944,77 @@ async fn forget_and_export_commands_on_the_shared_store() {
     .await;
     assert_eq!(edge_total(&a, "alice@corp.test", "carol@corp.test"), 1);
 }
+
+/// `misdirectd import` on a postgres configuration writes through the
+/// shared learning log: a relay already running on the database sees the
+/// imported history within the refresh delay, and a second import of the
+/// same archive adds to the counts (an import is new mail, not a merge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_writes_into_the_shared_store() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pg_config(
+        "127.0.0.1:9".parse().unwrap(),
+        dir.path(),
+        dir.path(),
+        &pg.url(),
+    );
+    let (running, _task) = GraphHandle::open(&cfg, keys(&cfg)).await.unwrap();
+    let mbox = dir.path().join("sent.mbox");
+    let mut text = String::new();
+    for i in 0..30 {
+        text.push_str(&format!(
+            "From alice@corp.test Mon Nov 23 09:00:00 2026\nFrom: Alice <alice@corp.test>\nTo: bob@partner.test\nCc: carol@corp.test\nSubject: note {i}\nDate: Mon, {} Nov 2026 09:00:00 +0000\nMessage-ID: <n{i}@corp.test>\n\nbody\n\n",
+            1 + i % 28
+        ));
+    }
+    std::fs::write(&mbox, text).unwrap();
+    let file = dir.path().join("misdirectd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nbatch_interval = \"200ms\"\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n",
+            pg.url(),
+            cfg.privacy.key_file.display()
+        ),
+    )
+    .unwrap();
+    let import = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+            .args(["import", "--quiet", "--config"])
+            .arg(&file)
+            .arg(&mbox)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["messages"], 30, "{v}");
+        assert_eq!(v["bad"], 0, "{v}");
+    };
+    tokio::task::block_in_place(import);
+    until(
+        Duration::from_secs(20),
+        "the relay to see the import",
+        || edge_total(&running, "alice@corp.test", "bob@partner.test") == 30,
+    )
+    .await;
+    assert_eq!(
+        edge_total(&running, "alice@corp.test", "carol@corp.test"),
+        30
+    );
+    tokio::task::block_in_place(import);
+    until(Duration::from_secs(20), "the second import", || {
+        edge_total(&running, "alice@corp.test", "bob@partner.test") == 60
+    })
+    .await;
+    // A relay started afterwards loads it from the database.
+    let (fresh, _t) = GraphHandle::open(&cfg, keys(&cfg)).await.unwrap();
+    assert_eq!(
+        edge_total(&fresh, "alice@corp.test", "bob@partner.test"),
+        60
+    );
+}

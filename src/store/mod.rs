@@ -521,6 +521,12 @@ impl GraphHandle {
         })
     }
 
+    /// Queue a message for learning, waiting while the queue is full (for
+    /// bulk learning such as `import`; the relay uses [`Self::learn`]).
+    pub async fn learn_wait(&self, ev: LearnEvent) -> Result<(), LearnError> {
+        self.tx.send(ev).await.map_err(|_| LearnError::Closed)
+    }
+
     /// The shared PostgreSQL store behind this handle, if any.
     pub fn shared_store(&self) -> Option<&Arc<postgres::PgGraph>> {
         self.shared.as_ref()
