@@ -507,11 +507,12 @@ impl HoldService {
         Ok(())
     }
 
-    /// Remove a held message without delivering it. An admin's discard is a
-    /// judgement: the graph learns that the flagged recipients (see
-    /// [`flagged_recipients`]) are wrong for this sender, and they score as
-    /// discarded until mail to them is delivered. A discard by expiry (the
-    /// sender did nothing) teaches nothing.
+    /// Remove a held message without delivering it. An admin's discard of
+    /// a message held as a suspected misdirection is a judgement: the graph
+    /// learns that the flagged recipients (see [`flagged_recipients`]) are
+    /// wrong for this sender, and they score as discarded until mail to
+    /// them is delivered. A discard by expiry (the sender did nothing), or
+    /// of a message held for another reason, teaches nothing.
     pub async fn discard(&self, id: &str, by: Actor) -> Result<(), HoldError> {
         let claim = self.claim(id).await?;
         let held = match by {
@@ -534,6 +535,12 @@ impl HoldService {
 
     fn learn_discard(&self, meta: &HeldMeta, raw: &[u8], now: Ts) {
         let Some(g) = &self.graph else { return };
+        // Only a hold for a suspected misdirection is a judgement on its
+        // recipients (not, e.g., an encryption fallback for a recipient
+        // without a certificate).
+        if meta.verdict.action != crate::verdict::Action::Hold {
+            return;
+        }
         let flagged = flagged_recipients(&meta.verdict);
         if flagged.is_empty() {
             return;
