@@ -723,6 +723,9 @@ mod tests {
         let scorer = ModelScorer::new(model.clone());
         assert!(scorer.forest.is_some());
         assert_eq!(scorer.raw(&x).to_bits(), model.raw(&x).to_bits());
-        assert!((scorer.raw(&x) - 0.0).abs() < 1e-12, "mean leaf 0.5 is logit 0");
+        assert!(
+            (scorer.raw(&x) - 0.0).abs() < 1e-12,
+            "mean leaf 0.5 is logit 0"
+        );
     }
 }
