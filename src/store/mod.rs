@@ -539,7 +539,11 @@ impl GraphHandle {
 }
 
 /// Encode what is pending and commit it; on failure the records stay
-/// pending for the next round.
+/// pending for the next round. Encoding (which seals every record) and the
+/// commit both run on a blocking thread: the async workers that serve SMTP
+/// sessions never wait for them, and the graph's read lock held while
+/// encoding does not stop scoring (which reads too); only learning, in
+/// this task, waits.
 async fn flush(
     graphs: &Arc<RwLock<HashMap<String, Graph>>>,
     persist: &Arc<Persist>,
@@ -549,19 +553,28 @@ async fn flush(
         return;
     }
     let _guard = persist.flush_lock.lock().await;
-    let mut batch = Batch::default();
-    {
-        let map = graphs.read().unwrap_or_else(|p| p.into_inner());
-        for (t, keys) in pending.iter() {
-            if let Some(g) = map.get(t) {
-                persist.store.encode(&mut batch, t, g, keys.iter().copied());
+    // Learning waits for this function, so `pending` cannot change
+    // meanwhile: a copy goes to the blocking thread and the original is
+    // cleared once the commit succeeded.
+    let work = pending.clone();
+    let graphs = graphs.clone();
+    let p = persist.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut batch = Batch::default();
+        {
+            let map = graphs.read().unwrap_or_else(|p| p.into_inner());
+            for (t, keys) in work.iter() {
+                if let Some(g) = map.get(t) {
+                    p.store.encode(&mut batch, t, g, keys.iter().copied());
+                }
             }
         }
-    }
-    let p = persist.clone();
-    let records = batch.len();
-    match tokio::task::spawn_blocking(move || p.store.commit(batch)).await {
-        Ok(Ok(())) => {
+        let records = batch.len();
+        p.store.commit(batch).map(|()| records)
+    })
+    .await;
+    match done {
+        Ok(Ok(records)) => {
             pending.clear();
             tracing::debug!(records, "Graph changes committed.");
         }
