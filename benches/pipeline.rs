@@ -2,11 +2,16 @@
 //! parse → recipients → tenant → graph lookup → score → decide, for
 //! realistic messages with 1, 5 and 50 recipients against a synthetic
 //! organisation graph of about a million edges (`PIPELINE_BENCH_EDGES`
-//! changes the size). One thread: messages per second per core is
-//! 1 / (time per message).
+//! changes the size). Times are the thread's CPU time (see
+//! `common/cpu_time.rs`): messages per second per core is 1 / (time per
+//! message).
+
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
 
 use std::hint::black_box;
 
+use cpu_time::CpuTime;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use misdirect::address::{AddressConfig, Normalizer};
 use misdirect::config::{PolicyConfig, TenantsConfig};
@@ -71,7 +76,7 @@ fn message(sender: &str, rcpts: &[String]) -> Vec<u8> {
     m.into_bytes()
 }
 
-fn bench(c: &mut Criterion) {
+fn bench(c: &mut Criterion<CpuTime>) {
     let edges: usize = std::env::var("PIPELINE_BENCH_EDGES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -142,7 +147,7 @@ fn bench(c: &mut Criterion) {
 
 criterion_group! {
     name = benches;
-    config = Criterion::default().sample_size(30);
+    config = Criterion::default().with_measurement(CpuTime).sample_size(30);
     targets = bench
 }
 criterion_main!(benches);

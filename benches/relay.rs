@@ -22,7 +22,10 @@
 //! set-ups; `RELAY_BENCH_GRAPH_EDGES` (default 0) first fills misdirectd's
 //! store with a synthetic organisation of that many edges
 //! (`misdirectd graph synth`), so that the RSS figures show a loaded graph;
-//! `RELAY_BENCH_OUT` names a file for the results as JSON.
+//! `RELAY_BENCH_OUT` names a file for the results as JSON;
+//! `RELAY_BENCH_SIZES` (default `4,64`) picks message sizes in KiB;
+//! `RELAY_BENCH_MISDIRECTD` runs another misdirectd binary (an older build,
+//! to compare) instead of this one.
 //! Needs Debian's `postfix` (smtp-sink, smtp-source, postfix) and root (Postfix
 //! starts its daemons as root and drops to the `postfix` user).
 
@@ -207,7 +210,7 @@ fn start_misdirectd(port: u16, sink: u16, graph_edges: usize) -> Res<(Proc, temp
         eprintln!(
             "harness: filling misdirectd's store with a synthetic graph of ~{graph_edges} edges"
         );
-        let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        let out = Command::new(misdirectd_bin())
             .args([
                 "graph",
                 "synth",
@@ -227,7 +230,7 @@ fn start_misdirectd(port: u16, sink: u16, graph_edges: usize) -> Res<(Proc, temp
         }
         eprintln!("harness: {}", String::from_utf8_lossy(&out.stdout).trim());
     }
-    let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+    let child = Command::new(misdirectd_bin())
         .arg("serve")
         .arg("--config")
         .arg(&cfg)
@@ -242,6 +245,13 @@ fn start_misdirectd(port: u16, sink: u16, graph_edges: usize) -> Res<(Proc, temp
     };
     wait_port(port, "misdirectd")?;
     Ok((p, dir))
+}
+
+/// The misdirectd binary to run: `RELAY_BENCH_MISDIRECTD`, else this build's.
+fn misdirectd_bin() -> PathBuf {
+    std::env::var_os("RELAY_BENCH_MISDIRECTD")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_misdirectd")))
 }
 
 fn misdirectd_config(port: u16, sink: u16, data: &Path) -> String {
@@ -485,7 +495,15 @@ fn run() -> Res<()> {
         "{:>5} {:>7} {:>7} | {:>10} {:>10} {:>10} | {:>9} {:>9}",
         "conc", "size", "msgs", "direct", "postfix", "misdirectd", "md/pfx", "md/direct"
     );
-    for size in SIZES {
+    let sizes: Vec<usize> = match std::env::var("RELAY_BENCH_SIZES") {
+        Ok(v) => v
+            .split(',')
+            .filter_map(|k| k.trim().parse::<usize>().ok())
+            .map(|k| k * 1024)
+            .collect(),
+        Err(_) => SIZES.to_vec(),
+    };
+    for size in sizes {
         for conc in CONCURRENCY {
             let msgs = if size > 16 * 1024 { base / 2 } else { base }.max(conc);
             for &(name, port) in &setups {

@@ -3,8 +3,13 @@
 //! with 500 and 4,000 contacts of varied names, and a worst case of 500
 //! contacts whose addresses all differ in a few characters only (every one
 //! passes the lookalike pre-filters).
+//! Times are the thread's CPU time (see `common/cpu_time.rs`).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "common/cpu_time.rs"]
+mod cpu_time;
+
+use cpu_time::CpuTime;
 use criterion::{criterion_group, criterion_main, Criterion};
 use misdirect::classify::model::ModelScorer;
 use misdirect::graph::{Graph, GraphConfig, LearnInput};
@@ -163,7 +168,7 @@ fn graph(contacts: usize, addr: fn(usize) -> String) -> Graph {
     g
 }
 
-fn bench(c: &mut Criterion) {
+fn bench(c: &mut Criterion<CpuTime>) {
     let scorer = ModelScorer::shipped().unwrap();
     let cases: [(&str, usize, AddrFn); 3] = [
         ("varied", 500, varied),
@@ -205,5 +210,9 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+criterion_group! {
+    name = benches;
+    config = Criterion::default().with_measurement(CpuTime);
+    targets = bench
+}
 criterion_main!(benches);

@@ -22,6 +22,7 @@ use tracing::{error, info, warn, Instrument};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Normalizer;
+use crate::config::store::StoreBackend;
 use crate::config::{Config, EncryptFallback};
 use crate::encrypt::Encryptor;
 use crate::envelope::Envelope;
@@ -35,7 +36,8 @@ use crate::policy::{Context, FailAction, Policy};
 use crate::privacy::LogNames;
 use crate::scorer::{ScoreError, ScoreInput, Scorer};
 use crate::smtp::reply::Reply;
-use crate::store::{GraphHandle, LearnEvent};
+use crate::store::pg_spool::{HoldSpool, PgSpool};
+use crate::store::{GraphHandle, LearnEvent, LearnKind};
 use crate::telemetry;
 use crate::verdict::{Action, Verdict};
 
@@ -117,8 +119,21 @@ fn now_ts() -> Ts {
 
 impl Pipeline {
     /// Build from a validated configuration: loads the TLS files, opens the
-    /// hold spool under `server.data_dir`, sets up the next-hop transport.
+    /// hold spool (the directory under `server.data_dir`, or with
+    /// `store.backend = "postgres"` the shared store's `held` table), sets
+    /// up the next-hop transport.
     pub async fn build(cfg: Config, shared: Shared) -> Result<Pipeline, BuildError> {
+        Pipeline::build_with(cfg, shared, None).await
+    }
+
+    /// [`build`](Self::build), reusing `previous`'s PostgreSQL hold spool
+    /// (its connection pool) when both are on the shared store, so that a
+    /// reload needs no new connection.
+    async fn build_with(
+        cfg: Config,
+        shared: Shared,
+        previous: Option<&HoldSpool>,
+    ) -> Result<Pipeline, BuildError> {
         let mut errs = Vec::new();
         cfg.validate_into(&mut errs);
         if !errs.is_empty() {
@@ -128,10 +143,24 @@ impl Pipeline {
             (Some(c), Some(k)) => Some(crate::tls::load_server_config(c, k).await?),
             _ => None,
         };
-        let spool_dir = cfg.hold_spool_dir();
-        let spool = Spool::open(&spool_dir, shared.graph.keys().clone())
-            .await
-            .map_err(|e| BuildError::Spool(spool_dir.display().to_string(), e))?;
+        let spool = match (cfg.store.backend, previous) {
+            (StoreBackend::Postgres, Some(HoldSpool::Postgres(p))) => {
+                HoldSpool::Postgres(p.clone())
+            }
+            (StoreBackend::Postgres, _) => HoldSpool::Postgres(
+                PgSpool::connect(&cfg.store, shared.graph.keys().clone())
+                    .await
+                    .map_err(|e| BuildError::Spool("in the shared store".into(), e))?,
+            ),
+            (StoreBackend::Embedded, _) => {
+                let spool_dir = cfg.hold_spool_dir();
+                HoldSpool::Dir(
+                    Spool::open(&spool_dir, shared.graph.keys().clone())
+                        .await
+                        .map_err(|e| BuildError::Spool(spool_dir.display().to_string(), e))?,
+                )
+            }
+        };
         let relay = Relay::new(&cfg.relay, &cfg.server.hostname)?;
         let norm = Normalizer::new(cfg.addresses.clone());
         let logs = LogNames::new(shared.graph.keys().clone(), cfg.privacy.pseudonymise_logs);
@@ -174,7 +203,7 @@ impl Pipeline {
     }
 
     /// The hold spool.
-    pub fn spool(&self) -> &Spool {
+    pub fn spool(&self) -> &HoldSpool {
         self.hold.spool()
     }
 
@@ -682,6 +711,7 @@ impl Pipeline {
             meta: tx.meta.clone(),
             recipients,
             ts: tx.now,
+            kind: LearnKind::Delivered,
         };
         if let Err(e) = self.shared.graph.learn(ev) {
             metrics::counter!(telemetry::LEARN_DROPPED).increment(1);
@@ -953,7 +983,10 @@ impl PipelineCell {
     /// Reload from configuration text (`source` names it in log lines).
     pub async fn reload_toml(&self, text: &str, source: &str) -> Result<(), BuildError> {
         let built = match Config::from_toml(text) {
-            Ok(cfg) => Pipeline::build(cfg, self.shared.clone()).await,
+            Ok(cfg) => {
+                let current = self.current();
+                Pipeline::build_with(cfg, self.shared.clone(), Some(current.spool())).await
+            }
             Err(e) => Err(e.into()),
         };
         match built {

@@ -15,9 +15,10 @@ fn write_config(dir: &Path, sink: std::net::SocketAddr, extra: &str) -> std::pat
     std::fs::write(
         &p,
         format!(
-            "[model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n{extra}\n[hold]\nspool_dir = {:?}\nrelease_domain = \"confirm.acme.test\"\nsecret = \"{SECRET}\"\nnext_hop = \"{sink}\"\n[privacy]\nkey_file = {:?}\n",
+            "[model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n{extra}\n[hold]\nspool_dir = {:?}\nrelease_domain = \"confirm.acme.test\"\nsecret = \"{SECRET}\"\nnext_hop = \"{sink}\"\n[privacy]\nkey_file = {:?}\n[store]\npath = {:?}\n",
             dir.join("hold").display().to_string(),
-            dir.join("keys.json").display().to_string()
+            dir.join("keys.json").display().to_string(),
+            dir.join("graph.redb").display().to_string()
         ),
     )
     .unwrap();
@@ -109,6 +110,58 @@ async fn hold_cli_lists_shows_releases_discards() {
     let (ok, _, err) = misdirectd(&["hold", "-c", c, "show", "../../etc/passwd"]);
     assert!(!ok);
     assert!(err.contains("invalid hold id"), "{err}");
+    sink.assert_empty();
+}
+
+/// With the daemon stopped, `hold discard` and `hold release` open the
+/// graph store themselves: the discard is remembered for the flagged
+/// recipient, and a later release of mail to it is learnt and supersedes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hold_cli_discard_and_release_teach_the_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink().await;
+    let cfg_path = write_config(dir.path(), sink.addr, "");
+    let c = cfg_path.to_str().unwrap();
+    let svc = service(hold_config(dir.path(), sink.addr), None).await;
+    let now = misdirect::hold::now();
+    let a = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), now)
+        .await
+        .unwrap();
+    let (ok, out, err) = misdirectd(&["hold", "-c", c, "discard", &a.id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("discarded {}", a.id));
+    let cfg = misdirect::config::Config::load(&cfg_path).unwrap();
+    let graph = |cfg: &misdirect::config::Config| {
+        let keys = std::sync::Arc::new(
+            misdirect::privacy::Keys::load_or_create(&cfg.privacy.key_file).unwrap(),
+        );
+        let store = misdirect::store::Store::open(cfg, keys).unwrap();
+        store.load(&cfg.graph).unwrap().remove("default").unwrap()
+    };
+    {
+        use misdirect::graph::GraphView;
+        let g = graph(&cfg);
+        // Only the flagged recipient (0.93) is marked, not bob@partner.test.
+        assert!(g.discarded("alice@acme.test", "bob@rival.test").is_some());
+        assert_eq!(g.discarded("alice@acme.test", "bob@partner.test"), None);
+        assert!(g.edge("alice@acme.test", "bob@rival.test").is_none());
+    }
+
+    let b = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), now + 1)
+        .await
+        .unwrap();
+    let (ok, out, err) = misdirectd(&["hold", "-c", c, "release", &b.id]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), format!("released {}", b.id));
+    assert!(sink.next().await.raw.ends_with(ORIGINAL));
+    {
+        use misdirect::graph::GraphView;
+        let g = graph(&cfg);
+        assert_eq!(g.edge("alice@acme.test", "bob@rival.test").unwrap().to, 1);
+        assert_eq!(g.discarded("alice@acme.test", "bob@rival.test"), None);
+    }
     sink.assert_empty();
 }
 

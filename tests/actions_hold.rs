@@ -315,3 +315,56 @@ async fn concurrent_releases_deliver_once() {
     }
     assert!(delivered <= 1, "delivered {delivered} times");
 }
+
+/// Which discards teach the graph: an admin's discard of a suspected
+/// misdirection marks the flagged recipient only; an expiry discard and a
+/// discard of an encryption-fallback hold mark nothing.
+#[tokio::test]
+async fn only_an_admins_discard_of_a_suspected_misdirection_is_learnt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink().await;
+    let (graph, _task) =
+        GraphHandle::in_memory(GraphConfig::default(), TenantsConfig::default(), 16);
+    let svc = service(hold_config(dir.path(), sink.addr), Some(graph.clone())).await;
+    let discarded =
+        |g: &GraphHandle, r: &str| g.with_view("default", |v| v.discarded("alice@acme.test", r));
+    let settle = || tokio::time::sleep(std::time::Duration::from_millis(100));
+
+    // Expiry: nothing learnt.
+    let a = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), T0)
+        .await
+        .unwrap();
+    assert_eq!(svc.expire(T0 + 7201).await.unwrap()[0].id, a.id);
+    settle().await;
+    assert_eq!(discarded(&graph, "bob@rival.test"), None);
+
+    // An encryption fallback hold: nothing learnt.
+    let mut enc = verdict();
+    enc.action = misdirect::verdict::Action::Encrypt;
+    let b = svc
+        .hold("default", &envelope(), ORIGINAL, &enc, T0)
+        .await
+        .unwrap();
+    svc.discard(&b.id, Actor::Admin).await.unwrap();
+    settle().await;
+    assert_eq!(discarded(&graph, "bob@rival.test"), None);
+
+    // A suspected misdirection: the flagged recipient (0.93) only.
+    let c = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), T0)
+        .await
+        .unwrap();
+    svc.discard(&c.id, Actor::Admin).await.unwrap();
+    let mut marked = None;
+    for _ in 0..100 {
+        marked = discarded(&graph, "bob@rival.test");
+        if marked.is_some() {
+            break;
+        }
+        settle().await;
+    }
+    assert!(marked.is_some());
+    assert_eq!(discarded(&graph, "bob@partner.test"), None);
+    sink.assert_empty();
+}

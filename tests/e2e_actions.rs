@@ -9,9 +9,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::binary::{free_port, DaemonProcess, Output};
 use common::{message, split_trace, Client, Received, Sink};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -20,27 +21,11 @@ const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// The daemon binary on a config in a temp dir; killed when dropped.
 struct Daemon {
-    child: Child,
-    port: u16,
+    proc: DaemonProcess,
     admin: u16,
     config: PathBuf,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// Configuration: next hop at `hop`, state under `dir`, `sections` appended
@@ -71,62 +56,32 @@ impl Daemon {
     }
 
     async fn spawn(config: PathBuf, port: u16, admin: u16) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon {
-            child,
-            port,
+        let c = config.clone();
+        let proc =
+            tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c, port, Output::Inherit))
+                .await
+                .unwrap();
+        Daemon {
+            proc,
             admin,
             config,
-        };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).await.is_ok() && &b == b"220" {
-                    return d;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
+        self.proc.addr()
     }
 
     fn signal(&self, sig: &str) {
-        let st = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
+        self.proc.signal(sig)
     }
 
-    /// SIGTERM and wait for a clean exit.
-    async fn terminate(mut self) {
-        self.signal("-TERM");
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// SIGTERM and wait for a clean exit (the next hop keeps running).
+    async fn terminate(self) {
+        let proc = self.proc;
+        tokio::task::spawn_blocking(move || proc.terminate())
+            .await
+            .unwrap();
     }
 
     /// One message over SMTP; the final reply.
@@ -173,6 +128,34 @@ impl Daemon {
     /// Teach the graph that alice writes to bob (delivered at once: alice
     /// has no history yet), and wait until the daemon scores a stranger
     /// from alice 0.9.
+    /// Send ALICE -> STRANGER with this subject, which must be held; the
+    /// message and the hold id.
+    async fn hold_stranger(&self, subject: &str) -> (Vec<u8>, String) {
+        let m = message(ALICE, STRANGER, subject);
+        let r = self.send(ALICE, &[STRANGER], &m).await;
+        let id = r.strip_prefix("250 2.0.0 Held as ");
+        assert!(id.is_some(), "{r}");
+        (m, id.unwrap_or_default().trim().to_string())
+    }
+
+    /// `POST /check` until the verdict satisfies `ok` (the daemon learns
+    /// asynchronously); that verdict, or `None` after about six seconds.
+    async fn check_until(
+        &self,
+        msg: &[u8],
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        for _ in 0..300 {
+            let (st, v) = self.http("POST", "/check", Some(TOKEN), msg).await;
+            assert_eq!(st, 200, "{v}");
+            if ok(&v["verdict"]) {
+                return Some(v["verdict"].clone());
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
     async fn teach(&self, sink: &mut Sink) {
         self.teach_from(ALICE, sink).await
     }
@@ -185,15 +168,10 @@ impl Daemon {
         assert!(r.starts_with("250 "), "{r}");
         sink.recv().await;
         let probe = message(sender, STRANGER, "probe");
-        for _ in 0..300 {
-            let (st, v) = self.http("POST", "/check", Some(TOKEN), &probe).await;
-            assert_eq!(st, 200, "{v}");
-            if v["verdict"]["score"].as_f64() == Some(0.9) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the delivered message was never learnt");
+        let learnt = self
+            .check_until(&probe, |v| v["score"].as_f64() == Some(0.9))
+            .await;
+        assert!(learnt.is_some(), "the delivered message was never learnt");
     }
 }
 
@@ -237,9 +215,7 @@ async fn hold_reply_release_learns_and_survives_restart() {
     d.teach(&mut sink).await;
 
     // A message to a stranger is held; the sender's notice reaches the next hop.
-    let m = message(ALICE, STRANGER, "q3-figures");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let (m, _) = d.hold_stranger("q3-figures").await;
     let notice = sink.recv().await;
     assert_eq!(notice.mail_from, "");
     assert_eq!(notice.rcpt_to, vec![ALICE.to_string()]);
@@ -266,16 +242,8 @@ async fn hold_reply_release_learns_and_survives_restart() {
 
     // Released means learnt: the same pair now goes straight through.
     let again = message(ALICE, STRANGER, "q3-followup");
-    let mut delivered = false;
-    for _ in 0..100 {
-        let (_, v) = d.http("POST", "/check", Some(TOKEN), &again).await;
-        if v["verdict"]["action"] == "deliver" {
-            delivered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(delivered, "the release was not learnt");
+    let delivered = d.check_until(&again, |v| v["action"] == "deliver").await;
+    assert!(delivered.is_some(), "the release was not learnt");
     let r = d.send(ALICE, &[STRANGER], &again).await;
     assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
     let (trace, body) = split_trace(&sink.recv().await.data);
@@ -284,7 +252,7 @@ async fn hold_reply_release_learns_and_survives_restart() {
 
     // Learning survives a restart (persistent store), and so does the
     // generated release-token secret.
-    let (config, port, admin) = (d.config.clone(), d.port, d.admin);
+    let (config, port, admin) = (d.config.clone(), d.proc.port, d.admin);
     d.terminate().await;
     let secret = std::fs::metadata(dir.path().join("data/hold.secret")).unwrap();
     assert_eq!(
@@ -317,9 +285,7 @@ async fn forged_foreign_and_expired_replies_release_nothing() {
     )
     .await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "held");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    d.hold_stranger("held").await;
     let release = release_address(&sink.recv().await);
 
     // Forged: one character of the token changed.
@@ -460,9 +426,7 @@ async fn expired_holds_are_released_by_the_expiry_task() {
     )
     .await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "expiring");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let (m, _) = d.hold_stranger("expiring").await;
     sink.recv().await; // the notice
     assert_released(&sink.recv().await, &m, "expiry");
     // The spool entry is removed only after the next hop accepted the
@@ -587,9 +551,7 @@ async fn encrypt_without_certificate_holds_by_default() {
     )
     .await;
     d.teach(&mut sink).await;
-    let m = message(ALICE, STRANGER, "nocert");
-    let r = d.send(ALICE, &[STRANGER], &m).await;
-    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    d.hold_stranger("nocert").await;
     let notice = sink.recv().await;
     assert_eq!(notice.rcpt_to, vec![ALICE.to_string()]);
     assert!(sink.nothing_more().await);
@@ -716,5 +678,81 @@ async fn scoring_failure_fail_open_and_fail_closed() {
     let r = d.send(ALICE, &["b@example.org"], m).await;
     assert!(r.starts_with("451 4.3.0"), "{r}");
     assert!(sink.nothing_more().await);
+    d.terminate().await;
+}
+
+/// An admin's discard is a judgement the daemon remembers: the same pair
+/// is held again with a score of at least 0.99 and a reason naming the
+/// discard; `misdirectd hold release` (through the running daemon's admin
+/// API) then delivers it and the daemon learns the pair is fine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discard_is_remembered_and_cli_release_through_the_daemon_is_learnt() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    let d = Daemon::start(dir.path(), sink.addr.port(), HOLD).await;
+    d.teach(&mut sink).await;
+    let (_, id) = d.hold_stranger("first-try").await;
+    sink.recv().await; // the notice
+    let (st, v) = d
+        .http("POST", &format!("/holds/{id}/discard"), Some(TOKEN), b"")
+        .await;
+    assert_eq!(st, 200, "{v}");
+
+    // The next message to the pair is scored with the discard in mind.
+    let again = message(ALICE, STRANGER, "second-try");
+    let verdict = d
+        .check_until(&again, |v| v["score"].as_f64() == Some(0.99))
+        .await
+        .expect("the discard was never learnt");
+    assert_eq!(verdict["action"], "hold", "{verdict}");
+    let reason = verdict["recipients"][0]["reasons"][0].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "an earlier message from you to {STRANGER} was held and then discarded by an administrator on "
+        )),
+        "{reason}"
+    );
+    let r = d.send(ALICE, &[STRANGER], &again).await;
+    assert!(r.starts_with("250 2.0.0 Held as "), "{r}");
+    let id2 = r
+        .trim_start_matches("250 2.0.0 Held as ")
+        .trim()
+        .to_string();
+    let notice = sink.recv().await;
+    let text = mail_parser::MessageParser::default()
+        .parse(&notice.data[..])
+        .and_then(|m| m.body_text(0).map(|t| t.into_owned()))
+        .unwrap();
+    assert!(text.contains("discarded by an administrator"), "{text}");
+
+    // The admin (CLI, daemon running with [admin]) releases it: delivered
+    // by the daemon, which learns the pair.
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["hold", "-c"])
+        .arg(&d.config)
+        .args(["release", &id2])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.starts_with(&format!("released {id2} (by the daemon at ")),
+        "{said}"
+    );
+    assert_released(&sink.recv().await, &again, "admin");
+    let third = message(ALICE, STRANGER, "third");
+    let delivered = d.check_until(&third, |v| v["action"] == "deliver").await;
+    assert!(
+        delivered.is_some(),
+        "the release through the CLI was not learnt"
+    );
+    let r = d.send(ALICE, &[STRANGER], &third).await;
+    assert!(r.starts_with("250 2.0.0 "), "{r}");
+    assert!(!r.contains("Held"), "{r}");
+    sink.recv().await;
     d.terminate().await;
 }

@@ -14,7 +14,7 @@ use misdirect::graph::GraphView;
 use misdirect::message::MessageMeta;
 use misdirect::privacy::Keys;
 use misdirect::scorer::{ScoreInput, Scorer};
-use misdirect::store::{GraphHandle, LearnEvent, Store};
+use misdirect::store::{GraphHandle, LearnEvent, LearnKind, Store};
 
 fn event(handle: &GraphHandle, m: &Msg<'_>) -> LearnEvent {
     let meta = MessageMeta::parse(
@@ -26,6 +26,7 @@ fn event(handle: &GraphHandle, m: &Msg<'_>) -> LearnEvent {
         recipients: meta.recipients.clone(),
         meta,
         ts: m.ts,
+        kind: LearnKind::Delivered,
     }
 }
 
@@ -392,4 +393,94 @@ async fn records_learnt_across_restarts_update_the_same_store_keys() {
     assert_eq!(get("co"), 66);
     assert_eq!(get("edge"), 12);
     assert_eq!(get("addr"), 13);
+}
+
+/// A discarded hold is remembered durably: the pair reads as discarded
+/// after a restart, is exported, stops counting once mail to it is
+/// delivered, and is erased with the address.
+#[tokio::test]
+async fn discarded_pairs_persist_until_delivery_and_are_erasable() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = load_config(&write_config(dir.path(), ""));
+    let t0 = 1_700_000_000;
+    let (h, task) = open(&cfg).await;
+    h.learn(event(
+        &h,
+        &msg("alice@corp.test", &["bob@corp.test"], &[], t0, 0),
+    ))
+    .unwrap();
+    let discard = |h: &GraphHandle, ts: i64, n: usize| {
+        let mut ev = event(
+            h,
+            &msg("alice@corp.test", &["mallory@else.test"], &[], ts, n),
+        );
+        ev.kind = LearnKind::Discarded;
+        ev
+    };
+    h.learn(discard(&h, t0 + 120, 1)).unwrap();
+    drop(h);
+    task.await.unwrap();
+
+    let (h, task) = open(&cfg).await;
+    h.with_view("default", |g| {
+        assert_eq!(
+            g.discarded("alice@corp.test", "mallory@else.test"),
+            Some(t0 + 120)
+        );
+        // A discard teaches nothing else: no edge, no co-recipients.
+        assert!(g.edge("alice@corp.test", "mallory@else.test").is_none());
+        assert_eq!(g.discarded("alice@corp.test", "bob@corp.test"), None);
+        assert_eq!(g.discarded("bob@corp.test", "mallory@else.test"), None);
+    });
+    let export = {
+        let map = h.graphs().read().unwrap();
+        map["default"].export("mallory@else.test").unwrap()
+    };
+    assert_eq!(
+        export["discarded_holds"][0]["sender"], "alice@corp.test",
+        "{export}"
+    );
+    // Mail delivered to the pair later supersedes the discard.
+    h.learn(event(
+        &h,
+        &msg("alice@corp.test", &["mallory@else.test"], &[], t0 + 600, 2),
+    ))
+    .unwrap();
+    let mut superseded = false;
+    for _ in 0..100 {
+        superseded = h.with_view("default", |g| {
+            g.discarded("alice@corp.test", "mallory@else.test")
+                .is_none()
+        });
+        if superseded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(superseded);
+    // A new discard after that delivery counts again; erasure removes it.
+    h.learn(discard(&h, t0 + 900, 3)).unwrap();
+    drop(h);
+    task.await.unwrap();
+    let (h, task) = open(&cfg).await;
+    h.with_view("default", |g| {
+        assert_eq!(
+            g.discarded("alice@corp.test", "mallory@else.test"),
+            Some(t0 + 900)
+        );
+    });
+    h.forget("mallory@else.test").await.unwrap();
+    drop(h);
+    task.await.unwrap();
+    let (h, task) = open(&cfg).await;
+    h.with_view("default", |g| {
+        assert_eq!(g.discarded("alice@corp.test", "mallory@else.test"), None);
+    });
+    let counts = {
+        let map = h.graphs().read().unwrap();
+        map["default"].discard_count()
+    };
+    assert_eq!(counts, 0);
+    drop(h);
+    task.await.unwrap();
 }

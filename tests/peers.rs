@@ -6,10 +6,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::binary::{free_port, DaemonProcess as Daemon, Output};
 use common::{Client, Sink};
 
 /// The path of a Debian tool, or a failure naming its package.
@@ -23,14 +24,6 @@ fn tool(name: &str, package: &str) -> PathBuf {
     panic!("{name} not found: install it with `apt-get install -y {package}`");
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
@@ -39,89 +32,27 @@ fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// The daemon binary with a config file; killed when dropped.
-struct Daemon {
-    child: Child,
-    port: u16,
+/// `extra` goes into `[server]`. Scores with the "never emailed before"
+/// baseline, so that a stranger is held deterministically.
+fn spawn_daemon(dir: &Path, hop_port: u16, extra: &str) -> Daemon {
+    spawn_daemon_with(dir, hop_port, extra, "enabled = false\n")
 }
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    fn spawn(dir: &Path, hop_port: u16, extra: &str) -> Daemon {
-        Daemon::spawn_with(dir, hop_port, extra, "enabled = false\n")
-    }
-
-    /// `extra` goes into `[server]`, `metrics` into `[metrics]`. Scores with
-    /// the "never emailed before" baseline, so that a stranger is held
-    /// deterministically.
-    fn spawn_with(dir: &Path, hop_port: u16, extra: &str, metrics: &str) -> Daemon {
-        let port = free_port();
-        let cfg = format!(
-            "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{}\"\nmax_connections = 64\n{extra}\n\
-             [relay]\nhost = \"127.0.0.1\"\nport = {hop_port}\ntls = \"none\"\npool_size = 8\n\
-             [store]\npath = \"{data}/graph.redb\"\n[privacy]\nkey_file = \"{data}/keys.json\"\n\
-             [metrics]\n{metrics}[log]\nlevel = \"warn\"\n\
-             [model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n",
-            dir.join("data").display(),
-            data = dir.join("data").display()
-        );
-        let path = dir.join("misdirectd.toml");
-        std::fs::write(&path, cfg).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["serve", "--config"])
-            .arg(&path)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, port };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-                use std::io::Read;
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).is_ok() && &b == b"220" {
-                    return d;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        ([127, 0, 0, 1], self.port).into()
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    fn terminate(mut self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
+/// [`spawn_daemon`] with `metrics` in `[metrics]`.
+fn spawn_daemon_with(dir: &Path, hop_port: u16, extra: &str, metrics: &str) -> Daemon {
+    let port = free_port();
+    let cfg = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{}\"\nmax_connections = 64\n{extra}\n\
+         [relay]\nhost = \"127.0.0.1\"\nport = {hop_port}\ntls = \"none\"\npool_size = 8\n\
+         [store]\npath = \"{data}/graph.redb\"\n[privacy]\nkey_file = \"{data}/keys.json\"\n\
+         [metrics]\n{metrics}[log]\nlevel = \"warn\"\n\
+         [model]\nscorer = \"never-seen\"\n[policy]\nhold_at = 0.8\n",
+        dir.join("data").display(),
+        data = dir.join("data").display()
+    );
+    let path = dir.join("misdirectd.toml");
+    std::fs::write(&path, cfg).unwrap();
+    Daemon::spawn(&path, port, Output::Inherit)
 }
 
 fn count_files(dir: &Path) -> usize {
@@ -161,7 +92,7 @@ fn postfix_smtp_source_through_misdirectd_to_smtp_sink() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let daemon = Daemon::spawn(dir.path(), sink_port, "");
+    let daemon = spawn_daemon(dir.path(), sink_port, "");
     let messages = 3000;
     let st = Command::new(&source)
         .args(["-s", "20", "-m", &messages.to_string(), "-l", "2000"])
@@ -209,7 +140,7 @@ async fn swaks_starttls_through_the_daemon() {
         key.display()
     );
     let metrics_port = free_port();
-    let daemon = Daemon::spawn_with(
+    let daemon = spawn_daemon_with(
         dir.path(),
         sink.addr.port(),
         &extra,
@@ -273,7 +204,7 @@ async fn swaks_starttls_through_the_daemon() {
 async fn kill_9_under_load_loses_no_acknowledged_message() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = Sink::start().await;
-    let mut daemon = Daemon::spawn(dir.path(), sink.addr.port(), "");
+    let daemon = spawn_daemon(dir.path(), sink.addr.port(), "");
     let addr = daemon.addr();
 
     // Give alice a history so messages to strangers are held.
@@ -336,8 +267,7 @@ async fn kill_9_under_load_loses_no_acknowledged_message() {
     while acked.lock().unwrap().len() < 200 && start.elapsed() < Duration::from_secs(60) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    daemon.child.kill().unwrap(); // SIGKILL
-    daemon.child.wait().unwrap();
+    daemon.kill_9();
     for t in tasks {
         t.await.unwrap();
     }
@@ -410,15 +340,9 @@ fn greeting(port: u16) -> String {
 #[test]
 fn sighup_reloads_and_keeps_the_old_config_when_the_new_one_is_bad() {
     let dir = tempfile::tempdir().unwrap();
-    let daemon = Daemon::spawn(dir.path(), free_port(), "");
+    let daemon = spawn_daemon(dir.path(), free_port(), "");
     let path = dir.path().join("misdirectd.toml");
-    let hup = |d: &Daemon| {
-        let st = Command::new("kill")
-            .args(["-HUP", &d.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-    };
+    let hup = |d: &Daemon| d.signal("-HUP");
     let wait_for = |port: u16, want: &str| {
         let start = Instant::now();
         loop {

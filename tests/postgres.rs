@@ -23,9 +23,9 @@ use misdirect::privacy::Keys;
 use misdirect::scorer::{ScoreInput, Scorer};
 use misdirect::server::{self, ServerDeps};
 use misdirect::shutdown::{self, ShutdownTrigger};
-use misdirect::store::pg_spool::{HoldSpool, PgSpool};
+use misdirect::store::pg_spool::{ClaimOutcome, HoldSpool, PgSpool};
 use misdirect::store::postgres::{self, WireEvent};
-use misdirect::store::{GraphHandle, LearnEvent, Store};
+use misdirect::store::{GraphHandle, LearnEvent, LearnKind, Store};
 use misdirect::verdict::{Action, Verdict};
 use pg_support::PgCluster;
 use tokio::net::TcpListener;
@@ -161,6 +161,7 @@ fn event(from: &str, to: &[&str], ts: i64) -> LearnEvent {
         },
         recipients,
         ts,
+        kind: LearnKind::Delivered,
     }
 }
 
@@ -380,6 +381,63 @@ async fn a_hold_made_on_one_relay_is_released_on_the_other() {
         .unwrap();
     assert_eq!(ds.list().await.unwrap().len(), 1);
     assert!(ds.remove(&id).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_claim_is_held_by_one_relay_until_removed_given_up_or_lapsed() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pg_config(
+        "127.0.0.1:9".parse().unwrap(),
+        dir.path(),
+        dir.path(),
+        &pg.url(),
+    );
+    let k = keys(&cfg);
+    let a = HoldSpool::Postgres(PgSpool::connect(&cfg.store, k.clone()).await.unwrap());
+    let b = HoldSpool::Postgres(PgSpool::connect(&cfg.store, k.clone()).await.unwrap());
+    let raw = b"From: <alice@corp.test>\r\n\r\nbody\r\n";
+    let id = new_id(1_700_000_000);
+    a.put(&held_meta(&id, "alice@corp.test", "eve@new.test"), raw)
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(600);
+    let ClaimOutcome::Claimed(ca) = a.claim(&id, lease).await.unwrap() else {
+        panic!("first claim refused");
+    };
+    // Claimed by A: B is told it is busy, and still sees the hold.
+    assert_eq!(b.claim(&id, lease).await.unwrap(), ClaimOutcome::Busy);
+    assert_eq!(a.claim(&id, lease).await.unwrap(), ClaimOutcome::Busy);
+    assert_eq!(b.list().await.unwrap().len(), 1);
+    // Given up (A's delivery failed): B may claim at once.
+    a.unclaim(&ca).await.unwrap();
+    let ClaimOutcome::Claimed(cb) = b.claim(&id, lease).await.unwrap() else {
+        panic!("claim after unclaim refused");
+    };
+    // A's stale claim neither removes nor frees B's.
+    assert!(!a.remove_claimed(&ca).await.unwrap());
+    a.unclaim(&ca).await.unwrap();
+    assert_eq!(a.claim(&id, lease).await.unwrap(), ClaimOutcome::Busy);
+    assert!(b.remove_claimed(&cb).await.unwrap());
+    assert_eq!(a.claim(&id, lease).await.unwrap(), ClaimOutcome::Missing);
+    assert!(b.list().await.unwrap().is_empty());
+    // A lease that has run out (a relay died mid-release) blocks nobody.
+    let id2 = new_id(1_700_000_001);
+    a.put(&held_meta(&id2, "alice@corp.test", "eve@new.test"), raw)
+        .await
+        .unwrap();
+    let ClaimOutcome::Claimed(dead) = a.claim(&id2, Duration::ZERO).await.unwrap() else {
+        panic!("claim refused");
+    };
+    let ClaimOutcome::Claimed(live) = b.claim(&id2, lease).await.unwrap() else {
+        panic!("a lapsed claim still blocks");
+    };
+    assert!(!a.remove_claimed(&dead).await.unwrap());
+    assert!(b.remove_claimed(&live).await.unwrap());
+    assert!(matches!(
+        a.claim("../x", lease).await,
+        Err(misdirect::outbound::spool::SpoolError::BadId)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -686,14 +744,14 @@ async fn schema_is_created_once_and_versioned() {
         postgres::migrate_schema(&pool),
         postgres::migrate_schema(&pool)
     );
-    assert_eq!((x.unwrap(), y.unwrap(), z.unwrap()), (1, 1, 1));
+    assert_eq!((x.unwrap(), y.unwrap(), z.unwrap()), (2, 2, 2));
     let c = pool.get().await.unwrap();
     let n: i64 = c
         .query_one("SELECT count(*) FROM schema_version", &[])
         .await
         .unwrap()
         .get(0);
-    assert_eq!(n, 1);
+    assert_eq!(n, 2);
     // A bad URL is a clear configuration error.
     let mut bad = cfg.clone();
     bad.store.url = "host=127.0.0.1 port=notaport".into();
@@ -858,11 +916,26 @@ async fn forget_and_export_commands_on_the_shared_store() {
         );
         String::from_utf8(out.stdout).unwrap()
     };
-    let exported = run(&["export", "Bob@Corp.test"]);
+    // A message to Bob held in the shared store (by any relay).
+    let spool = PgSpool::connect(&cfg.store, k.clone()).await.unwrap();
+    let held_id = new_id(1_700_000_000);
+    spool
+        .put(
+            &held_meta(&held_id, "alice@corp.test", "bob@corp.test"),
+            b"From: <alice@corp.test>\r\n\r\nx\r\n",
+        )
+        .await
+        .unwrap();
+    let exported = tokio::task::block_in_place(|| run(&["export", "Bob@Corp.test"]));
     assert!(exported.contains("alice@corp.test"), "{exported}");
-    let forgot = run(&["forget", "bob@corp.test"]);
+    let v: serde_json::Value = serde_json::from_str(&exported).unwrap();
+    assert_eq!(v["held"][0]["id"], held_id.as_str(), "{exported}");
+    assert_eq!(v["held"][0]["role"], "recipient", "{exported}");
+    let forgot = tokio::task::block_in_place(|| run(&["forget", "bob@corp.test"]));
     assert!(forgot.contains("\"tenants\":1"), "{forgot}");
-    let exported = run(&["export", "bob@corp.test"]);
+    assert!(forgot.contains("\"held\":1"), "{forgot}");
+    assert!(spool.get(&held_id).await.unwrap().is_none());
+    let exported = tokio::task::block_in_place(|| run(&["export", "bob@corp.test"]));
     assert!(!exported.contains("alice@corp.test"), "{exported}");
     // The running relay reloads and forgets too.
     until(Duration::from_secs(20), "the relay to reload", || {
@@ -870,4 +943,78 @@ async fn forget_and_export_commands_on_the_shared_store() {
     })
     .await;
     assert_eq!(edge_total(&a, "alice@corp.test", "carol@corp.test"), 1);
+}
+
+/// `misdirectd import` on a postgres configuration writes through the
+/// shared learning log: a relay already running on the database sees the
+/// imported history within the refresh delay, and a second import of the
+/// same archive adds to the counts (an import is new mail, not a merge).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn import_writes_into_the_shared_store() {
+    let pg = PgCluster::start();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = pg_config(
+        "127.0.0.1:9".parse().unwrap(),
+        dir.path(),
+        dir.path(),
+        &pg.url(),
+    );
+    let (running, _task) = GraphHandle::open(&cfg, keys(&cfg)).await.unwrap();
+    let mbox = dir.path().join("sent.mbox");
+    let mut text = String::new();
+    for i in 0..30 {
+        text.push_str(&format!(
+            "From alice@corp.test Mon Nov 23 09:00:00 2026\nFrom: Alice <alice@corp.test>\nTo: bob@partner.test\nCc: carol@corp.test\nSubject: note {i}\nDate: Mon, {} Nov 2026 09:00:00 +0000\nMessage-ID: <n{i}@corp.test>\n\nbody\n\n",
+            1 + i % 28
+        ));
+    }
+    std::fs::write(&mbox, text).unwrap();
+    let file = dir.path().join("misdirectd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nbatch_interval = \"200ms\"\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n",
+            pg.url(),
+            cfg.privacy.key_file.display()
+        ),
+    )
+    .unwrap();
+    let import = || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+            .args(["import", "--quiet", "--config"])
+            .arg(&file)
+            .arg(&mbox)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["messages"], 30, "{v}");
+        assert_eq!(v["bad"], 0, "{v}");
+    };
+    tokio::task::block_in_place(import);
+    until(
+        Duration::from_secs(20),
+        "the relay to see the import",
+        || edge_total(&running, "alice@corp.test", "bob@partner.test") == 30,
+    )
+    .await;
+    assert_eq!(
+        edge_total(&running, "alice@corp.test", "carol@corp.test"),
+        30
+    );
+    tokio::task::block_in_place(import);
+    until(Duration::from_secs(20), "the second import", || {
+        edge_total(&running, "alice@corp.test", "bob@partner.test") == 60
+    })
+    .await;
+    // A relay started afterwards loads it from the database.
+    let (fresh, _t) = GraphHandle::open(&cfg, keys(&cfg)).await.unwrap();
+    assert_eq!(
+        edge_total(&fresh, "alice@corp.test", "bob@partner.test"),
+        60
+    );
 }

@@ -8,9 +8,10 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::binary::{free_port, DaemonProcess as Daemon, Output};
 use common::{Client, Sink};
 
 const SENDER: &str = "Quillon.Vexmarrow@Acme-Privacy.test";
@@ -23,48 +24,6 @@ const STRANGER: &str = "MIRELDA.Ulvenfrost@Elsewhere-Privacy.test";
 const STRANGER_NAME: &str = "Mirelda Ulvenfrost";
 const STRANGER2: &str = "tavish.grimbolde@faraway-privacy.test";
 const STRANGER2_NAME: &str = "Tavish Grimbolde";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Daemon {
-    /// SIGTERM and wait for a clean exit.
-    fn terminate(mut self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon ignored SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
 
 /// Config with state under `dir/data`; holds what nobody here wrote to.
 fn write_config(dir: &Path, port: u16, hop: u16) -> PathBuf {
@@ -90,31 +49,7 @@ fn write_config_with(dir: &Path, port: u16, hop: u16, privacy: &str) -> PathBuf 
 }
 
 async fn spawn(config: &Path, port: u16, log: &Path) -> Daemon {
-    let log = std::fs::File::create(log).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-        .args(["serve", "--config"])
-        .arg(config)
-        .env_remove("RUST_LOG")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let d = Daemon { child };
-    let start = Instant::now();
-    loop {
-        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::Read;
-            let mut b = [0u8; 3];
-            if s.read_exact(&mut b).is_ok() && &b == b"220" {
-                return d;
-            }
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "daemon did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    Daemon::spawn(config, port, Output::File(log))
 }
 
 fn message(to: &[(&str, &str)], subject: &str) -> Vec<u8> {

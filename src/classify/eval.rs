@@ -26,6 +26,8 @@ pub struct MessageScore {
     /// For a corrupted copy: the worst-scored recipient (the first of those
     /// tied at the top) is the wrong one.
     pub worst_is_wrong: bool,
+    /// Recipients of the message (as scored, i.e. after the corruption).
+    pub recipients: usize,
 }
 
 /// Metrics of one scorer.
@@ -39,6 +41,11 @@ pub struct Report {
     pub at_rates: Vec<(f64, f64, f64, f64)>,
     /// (kind, examples, recall at [`PRIMARY_RATE`])
     pub per_kind: Vec<(CorruptionKind, usize, f64)>,
+    /// Per kind, split by the message's recipients: (examples with one
+    /// recipient, their recall, examples with several, their recall), at
+    /// [`PRIMARY_RATE`]. A lone wrong recipient has no co-recipients to
+    /// disagree with, so this shows where the evidence can come from.
+    pub per_kind_split: Vec<(usize, f64, usize, f64)>,
     /// Share of misdirected messages whose worst recipient is the wrong one.
     pub flagged_wrong: f64,
     /// The same among those held at [`PRIMARY_RATE`].
@@ -69,6 +76,7 @@ where
                 score: rs.iter().copied().fold(0.0, f64::max),
                 kind: s.kind,
                 worst_is_wrong: s.wrong == Some(worst),
+                recipients: rs.len(),
             }
         })
         .collect()
@@ -146,6 +154,22 @@ pub fn evaluate(name: &str, scores: &[MessageScore]) -> Report {
             (*k, of.len(), share(caught, of.len()))
         })
         .collect();
+    let per_kind_split = CorruptionKind::ALL
+        .iter()
+        .map(|k| {
+            let part = |single: bool| {
+                let of: Vec<&&MessageScore> = bad
+                    .iter()
+                    .filter(|s| s.kind == Some(*k) && (s.recipients == 1) == single)
+                    .collect();
+                let caught = of.iter().filter(|s| s.score > t).count();
+                (of.len(), share(caught, of.len()))
+            };
+            let (n1, r1) = part(true);
+            let (n2, r2) = part(false);
+            (n1, r1, n2, r2)
+        })
+        .collect();
     let held: Vec<&&MessageScore> = bad.iter().filter(|s| s.score > t).collect();
     let mut sorted_bad = bad_scores.clone();
     sorted_bad.sort_by(|a, b| a.total_cmp(b));
@@ -161,6 +185,7 @@ pub fn evaluate(name: &str, scores: &[MessageScore]) -> Report {
         auc: auc(&legit, &bad_scores),
         at_rates,
         per_kind,
+        per_kind_split,
         flagged_wrong: share(bad.iter().filter(|s| s.worst_is_wrong).count(), bad.len()),
         flagged_wrong_held: share(held.iter().filter(|s| s.worst_is_wrong).count(), held.len()),
         false_hold_at_90,
@@ -204,6 +229,15 @@ pub fn table(reports: &[Report]) -> String {
             format!("{:.3} ({})", r.per_kind[i].2, r.per_kind[i].1)
         });
     }
+    for (i, k) in CorruptionKind::ALL.iter().enumerate() {
+        line(
+            &format!("... {}: 1 recipient (n) / several (n)", k.as_str()),
+            &|r| {
+                let (n1, r1, n2, r2) = r.per_kind_split[i];
+                format!("{r1:.3} ({n1}) / {r2:.3} ({n2})")
+            },
+        );
+    }
     line(
         "flagged recipient is the wrong one (all misdirected)",
         &|r| format!("{:.3}", r.flagged_wrong),
@@ -226,5 +260,33 @@ mod tests {
         let legit: Vec<f64> = (0..1000).map(|i| i as f64 / 1000.0).collect();
         let t = threshold_for(&legit, 0.005);
         assert_eq!(legit.iter().filter(|s| **s > t).count(), 5);
+    }
+
+    #[test]
+    fn recall_is_split_by_recipient_count() {
+        let m = |score: f64, kind: Option<CorruptionKind>, recipients: usize| MessageScore {
+            score,
+            kind,
+            worst_is_wrong: true,
+            recipients,
+        };
+        let mut scores: Vec<MessageScore> =
+            (0..1000).map(|i| m(i as f64 / 2000.0, None, 1)).collect();
+        let a = Some(CorruptionKind::Autocomplete);
+        // One of two lone wrong recipients caught; all three in groups.
+        scores.extend([
+            m(0.9, a, 1),
+            m(0.1, a, 1),
+            m(0.9, a, 3),
+            m(0.8, a, 2),
+            m(0.7, a, 4),
+        ]);
+        let r = evaluate("t", &scores);
+        assert_eq!(r.per_kind[0], (CorruptionKind::Autocomplete, 5, 0.8));
+        assert_eq!(r.per_kind_split[0], (2, 0.5, 3, 1.0));
+        assert!(r.per_kind_split[1].1.is_nan());
+        assert!(table(&[r]).contains(
+            "| ... autocomplete: 1 recipient (n) / several (n) | 0.500 (2) / 1.000 (3) |"
+        ));
     }
 }

@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::address::{domain_of, local_of};
-use crate::graph::{thread_subject, EdgeStats, GraphView, Ts};
+use crate::graph::{thread_subject, AddressStats, EdgeStats, GraphView, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Contacts examined per message in the lookalike scan. A sender with more
@@ -148,6 +148,9 @@ pub const MAX_NEIGHBOUR_CHECKS: usize = 512;
 /// Other recipients examined for mail links with a recipient.
 pub const MAX_LINK_CHECKS: usize = 20;
 
+/// Recipients whose pairwise lookups are shared within one message.
+const PAIR_CACHE: usize = 64;
+
 /// Feature names in model order.
 pub fn feature_names() -> Vec<String> {
     FEATURES.iter().map(|(n, _)| n.to_string()).collect()
@@ -207,16 +210,30 @@ pub struct RecipientFeatures {
 /// `b`, or `max + 1` when it exceeds `max`. Works on bytes.
 pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     const CAP: usize = 96;
+    if a.len().abs_diff(b.len()) > max {
+        return max + 1;
+    }
+    if !a.is_empty() && !b.is_empty() && (a.len() >= CAP || b.len() >= CAP) {
+        // Longer than any real address: compare exactly only.
+        return if a == b { 0 } else { max + 1 };
+    }
+    // A common prefix or suffix never changes the distance (addresses at
+    // one domain share a long suffix): compare only what differs.
+    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[pre..], &b[pre..]);
+    let suf = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (a, b) = (&a[..a.len() - suf], &b[..b.len() - suf]);
     let (n, m) = (a.len(), b.len());
     if n.abs_diff(m) > max {
         return max + 1;
     }
     if n == 0 || m == 0 {
         return n.max(m).min(max + 1);
-    }
-    if m >= CAP || n >= CAP {
-        // Longer than any real address: compare exactly only.
-        return if a == b { 0 } else { max + 1 };
     }
     // Three small rows on the stack (cells fit in a byte: < CAP).
     let mut rows = [[0u8; CAP]; 3];
@@ -321,6 +338,54 @@ fn skeleton_ascii(b: &[u8]) -> String {
     String::from_utf8(out).unwrap_or_default()
 }
 
+/// Whether `skeleton(addr) == skel`, without building the skeleton of an
+/// ASCII `addr` (stops at the first byte that differs).
+fn skeleton_is(addr: &str, skel: &str) -> bool {
+    if !addr.is_ascii() {
+        return skeleton(addr) == skel;
+    }
+    let b = addr.as_bytes();
+    let want = skel.as_bytes();
+    let at = b.iter().rposition(|&c| c == b'@').unwrap_or(b.len());
+    // The last output byte is held back while the next input byte may
+    // still merge with it (`rn` -> `m`, `vv` -> `w`), as in skeleton_ascii.
+    let mut held: Option<u8> = None;
+    let mut k = 0usize;
+    let mut emit = |c: u8| {
+        let ok = want.get(k) == Some(&c);
+        k += 1;
+        ok
+    };
+    for (i, &c) in b.iter().enumerate() {
+        let c = match c.to_ascii_lowercase() {
+            b'0' => b'o',
+            b'1' | b'i' | b'|' => b'l',
+            b'5' => b's',
+            c => c,
+        };
+        if i < at && matches!(c, b'.' | b'_' | b'-') {
+            continue;
+        }
+        held = match (held, c) {
+            (Some(b'r'), b'n') => Some(b'm'),
+            (Some(b'v'), b'v') => Some(b'w'),
+            (Some(h), c) => {
+                if !emit(h) {
+                    return false;
+                }
+                Some(c)
+            }
+            (None, c) => Some(c),
+        };
+    }
+    if let Some(h) = held {
+        if !emit(h) {
+            return false;
+        }
+    }
+    k == want.len()
+}
+
 fn fold_into(out: &mut String, s: &str, drop_punct: bool) {
     let start = out.len();
     for c in s.chars().flat_map(char::to_lowercase) {
@@ -374,8 +439,8 @@ struct Scan {
     sibling: Option<(String, u32)>,
     skel: String,
     hist: Option<Histogram>,
-    /// Whether the org knows the address at all (else no neighbour scan).
-    org_known: bool,
+    /// Organisation-wide familiarity of the recipient (looked up once).
+    org: AddressStats,
     neighbours: u32,
     local_len: usize,
 }
@@ -429,11 +494,7 @@ pub fn extract(
         .iter()
         .map(|r| {
             let known = g.edge(sender, &r.address);
-            let org = if known.is_none() {
-                g.address(&r.address)
-            } else {
-                Default::default()
-            };
+            let org = g.address(&r.address);
             Scan {
                 known,
                 best_dist: 3,
@@ -443,7 +504,7 @@ pub fn extract(
                     String::new()
                 },
                 hist: known.is_none().then(|| Histogram::of(r.address.as_bytes())),
-                org_known: org.senders > 0 || org.sent > 0,
+                org,
                 local_len: local_of(&r.address).len(),
                 ..Default::default()
             }
@@ -459,7 +520,6 @@ pub fn extract(
             let total = e.total();
             let mut chist: Option<Histogram> = None;
             let cl = local_of(addr);
-            let mut cskel: Option<String> = None;
             for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
                 if addr == r.address {
                     continue;
@@ -476,9 +536,11 @@ pub fn extract(
                     }
                     continue;
                 }
-                if sc.org_known
-                    && seen <= MAX_NEIGHBOUR_CHECKS
-                    && (g.edge(addr, &r.address).is_some() || g.edge(&r.address, addr).is_some())
+                // Mail to the recipient needs someone who wrote to it, mail
+                // from it needs it to have sent some: else no lookup.
+                if seen <= MAX_NEIGHBOUR_CHECKS
+                    && ((sc.org.senders > 0 && g.edge(addr, &r.address).is_some())
+                        || (sc.org.sent > 0 && g.edge(&r.address, addr).is_some()))
                 {
                     sc.neighbours += 1;
                 }
@@ -506,7 +568,7 @@ pub fn extract(
                 } else {
                     3
                 };
-                let d = if d > 1 && *cskel.get_or_insert_with(|| skeleton(addr)) == sc.skel {
+                let d = if d > 1 && skeleton_is(addr, &sc.skel) {
                     1
                 } else {
                     d
@@ -524,6 +586,13 @@ pub fn extract(
     }
 
     let others_known: Vec<bool> = scans.iter().map(|s| s.known.is_some()).collect();
+    // Pair lookups are symmetric (co-recipient counts, mail in either
+    // direction): each pair is looked up once and used for both of its
+    // recipients (for the first PAIR_CACHE recipients).
+    let pn = n.min(PAIR_CACHE);
+    let mut co_cache: Vec<Option<u32>> = vec![None; pn * pn];
+    let mut link_cache: Vec<Option<bool>> = vec![None; pn * pn];
+    let pair = |i: usize, j: usize| (i < pn && j < pn).then(|| i.min(j) * pn + i.max(j));
     let mut out = Vec::with_capacity(n);
     for (i, r) in recipients.iter().enumerate() {
         let sc = &scans[i];
@@ -579,7 +648,11 @@ pub fn extract(
                     if j == i || !others_known[j] {
                         continue;
                     }
-                    let c = g.co_count(sender, &r.address, &o.address);
+                    let c = match pair(i, j) {
+                        Some(k) => *co_cache[k]
+                            .get_or_insert_with(|| g.co_count(sender, &r.address, &o.address)),
+                        None => g.co_count(sender, &r.address, &o.address),
+                    };
                     co_max = co_max.max(c);
                     co_n += usize::from(c > 0);
                 }
@@ -597,9 +670,15 @@ pub fn extract(
                     break;
                 }
                 checked += 1;
-                if g.edge(&o.address, &r.address).is_some()
-                    || g.edge(&r.address, &o.address).is_some()
-                {
+                let link = || {
+                    g.edge(&o.address, &r.address).is_some()
+                        || g.edge(&r.address, &o.address).is_some()
+                };
+                let is_linked = match pair(i, j) {
+                    Some(k) => *link_cache[k].get_or_insert_with(link),
+                    None => link(),
+                };
+                if is_linked {
                     linked += 1;
                 }
             }
@@ -615,7 +694,7 @@ pub fn extract(
         let internal = !dom.is_empty() && dom == sender_domain;
         v[idx::INTERNAL] = f32::from(u8::from(internal));
         v[idx::FREEMAIL] = f32::from(u8::from(is_freemail(dom)));
-        let org = g.address(&r.address);
+        let org = sc.org;
         ev.org_senders = org.senders;
         ev.rcpt_sent = org.sent;
         v[idx::LOG_RCPT_SENT] = ln1p(org.sent as f64);
@@ -682,8 +761,291 @@ pub fn extract(
 }
 
 #[cfg(test)]
+#[path = "features_reference.rs"]
+mod reference;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::graph::{Graph, GraphConfig, LearnInput};
+    use crate::message::Mailbox;
+    use rand::rngs::StdRng;
+    use rand::seq::SliceRandom;
+    use rand::{Rng, SeedableRng};
+
+    fn random_string(rng: &mut StdRng, alphabet: &[&str], max_len: usize) -> String {
+        let len = rng.gen_range(0..=max_len);
+        (0..len).map(|_| *alphabet.choose(rng).unwrap()).collect()
+    }
+
+    #[test]
+    fn distance_matches_the_reference() {
+        let mut rng = StdRng::seed_from_u64(11);
+        let alphabet = ["a", "b", "c", "r", "n", "@", "."];
+        for _ in 0..200_000 {
+            let a = random_string(&mut rng, &alphabet, 9);
+            let b = if rng.gen_bool(0.5) {
+                // A few edits of `a`, to hit small distances often.
+                let mut b: Vec<u8> = a.clone().into_bytes();
+                for _ in 0..rng.gen_range(0..4) {
+                    let k = rng.gen_range(0..=b.len());
+                    match rng.gen_range(0..4) {
+                        0 => b.insert(k, b"abcrn@."[rng.gen_range(0..7)]),
+                        1 if k < b.len() => {
+                            b.remove(k);
+                        }
+                        2 if k + 1 < b.len() => b.swap(k, k + 1),
+                        _ if k < b.len() => b[k] = b"abcrn@."[rng.gen_range(0..7)],
+                        _ => {}
+                    }
+                }
+                String::from_utf8(b).unwrap()
+            } else {
+                random_string(&mut rng, &alphabet, 9)
+            };
+            for max in [0, 1, 2, 3] {
+                assert_eq!(
+                    bounded_distance(a.as_bytes(), b.as_bytes(), max),
+                    reference::reference_distance(a.as_bytes(), b.as_bytes(), max),
+                    "{a:?} {b:?} max {max}"
+                );
+            }
+        }
+        // Beyond the length cap only equality counts, as before.
+        let long = "x".repeat(100);
+        let long2 = format!("{}y", "x".repeat(99));
+        assert_eq!(bounded_distance(long.as_bytes(), long2.as_bytes(), 2), 3);
+        assert_eq!(
+            reference::reference_distance(long.as_bytes(), long2.as_bytes(), 2),
+            3
+        );
+    }
+
+    #[test]
+    fn skeleton_comparison_matches_building_the_skeleton() {
+        let mut rng = StdRng::seed_from_u64(12);
+        let alphabet = [
+            "r", "n", "m", "v", "w", "0", "o", "1", "i", "l", "|", "5", "s", ".", "_", "-", "@",
+            "R", "N", "V", "I", "a",
+        ];
+        let non_ascii = ["о", "і", "а"];
+        let mut pool: Vec<String> = Vec::new();
+        for _ in 0..3000 {
+            let mut s = random_string(&mut rng, &alphabet, 8);
+            if rng.gen_bool(0.05) {
+                s.push_str(non_ascii.choose(&mut rng).unwrap());
+            }
+            pool.push(s);
+        }
+        for a in &pool {
+            for _ in 0..40 {
+                let b = pool.choose(&mut rng).unwrap();
+                let skel = skeleton(b);
+                assert_eq!(skeleton_is(a, &skel), skeleton(a) == skel, "{a:?} {b:?}");
+            }
+            assert!(skeleton_is(a, &skeleton(a)), "{a:?}");
+        }
+    }
+
+    /// Addresses that are near one another in every way the features look
+    /// at: punctuation, homoglyphs, transpositions, other domains, shared
+    /// prefixes, non-ASCII look-alikes, one over-long address.
+    fn address_pool() -> Vec<String> {
+        let locals = [
+            "john.smith",
+            "jsmith",
+            "john.srnith",
+            "j0hn.smith",
+            "jonh.smith",
+            "john_smith",
+            "john.smyth",
+            "johnny",
+            "joanna",
+            "mary.vvilson",
+            "mary.wilson",
+            "marc",
+            "mark",
+            "rnark",
+            "sales",
+            "saIes",
+            "jоhn.smith",
+            "bob",
+            "bob1",
+            "ann",
+        ];
+        let domains = [
+            "corp.com",
+            "corp.co",
+            "c0rp.com",
+            "partner.org",
+            "gmail.com",
+        ];
+        let mut out = Vec::new();
+        for l in locals {
+            for d in domains {
+                out.push(format!("{l}@{d}"));
+            }
+        }
+        out.push(format!("{}@corp.com", "long".repeat(25)));
+        out.push(format!("{}@corp.co", "long".repeat(25)));
+        out
+    }
+
+    fn rcpt(address: &str, field: Field) -> Recipient {
+        Recipient {
+            address: address.to_string(),
+            name: None,
+            field,
+        }
+    }
+
+    #[test]
+    fn features_match_the_reference_on_crafted_histories() {
+        let pool = address_pool();
+        let fields = [Field::To, Field::Cc, Field::Bcc];
+        for seed in 0..6u64 {
+            let mut rng = StdRng::seed_from_u64(100 + seed);
+            let mut g = Graph::new(GraphConfig::default());
+            let senders: Vec<&String> = pool.iter().take(12 + seed as usize * 3).collect();
+            let attachments = ["report.pdf", "plan.xlsx"];
+            let mut t = 1_700_000_000i64;
+            for m in 0..(300 + 200 * seed as usize) {
+                let sender = if rng.gen_bool(0.6) {
+                    senders[0].as_str()
+                } else {
+                    senders.choose(&mut rng).unwrap().as_str()
+                };
+                let k = rng.gen_range(1..8);
+                let rcpts: Vec<Recipient> = pool
+                    .choose_multiple(&mut rng, k)
+                    .map(|a| rcpt(a, *fields.choose(&mut rng).unwrap()))
+                    .collect();
+                let id = format!("<m{m}@corp.com>");
+                let subject = format!("topic {}", m % 13);
+                let att: Vec<&str> = if m % 5 == 0 {
+                    vec![attachments[m % 2]]
+                } else {
+                    vec![]
+                };
+                g.learn(&LearnInput {
+                    sender,
+                    sender_name: None,
+                    recipients: &rcpts,
+                    message_id: Some(&id),
+                    subject: Some(&subject),
+                    attachments: att,
+                    ts: t,
+                });
+                t += rng.gen_range(60..86_400);
+            }
+            // Addresses with one link only: one a colleague wrote to, one
+            // that wrote to a colleague (both colleagues are contacts).
+            let (main, colleague) = (senders[0].as_str(), senders[1].as_str());
+            for (from, to) in [
+                (main, colleague),
+                (colleague, "onlyin@partner.org"),
+                ("onlyout@partner.org", colleague),
+            ] {
+                g.learn(&LearnInput {
+                    sender: from,
+                    sender_name: None,
+                    recipients: &[rcpt(to, Field::To)],
+                    message_id: None,
+                    subject: None,
+                    attachments: vec![],
+                    ts: t,
+                });
+                t += 60;
+            }
+            let mut compared = 0usize;
+            // Rows where each scan-dependent feature fired, so that the
+            // comparison covers them.
+            let watched = [
+                idx::LOOKALIKE1,
+                idx::LOOKALIKE2,
+                idx::SAME_LOCAL_OTHER_DOMAIN,
+                idx::SIBLING_DOMINANCE,
+                idx::LOG_NEIGHBOUR_LINKS,
+                idx::LOG_CO_MAX,
+                idx::OTHERS_LINKED_FRAC,
+                idx::NOT_IN_THREAD,
+                idx::ATTACHMENT_TO_OTHERS,
+            ];
+            let mut fired = [0usize; 9];
+            for case in 0..150 {
+                let sender = senders.choose(&mut rng).unwrap().as_str();
+                let n = match case % 6 {
+                    0 => 1,
+                    1 => 5,
+                    2 => 30,
+                    3 => pool.len(),
+                    _ => rng.gen_range(2..12),
+                };
+                let mut rcpts: Vec<Recipient> = pool
+                    .choose_multiple(&mut rng, n)
+                    .map(|a| rcpt(a, *fields.choose(&mut rng).unwrap()))
+                    .collect();
+                if case % 7 == 0 {
+                    rcpts.push(rcpt("stranger@elsewhere.net", Field::To));
+                }
+                let sender = if case % 5 == 0 {
+                    rcpts.push(rcpt("onlyin@partner.org", Field::To));
+                    rcpts.push(rcpt("onlyout@partner.org", Field::Cc));
+                    main
+                } else {
+                    sender
+                };
+                let meta = MessageMeta {
+                    from: Some(Mailbox {
+                        address: sender.to_string(),
+                        name: None,
+                    }),
+                    recipients: rcpts.clone(),
+                    subject: Some(if case % 2 == 0 {
+                        format!("RE: topic {}", case % 13)
+                    } else {
+                        "new things".to_string()
+                    }),
+                    in_reply_to: if case % 3 == 0 {
+                        vec![format!("<m{}@corp.com>", case * 3)]
+                    } else {
+                        vec![]
+                    },
+                    attachments: if case % 4 == 0 {
+                        vec![crate::message::Attachment {
+                            name: attachments[case % 2].to_string(),
+                            size: 10,
+                        }]
+                    } else {
+                        vec![]
+                    },
+                    ..Default::default()
+                };
+                let now = t + 3600;
+                let got = extract(&g, sender, &meta, &rcpts, now);
+                let want = reference::reference_extract(&g, sender, &meta, &rcpts, now);
+                assert_eq!(got.len(), want.len());
+                for (r, (a, b)) in rcpts.iter().zip(got.iter().zip(want.iter())) {
+                    let bits = |f: &RecipientFeatures| f.values.map(f32::to_bits);
+                    assert_eq!(bits(a), bits(b), "seed {seed} case {case} {}", r.address);
+                    assert_eq!(a.evidence, b.evidence, "seed {seed} case {case}");
+                    compared += 1;
+                    for (k, f) in watched.iter().enumerate() {
+                        fired[k] += usize::from(a.values[*f] > 0.0);
+                    }
+                }
+            }
+            assert!(compared > 1000);
+            for (k, f) in watched.iter().enumerate() {
+                assert!(
+                    fired[k] > 0,
+                    "seed {seed}: feature {} never fired",
+                    FEATURES[*f].0
+                );
+            }
+        }
+    }
 
     #[test]
     fn feature_table_matches_count() {

@@ -284,15 +284,154 @@ fn tree_value(t: &[TreeNode], z: &[f64; N_FEATURES]) -> f64 {
     0.0
 }
 
+/// Marks a leaf in [`FlatNode::feature`].
+const LEAF: u32 = u32::MAX;
+
+/// One node of a [`Forest`]: 16 bytes. A split sends `z[feature] <=
+/// threshold` to the next node in the array (trees are laid out in
+/// pre-order) and the rest to `right`; a leaf (`feature == LEAF`) holds its
+/// value in `threshold`.
+#[derive(Debug, Clone, Copy)]
+struct FlatNode {
+    threshold: f64,
+    feature: u32,
+    right: u32,
+}
+
+/// The bagged trees of a model flattened at load into one array in
+/// pre-order (left child next to its parent), thresholds widened to `f64`
+/// once. Evaluates exactly as [`ModelFile::raw`] does: same comparisons,
+/// same leaf values, summed in the same tree order.
+#[derive(Debug, Clone, Default)]
+struct Forest {
+    nodes: Vec<FlatNode>,
+    /// Index of each tree's root in `nodes`, in file order.
+    roots: Vec<u32>,
+}
+
+impl Forest {
+    /// Flatten `trees`; `None` when a tree is not a plain tree (a node
+    /// reached twice, as in a hand-edited file with a cycle), which keeps
+    /// the file's own walk for that model.
+    fn build(trees: &[Vec<TreeNode>]) -> Option<Forest> {
+        let total: usize = trees.iter().map(|t| t.len().max(1)).sum();
+        let mut f = Forest {
+            nodes: Vec::with_capacity(total),
+            roots: Vec::with_capacity(trees.len()),
+        };
+        for t in trees {
+            f.roots.push(u32::try_from(f.nodes.len()).ok()?);
+            if t.is_empty() {
+                // The file's walk yields 0 for an empty tree.
+                f.nodes.push(FlatNode {
+                    threshold: 0.0,
+                    feature: LEAF,
+                    right: 0,
+                });
+                continue;
+            }
+            let mut seen = vec![false; t.len()];
+            // Pre-order: push right then left; patch each split's `right`
+            // when its right child is laid out.
+            let mut stack: Vec<(usize, Option<usize>)> = vec![(0, None)];
+            while let Some((i, parent)) = stack.pop() {
+                let n = t.get(i)?;
+                if std::mem::replace(seen.get_mut(i)?, true) {
+                    return None;
+                }
+                let at = f.nodes.len();
+                if let Some(p) = parent {
+                    f.nodes.get_mut(p)?.right = u32::try_from(at).ok()?;
+                }
+                match n.feature {
+                    None => f.nodes.push(FlatNode {
+                        threshold: n.value as f64,
+                        feature: LEAF,
+                        right: 0,
+                    }),
+                    Some(feat) => {
+                        f.nodes.push(FlatNode {
+                            threshold: n.threshold as f64,
+                            feature: u32::from(feat),
+                            right: 0,
+                        });
+                        stack.push((n.right as usize, Some(at)));
+                        stack.push((n.left as usize, None));
+                    }
+                }
+            }
+        }
+        Some(f)
+    }
+
+    fn tree_value(&self, root: u32, z: &[f64; N_FEATURES]) -> f64 {
+        let mut i = root as usize;
+        // Every split moves forward in the array, so this ends at a leaf.
+        while let Some(n) = self.nodes.get(i) {
+            if n.feature == LEAF {
+                return n.threshold;
+            }
+            let v = z.get(n.feature as usize).copied().unwrap_or(f64::NAN);
+            i = if v <= n.threshold {
+                i + 1
+            } else {
+                n.right as usize
+            };
+        }
+        0.0
+    }
+
+    /// As `trees_raw`.
+    fn raw(&self, z: &[f64; N_FEATURES]) -> f64 {
+        let mut sum = 0.0;
+        for &r in &self.roots {
+            sum += self.tree_value(r, z);
+        }
+        let p = (sum / self.roots.len().max(1) as f64).clamp(1e-3, 1.0 - 1e-3);
+        (p / (1.0 - p)).ln()
+    }
+}
+
 /// The trained model as a [`Scorer`].
 #[derive(Debug, Clone)]
 pub struct ModelScorer {
     model: ModelFile,
+    /// The model's trees flattened (`None` for a logistic model or a file
+    /// whose trees are not plain trees: then the file's walk is used).
+    forest: Option<Forest>,
 }
 
 impl ModelScorer {
     pub fn new(model: ModelFile) -> Self {
-        ModelScorer { model }
+        let forest = match &model.classifier {
+            Classifier::Logistic { .. } => None,
+            Classifier::Trees { trees } | Classifier::Stack { trees, .. } => Forest::build(trees),
+        };
+        ModelScorer { model, forest }
+    }
+
+    /// Raw (uncalibrated) score of a feature row through the flattened
+    /// trees; the same value as [`ModelFile::raw`].
+    pub fn raw(&self, x: &[f32; N_FEATURES]) -> f64 {
+        let Some(forest) = &self.forest else {
+            return self.model.raw(x);
+        };
+        let z = self.model.z(x);
+        match &self.model.classifier {
+            Classifier::Logistic { .. } => self.model.raw(x),
+            Classifier::Trees { .. } => forest.raw(&z),
+            Classifier::Stack {
+                coef,
+                intercept,
+                w_logistic,
+                w_trees,
+                bias,
+                ..
+            } => {
+                let lr = coef.iter().zip(z.iter()).map(|(w, v)| w * v).sum::<f64>() + intercept;
+                w_logistic * lr + w_trees * forest.raw(&z) + bias
+            }
+        }
     }
 
     /// The model shipped in the binary.
@@ -314,7 +453,7 @@ impl ModelScorer {
 
     /// Probability for one feature row.
     pub fn probability(&self, f: &RecipientFeatures) -> f64 {
-        self.model.probability(&f.values)
+        sigmoid(self.model.platt_a * self.raw(&f.values) + self.model.platt_b)
     }
 }
 
@@ -456,5 +595,137 @@ impl Scorer for ModelScorer {
             model: self.model.name.clone(),
             recipients,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// Feature rows spread over the ranges the extractor produces: 0/1
+    /// flags, logs of counts, fractions; plus rows built to sit exactly on
+    /// split thresholds.
+    fn rows(model: &ModelFile, n: usize) -> Vec<[f32; N_FEATURES]> {
+        let mut rng = StdRng::seed_from_u64(7);
+        let mut out = Vec::with_capacity(n);
+        for k in 0..n {
+            let mut x = [0f32; N_FEATURES];
+            for v in x.iter_mut() {
+                *v = match rng.gen_range(0..4) {
+                    0 => f32::from(u8::from(rng.gen_bool(0.5))),
+                    1 => rng.gen_range(0.0..1.0),
+                    2 => rng.gen_range(0.0..12.0),
+                    _ => (rng.gen_range(0..200) as f32).ln_1p(),
+                };
+            }
+            if k % 4 == 0 {
+                // Put some features on a threshold of the first tree.
+                if let Classifier::Stack { trees, .. } | Classifier::Trees { trees } =
+                    &model.classifier
+                {
+                    for node in trees[k % trees.len()].iter().take(8) {
+                        if let Some(f) = node.feature {
+                            let f = f as usize;
+                            x[f] = (node.threshold as f64 * model.scale[f] + model.mean[f]) as f32;
+                        }
+                    }
+                }
+            }
+            out.push(x);
+        }
+        out
+    }
+
+    #[test]
+    fn flattened_trees_score_exactly_as_the_file_walk() {
+        let scorer = ModelScorer::shipped().unwrap();
+        assert!(scorer.forest.is_some(), "the shipped model is flattened");
+        let model = scorer.model().clone();
+        for x in rows(&model, 20_000) {
+            assert_eq!(
+                scorer.raw(&x).to_bits(),
+                model.raw(&x).to_bits(),
+                "row {x:?}"
+            );
+            let f = RecipientFeatures {
+                values: x,
+                evidence: Evidence::default(),
+            };
+            assert_eq!(
+                scorer.probability(&f).to_bits(),
+                model.probability(&x).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn trees_only_model_is_flattened_and_identical() {
+        let mut model = ModelScorer::shipped().unwrap().model().clone();
+        let Classifier::Stack { trees, .. } = model.classifier.clone() else {
+            panic!("the shipped model is stacked");
+        };
+        model.classifier = Classifier::Trees { trees };
+        model.check().unwrap();
+        let scorer = ModelScorer::new(model.clone());
+        assert!(scorer.forest.is_some());
+        for x in rows(&model, 5_000) {
+            assert_eq!(scorer.raw(&x).to_bits(), model.raw(&x).to_bits());
+        }
+    }
+
+    #[test]
+    fn a_tree_with_a_cycle_keeps_the_file_walk() {
+        let mut model = ModelScorer::shipped().unwrap().model().clone();
+        let leaf = |v: f32| TreeNode {
+            feature: None,
+            threshold: 0.0,
+            left: 0,
+            right: 0,
+            value: v,
+        };
+        // Node 1 loops back to the root on its left side.
+        let cyclic = vec![
+            TreeNode {
+                feature: Some(0),
+                threshold: 0.5,
+                left: 1,
+                right: 2,
+                value: 0.0,
+            },
+            TreeNode {
+                feature: Some(1),
+                threshold: 0.5,
+                left: 0,
+                right: 2,
+                value: 0.0,
+            },
+            leaf(1.0),
+        ];
+        model.classifier = Classifier::Trees {
+            trees: vec![cyclic, vec![leaf(1.0)], Vec::new()],
+        };
+        model.check().unwrap();
+        let scorer = ModelScorer::new(model.clone());
+        assert!(scorer.forest.is_none());
+        let mut x = [0f32; N_FEATURES];
+        for (a, b) in [(0.0, 0.0), (0.0, 5.0), (5.0, 0.0)] {
+            x[0] = a;
+            x[1] = b;
+            assert_eq!(scorer.raw(&x).to_bits(), model.raw(&x).to_bits());
+        }
+        // An empty tree counts 0, as in the file walk.
+        model.classifier = Classifier::Trees {
+            trees: vec![vec![leaf(1.0)], Vec::new()],
+        };
+        let scorer = ModelScorer::new(model.clone());
+        assert!(scorer.forest.is_some());
+        assert_eq!(scorer.raw(&x).to_bits(), model.raw(&x).to_bits());
+        assert!(
+            (scorer.raw(&x) - 0.0).abs() < 1e-12,
+            "mean leaf 0.5 is logit 0"
+        );
     }
 }

@@ -21,7 +21,7 @@ use crate::policy::Policy;
 use crate::privacy::Keys;
 use crate::replay::{Replay, ReplaySummary};
 use crate::scorer::Scorer;
-use crate::store::{self, Batch, Store};
+use crate::store::{self, Batch, GraphHandle, Store};
 
 /// `--config FILE`, shared by the graph commands.
 #[derive(Args, Debug, Clone, Default)]
@@ -193,19 +193,11 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
     for p in &args.paths {
         sources.extend(import::classify(p)?);
     }
+    if cfg.store.backend == crate::config::store::StoreBackend::Postgres {
+        return import_shared(cfg, &norm, owner, &sources, args.quiet);
+    }
     let mut o = open(cfg)?;
-    let bar = if args.quiet {
-        indicatif::ProgressBar::hidden()
-    } else {
-        let b = indicatif::ProgressBar::new(import::total_bytes(&sources));
-        b.set_style(
-            indicatif::ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b
-    };
+    let bar = progress_bar(&sources, args.quiet);
     let started = Instant::now();
     let interval = o.cfg.store.batch_interval;
     let mut last_commit = Instant::now();
@@ -261,6 +253,90 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         commits,
     };
     emit(&serde_json::to_string(&summary)?)?;
+    Ok(())
+}
+
+/// The import progress bar over the sources' bytes (hidden with `quiet`).
+fn progress_bar(sources: &[import::Source], quiet: bool) -> indicatif::ProgressBar {
+    if quiet {
+        return indicatif::ProgressBar::hidden();
+    }
+    let b = indicatif::ProgressBar::new(import::total_bytes(sources));
+    b.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {msg}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    b
+}
+
+/// `import` into the shared PostgreSQL store: every message goes through
+/// the same learning path as the daemon's (a [`GraphHandle`] on the store,
+/// batched into the shared learning log every `store.batch_interval`).
+/// Fails when learning could not all be written (database unreachable).
+fn import_shared(
+    cfg: Config,
+    norm: &Normalizer,
+    owner: Option<String>,
+    sources: &[import::Source],
+    quiet: bool,
+) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file)?);
+    let (handle, learner) = rt.block_on(GraphHandle::open(&cfg, keys))?;
+    let bar = progress_bar(sources, quiet);
+    let started = Instant::now();
+    let mut reader = Reader::new(norm, owner);
+    let mut closed = false;
+    for src in sources {
+        let mut on_msg = |m: import::ImportedMessage, size: u64| {
+            bar.inc(size);
+            let Some(sender) = m.meta.sender() else {
+                return;
+            };
+            let ev = crate::store::LearnEvent {
+                tenant: handle.tenant_for(sender),
+                recipients: m.meta.recipients.clone(),
+                meta: m.meta,
+                ts: m.ts,
+                kind: crate::store::LearnKind::Delivered,
+            };
+            if !closed && rt.block_on(handle.learn_wait(ev)).is_err() {
+                closed = true;
+            }
+        };
+        reader.read(src, &mut on_msg)?;
+        bar.set_message(format!("{} messages", reader.counts.messages));
+    }
+    bar.finish_and_clear();
+    let shared = handle.shared_store().cloned();
+    drop(handle);
+    rt.block_on(learner)?;
+    if closed {
+        anyhow::bail!("the learning task stopped during the import");
+    }
+    if let Some(pg) = shared {
+        let (left, dropped) = (pg.queued_bytes(), pg.dropped_batches());
+        if left > 0 || dropped > 0 {
+            anyhow::bail!(
+                "the shared store was unreachable: {left} bytes of learning not written, {dropped} batches dropped"
+            );
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let counts = reader.counts;
+    emit(&serde_json::to_string(&ImportSummary {
+        messages: counts.messages,
+        bad: counts.bad_total(),
+        bad_by_reason: counts.bad.clone(),
+        seconds: secs,
+        messages_per_second: counts.messages as f64 / secs.max(1e-9),
+        commits: 0,
+    })?)?;
     Ok(())
 }
 
@@ -503,15 +579,16 @@ fn purge(c: &ConfigArg) -> anyhow::Result<()> {
 /// A held message and the role an address has in it.
 type HeldRole = (crate::outbound::spool::HeldMeta, &'static str);
 
-/// Held messages in the directory spool whose envelope sender or a
-/// recipient is `addr` (normalised), with the role it has in each. Nothing
-/// when the spool directory does not exist.
+/// Held messages in the hold spool (directory, or the shared store's with
+/// `store.backend = "postgres"`) whose envelope sender or a recipient is
+/// `addr` (normalised), with the role it has in each. Nothing when the
+/// spool directory does not exist.
 fn held_involving(
     cfg: &Config,
     addr: &str,
-) -> anyhow::Result<(Option<crate::outbound::spool::Spool>, Vec<HeldRole>)> {
+) -> anyhow::Result<(Option<crate::store::pg_spool::HoldSpool>, Vec<HeldRole>)> {
     let dir = cfg.hold_spool_dir();
-    if !dir.is_dir() {
+    if cfg.store.backend == crate::config::store::StoreBackend::Embedded && !dir.is_dir() {
         return Ok((None, Vec::new()));
     }
     let norm = Normalizer::new(cfg.addresses.clone());
@@ -526,9 +603,7 @@ fn held_involving(
         .build()?;
     rt.block_on(async {
         let keys = crate::cli::hold::load_keys(cfg).await?;
-        let spool = crate::outbound::spool::Spool::open(&dir, keys)
-            .await
-            .with_context(|| format!("hold spool {}", dir.display()))?;
+        let spool = crate::cli::hold::open_spool(cfg, keys).await?;
         let mut out = Vec::new();
         for m in spool.list().await? {
             let from = same(&m.envelope.mail_from);

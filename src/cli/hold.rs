@@ -1,5 +1,7 @@
-//! `misdirectd hold list|show|release|discard|expire` (directly on the spool
-//! directory from the configuration) and `misdirectd check FILE.eml`.
+//! `misdirectd hold list|show|release|discard|expire` (directly on the hold
+//! spool of the configuration: the spool directory, or the shared
+//! PostgreSQL store with `store.backend = "postgres"`) and
+//! `misdirectd check FILE.eml`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,6 +10,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 
 use crate::address::Normalizer;
+use crate::config::store::StoreBackend;
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::graph::{Graph, LearnInput};
@@ -21,6 +24,7 @@ use crate::pipeline::{check_message, CheckReport};
 use crate::policy::Policy;
 use crate::privacy::Keys;
 use crate::scorer::ScoreInput;
+use crate::store::pg_spool::{HoldSpool, PgSpool};
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/misdirect/misdirectd.toml";
@@ -74,12 +78,29 @@ pub async fn load_keys(cfg: &Config) -> anyhow::Result<Arc<Keys>> {
     Ok(Arc::new(keys))
 }
 
+/// The configuration's hold spool: the directory (created when missing), or
+/// the shared store's (schema migrated) with `store.backend = "postgres"`.
+pub async fn open_spool(cfg: &Config, keys: Arc<Keys>) -> anyhow::Result<HoldSpool> {
+    Ok(match cfg.store.backend {
+        StoreBackend::Embedded => {
+            let dir = cfg.hold_spool_dir();
+            HoldSpool::Dir(
+                Spool::open(&dir, keys)
+                    .await
+                    .with_context(|| format!("hold spool {}", dir.display()))?,
+            )
+        }
+        StoreBackend::Postgres => HoldSpool::Postgres(
+            PgSpool::connect(&cfg.store, keys)
+                .await
+                .context("hold spool in the shared store")?,
+        ),
+    })
+}
+
 async fn service(cfg: &Config) -> anyhow::Result<HoldService> {
-    let dir = cfg.hold_spool_dir();
     let keys = load_keys(cfg).await?;
-    let spool = Spool::open(&dir, keys)
-        .await
-        .with_context(|| format!("hold spool {}", dir.display()))?;
+    let spool = open_spool(cfg, keys).await?;
     let deliver: Arc<dyn Deliver> = match &cfg.hold.next_hop {
         Some(h) => Arc::new(SmtpDeliver::from_host_port(h).map_err(|e| anyhow!(e))?),
         None => Arc::new(NoNextHop),
@@ -137,12 +158,12 @@ pub fn run_hold(config: &Path, cmd: HoldCmd, out: &mut dyn std::io::Write) -> an
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             }
             HoldCmd::Release { id } => {
-                svc.release(&id, Actor::Admin, now()).await?;
-                writeln!(out, "released {id}")?;
+                let how = act(&cfg, svc, &id, true).await?;
+                writeln!(out, "released {id}{how}")?;
             }
             HoldCmd::Discard { id } => {
-                svc.discard(&id, Actor::Admin).await?;
-                writeln!(out, "discarded {id}")?;
+                let how = act(&cfg, svc, &id, false).await?;
+                writeln!(out, "discarded {id}{how}")?;
             }
             HoldCmd::Expire => {
                 for e in svc.expire(now()).await? {
@@ -152,6 +173,52 @@ pub fn run_hold(config: &Path, cmd: HoldCmd, out: &mut dyn std::io::Write) -> an
         }
         Ok(())
     })
+}
+
+/// Release (`release`) or discard a hold so that the graph learns from it:
+/// through the running daemon's admin API when `[admin] listen` is set and
+/// the daemon answers (its live graph learns), else directly, with the
+/// graph store opened here (refused while a daemon holds it: then the
+/// message is still released or discarded, but not learnt, and the output
+/// says so). Returns a note for the output line.
+async fn act(cfg: &Config, svc: HoldService, id: &str, release: bool) -> anyhow::Result<String> {
+    let verb = if release { "release" } else { "discard" };
+    if let Some(addr) = cfg.admin.listen {
+        let token = cfg.admin.load_token().map_err(|e| anyhow!(e))?;
+        let path = format!("/holds/{id}/{verb}");
+        match admin_request(addr, &token, "POST", &path, "application/json", b"").await {
+            Ok((200, _)) => return Ok(format!(" (by the daemon at {addr})")),
+            Ok((status, body)) => bail!(
+                "admin API at {addr}: HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ),
+            // Not running: act directly below.
+            Err(AdminError::Connect(_)) => {}
+            Err(AdminError::Other(e)) => return Err(e),
+        }
+    }
+    let (svc, learner, note) = match crate::cli::serve::open_graph(cfg).await {
+        Ok((graph, learner)) => (svc.with_graph(Some(graph)), Some(learner), String::new()),
+        Err(e) => (
+            svc,
+            None,
+            format!(
+                " (not learnt: {e:#}; configure [admin] so that hold commands go through the running daemon)"
+            ),
+        ),
+    };
+    let r = if release {
+        svc.release(id, Actor::Admin, now()).await
+    } else {
+        svc.discard(id, Actor::Admin).await
+    };
+    // Dropping the last graph handle makes the learner commit and stop.
+    drop(svc);
+    if let Some(l) = learner {
+        l.await?;
+    }
+    r?;
+    Ok(note)
 }
 
 fn eml_files(p: &Path) -> anyhow::Result<Vec<PathBuf>> {
@@ -268,38 +335,70 @@ pub fn print_report(
     Ok(())
 }
 
+/// Why an admin API request failed.
+enum AdminError {
+    /// Nothing listens there (the daemon is not running).
+    Connect(std::io::Error),
+    Other(anyhow::Error),
+}
+
+/// One request to the daemon's admin API; the status and body.
+async fn admin_request(
+    addr: std::net::SocketAddr,
+    token: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> Result<(u16, Vec<u8>), AdminError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(AdminError::Connect)?;
+    let other = |e: std::io::Error| AdminError::Other(anyhow!("admin API at {addr}: {e}"));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.map_err(other)?;
+    s.write_all(body).await.map_err(other)?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.map_err(other)?;
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| AdminError::Other(anyhow!("admin API at {addr}: malformed response")))?;
+    let status_line = String::from_utf8_lossy(&resp[..split]);
+    let status = status_line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, resp[split + 4..].to_vec()))
+}
+
 /// Ask the daemon's admin API (`POST /check`).
 async fn check_remote(
     addr: std::net::SocketAddr,
     token: &str,
     raw: &[u8],
 ) -> anyhow::Result<CheckReport> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut s = tokio::net::TcpStream::connect(addr)
+    let (status, body) = match admin_request(addr, token, "POST", "/check", "message/rfc822", raw)
         .await
-        .with_context(|| format!("admin API at {addr} (is the daemon running?)"))?;
-    let head = format!(
-        "POST /check HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nContent-Type: message/rfc822\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        raw.len()
-    );
-    s.write_all(head.as_bytes()).await?;
-    s.write_all(raw).await?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await?;
-    let split = resp
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| anyhow!("admin API at {addr}: malformed response"))?;
-    let status_line = String::from_utf8_lossy(&resp[..split]);
-    let status = status_line.split_whitespace().nth(1).unwrap_or("");
-    let body = &resp[split + 4..];
-    if status != "200" {
+    {
+        Ok(r) => r,
+        Err(AdminError::Connect(e)) => {
+            return Err(anyhow!(e).context(format!("admin API at {addr} (is the daemon running?)")))
+        }
+        Err(AdminError::Other(e)) => return Err(e),
+    };
+    if status != 200 {
         bail!(
             "admin API at {addr}: HTTP {status}: {}",
-            String::from_utf8_lossy(body)
+            String::from_utf8_lossy(&body)
         );
     }
-    serde_json::from_slice(body).context("admin API response")
+    serde_json::from_slice(&body).context("admin API response")
 }
 
 /// Score against a graph learnt from the `history` messages only; returns

@@ -49,7 +49,7 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 /// Entry point of `misdirectd serve`.
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
     let cfg = load_config(config.as_deref())?;
-    crate::telemetry::init_logging(&cfg.log)?;
+    let _log = crate::telemetry::init_logging(&cfg.log)?;
     let scorer = scorer_for(&cfg)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -56,8 +56,21 @@ impl Config {
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
         let de = toml::Deserializer::parse(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
         let mut unknown = Vec::new();
-        let cfg: Config = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        let mut cfg: Config = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
             .map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        // State files not named explicitly live under `[server] data_dir`.
+        let set = |section: &str, key: &str| {
+            text.parse::<toml::Table>()
+                .ok()
+                .and_then(|t| t.get(section)?.as_table()?.get(key).cloned())
+                .is_some()
+        };
+        if !set("store", "path") {
+            cfg.store.path = cfg.server.data_dir.join("graph.redb");
+        }
+        if !set("privacy", "key_file") {
+            cfg.privacy.key_file = cfg.server.data_dir.join("keys.json");
+        }
         let mut errs: Vec<String> = unknown
             .into_iter()
             .map(|k| format!("{k}: unknown key"))
@@ -105,6 +118,23 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn state_files_follow_data_dir_unless_named() {
+        let cfg = Config::from_toml("[server]\ndata_dir = \"/var/lib/misdirect\"\n").unwrap();
+        assert_eq!(cfg.store.path, Path::new("/var/lib/misdirect/graph.redb"));
+        assert_eq!(
+            cfg.privacy.key_file,
+            Path::new("/var/lib/misdirect/keys.json")
+        );
+        assert_eq!(cfg.hold_spool_dir(), Path::new("/var/lib/misdirect/spool"));
+        let cfg = Config::from_toml(
+            "[server]\ndata_dir = \"/var/lib/misdirect\"\n[store]\npath = \"/srv/g.redb\"\n[privacy]\nkey_file = \"/etc/k.json\"\n",
+        )
+        .unwrap();
+        assert_eq!(cfg.store.path, Path::new("/srv/g.redb"));
+        assert_eq!(cfg.privacy.key_file, Path::new("/etc/k.json"));
+    }
 
     #[test]
     fn defaults_are_valid() {

@@ -46,14 +46,16 @@ impl ModelConfig {
         ModelScorer::load(self.path.as_deref())
     }
 
-    /// The configured scorer. Reads the model file: call it at startup, off
-    /// the async runtime.
+    /// The configured scorer, with the admins' discards applied on top
+    /// ([`crate::scorer::WithFeedback`]). Reads the model file: call it at
+    /// startup, off the async runtime.
     pub fn scorer(&self) -> Result<std::sync::Arc<dyn crate::scorer::Scorer>, ModelError> {
-        Ok(match self.scorer {
-            ScorerKind::Model => std::sync::Arc::new(self.load()?),
-            ScorerKind::NeverSeen => {
-                std::sync::Arc::new(crate::classify::baseline::NeverSeenScorer)
-            }
-        })
+        use crate::scorer::{Scorer, WithFeedback};
+        use std::sync::Arc;
+        let inner: Arc<dyn Scorer> = match self.scorer {
+            ScorerKind::Model => Arc::new(self.load()?),
+            ScorerKind::NeverSeen => Arc::new(crate::classify::baseline::NeverSeenScorer),
+        };
+        Ok(Arc::new(WithFeedback(inner)))
     }
 }

@@ -34,7 +34,7 @@ pub enum PgTls {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(default)]
 pub struct StoreConfig {
-    /// Store backend (only `embedded` for now).
+    /// Store backend.
     pub backend: StoreBackend,
     /// Path of the embedded store file.
     pub path: PathBuf,

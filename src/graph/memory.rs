@@ -344,6 +344,10 @@ pub struct Graph {
     pub(crate) subjects: FastMap<u64, ThreadEntry>,
     /// (sender, hash of the lower-cased attachment name)
     pub(crate) attachments: FastMap<(Id, u64), Vec<Id>>,
+    /// (sender, recipient) -> when a held message from the sender naming
+    /// the recipient was last discarded by an admin (judged misaddressed).
+    /// Rare, so a plain map.
+    pub(crate) discards: FastMap<(Id, Id), u32>,
     /// Thread and subject keys the last [`Graph::learn`] evicted (reported
     /// by [`Graph::touched_by`] so that stores delete them).
     pub(crate) evicted: Vec<RecordKey>,
@@ -889,6 +893,13 @@ impl GraphView for Graph {
         self.participants(e)
     }
 
+    fn discarded(&self, sender: &str, rcpt: &str) -> Option<Ts> {
+        let (s, r) = (self.id(sender)?, self.id(rcpt)?);
+        let t = *self.discards.get(&(s, r))?;
+        let delivered_since = self.edge_ids(s, r).is_some_and(|e| e.last >= t);
+        (!delivered_since).then_some(t as Ts)
+    }
+
     fn attachment_recipients(&self, sender: &str, name: &str) -> Vec<String> {
         let Some(s) = self.id(sender) else {
             return Vec::new();
@@ -916,6 +927,8 @@ pub enum RecordKey {
     Thread(u64),
     Subject(u64),
     Attachment(Id, u64),
+    /// A discarded (sender, recipient) pair.
+    Discard(Id, Id),
 }
 
 /// What a retention run removed.
@@ -925,6 +938,7 @@ pub struct PurgeCounts {
     pub co_pairs: usize,
     pub threads: usize,
     pub addresses: usize,
+    pub discards: usize,
 }
 
 impl Graph {
@@ -1025,7 +1039,56 @@ impl Graph {
                 .keys()
                 .map(|(s, h)| RecordKey::Attachment(*s, *h)),
         );
+        out.extend(
+            self.discards
+                .keys()
+                .map(|(s, r)| RecordKey::Discard(*s, *r)),
+        );
         out
+    }
+
+    /// Record that a held message from `sender` was discarded, judged
+    /// misaddressed for these recipients (see [`GraphView::discarded`]).
+    /// Returns every record changed.
+    pub fn learn_discard(&mut self, sender: &str, recipients: &[&str], ts: Ts) -> Vec<RecordKey> {
+        let t = clamp_ts(ts);
+        let s = self.intern(sender);
+        let mut touched = vec![RecordKey::Addr(s)];
+        for r in recipients {
+            if *r == sender || r.is_empty() {
+                continue;
+            }
+            let rid = self.intern(r);
+            let e = self.discards.entry((s, rid)).or_insert(0);
+            *e = (*e).max(t);
+            touched.push(RecordKey::Addr(rid));
+            touched.push(RecordKey::Discard(s, rid));
+        }
+        touched.sort_unstable();
+        touched.dedup();
+        touched
+    }
+
+    /// Every record a [`Graph::learn_discard`] of these addresses changed.
+    pub fn touched_by_discard(
+        &self,
+        sender: &str,
+        recipients: &[&str],
+        out: &mut std::collections::HashSet<RecordKey>,
+    ) {
+        let Some(s) = self.id(sender) else { return };
+        out.insert(RecordKey::Addr(s));
+        for r in recipients {
+            if let Some(rid) = self.id(r).filter(|rid| *rid != s) {
+                out.insert(RecordKey::Addr(rid));
+                out.insert(RecordKey::Discard(s, rid));
+            }
+        }
+    }
+
+    /// Number of discarded (sender, recipient) pairs.
+    pub fn discard_count(&self) -> usize {
+        self.discards.len()
     }
 
     /// Remove the edge `s -> r`, the sender's co-recipient pairs naming `r`
@@ -1229,6 +1292,16 @@ impl Graph {
             }
             touched.push(RecordKey::Attachment(k.0, k.1));
         }
+        let dis_keys: Vec<(Id, Id)> = self
+            .discards
+            .keys()
+            .filter(|(s, r)| *s == x || *r == x)
+            .copied()
+            .collect();
+        for k in dis_keys {
+            self.discards.remove(&k);
+            touched.push(RecordKey::Discard(k.0, k.1));
+        }
         self.remove_participant(x, &mut touched);
         self.tombstone(x);
         touched.push(RecordKey::Addr(x));
@@ -1282,12 +1355,24 @@ impl Graph {
         self.threads.retain(|_, t| t.last >= c);
         self.subjects.retain(|_, t| t.last >= c);
         counts.threads = before - self.threads.len() - self.subjects.len();
+        let old_dis: Vec<(Id, Id)> = self
+            .discards
+            .iter()
+            .filter(|(_, t)| **t < c)
+            .map(|(k, _)| *k)
+            .collect();
+        for k in old_dis {
+            self.discards.remove(&k);
+            counts.discards += 1;
+            touched.push(RecordKey::Discard(k.0, k.1));
+        }
         let in_use: std::collections::HashSet<Id> = self
             .threads
             .values()
             .chain(self.subjects.values())
             .flat_map(|t| t.participants.iter().copied())
             .chain(self.attachments.values().flatten().copied())
+            .chain(self.discards.keys().flat_map(|(s, r)| [*s, *r]))
             .collect();
         for id in 0..self.addrs.len() as Id {
             let e = &self.addrs[id as usize];
@@ -1383,6 +1468,7 @@ impl Graph {
             + map(&self.threads)
             + map(&self.subjects)
             + map(&self.attachments)
+            + map(&self.discards)
             + lists
     }
 
@@ -1467,6 +1553,19 @@ impl Graph {
             .count();
         let att_sent = self.attachments.keys().filter(|(s, _)| *s == x).count();
         let att_received = self.attachments.values().filter(|l| l.contains(&x)).count();
+        let mut discarded: Vec<_> = self
+            .discards
+            .iter()
+            .filter(|((s, r), _)| *s == x || *r == x)
+            .filter_map(|((s, r), t)| {
+                Some(json!({
+                    "sender": self.address_of(*s)?,
+                    "recipient": self.address_of(*r)?,
+                    "last": day(*t),
+                }))
+            })
+            .collect();
+        discarded.sort_by_key(|v| v.to_string());
         Some(json!({
             "address": &*e.address,
             "display_names": e.names.iter().map(|n| n.to_string()).collect::<Vec<_>>(),
@@ -1484,6 +1583,7 @@ impl Graph {
             "subject_threads_participated": subjects,
             "attachment_names_sent": att_sent,
             "attachment_names_received": att_received,
+            "discarded_holds": discarded,
             "note": "thread keys and attachment names are stored only as hashes, so they are counted, not listed",
         }))
     }
@@ -1744,5 +1844,84 @@ mod privacy_tests {
         assert_eq!(format_ts(0), "1970-01-01T00:00:00Z");
         assert_eq!(format_ts(989_883_540), "2001-05-14T23:39:00Z");
         assert_eq!(format_ts(1_709_164_800), "2024-02-29T00:00:00Z");
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod discard_tests {
+    use super::*;
+
+    fn to(a: &str) -> Recipient {
+        Recipient {
+            address: a.into(),
+            name: None,
+            field: Field::To,
+        }
+    }
+
+    fn send(g: &mut Graph, from: &str, rcpt: &str, ts: Ts) {
+        g.learn(&LearnInput {
+            sender: from,
+            sender_name: None,
+            recipients: &[to(rcpt)],
+            message_id: None,
+            subject: None,
+            attachments: vec![],
+            ts,
+        });
+    }
+
+    #[test]
+    fn discard_holds_until_a_later_delivery_and_retention_purges_it() {
+        let mut g = Graph::new(GraphConfig::default());
+        send(&mut g, "a@x.test", "b@x.test", 1000);
+        let touched = g.learn_discard("a@x.test", &["b@x.test", "c@y.test"], 2000);
+        let (a, b, c) = (
+            g.id("a@x.test").unwrap(),
+            g.id("b@x.test").unwrap(),
+            g.id("c@y.test").unwrap(),
+        );
+        assert!(touched.contains(&RecordKey::Discard(a, b)));
+        assert!(touched.contains(&RecordKey::Discard(a, c)));
+        assert!(touched.contains(&RecordKey::Addr(c)));
+        // Discarded after the last delivery: counts.
+        assert_eq!(g.discarded("a@x.test", "b@x.test"), Some(2000));
+        assert_eq!(g.discarded("a@x.test", "c@y.test"), Some(2000));
+        // Another sender's pair is not affected.
+        assert_eq!(g.discarded("b@x.test", "c@y.test"), None);
+        // Delivered since: the sender meant it after all.
+        send(&mut g, "a@x.test", "b@x.test", 3000);
+        assert_eq!(g.discarded("a@x.test", "b@x.test"), None);
+        // A later discard wins over an earlier one, never the reverse.
+        g.learn_discard("a@x.test", &["c@y.test"], 1500);
+        assert_eq!(g.discarded("a@x.test", "c@y.test"), Some(2000));
+        // Retention drops discards older than the cutoff, and then the
+        // address that only they kept alive.
+        let (counts, touched) = g.purge_older_than(2500);
+        assert_eq!(counts.discards, 2);
+        assert!(touched.contains(&RecordKey::Discard(a, c)));
+        assert_eq!(g.discard_count(), 0);
+        assert!(g.id("c@y.test").is_none());
+    }
+
+    #[test]
+    fn forget_removes_discards_in_both_directions() {
+        let mut g = Graph::new(GraphConfig::default());
+        g.learn_discard("a@x.test", &["b@x.test"], 2000);
+        g.learn_discard("b@x.test", &["c@x.test"], 2000);
+        let (_, touched) = g.forget("b@x.test").unwrap();
+        assert_eq!(
+            touched
+                .iter()
+                .filter(|k| matches!(k, RecordKey::Discard(..)))
+                .count(),
+            2
+        );
+        assert_eq!(g.discard_count(), 0);
+        assert!(!g
+            .all_records()
+            .iter()
+            .any(|k| matches!(k, RecordKey::Discard(..))));
     }
 }

@@ -113,6 +113,10 @@ pub trait GraphView: Send + Sync {
     fn subject_participants(&self, sender: &str, subject: &str) -> Vec<String>;
     /// Recipients `sender` has sent an attachment of this name to before.
     fn attachment_recipients(&self, sender: &str, name: &str) -> Vec<String>;
+    /// When a held message from `sender` to `rcpt` was last discarded
+    /// (judged misaddressed), unless mail from `sender` to `rcpt` was
+    /// delivered since; `None` otherwise.
+    fn discarded(&self, sender: &str, rcpt: &str) -> Option<Ts>;
 }
 
 /// Strip reply and forward prefixes (`RE:`, `Re[2]:`, `FW:`, `Fwd:`, `AW:`,

@@ -32,8 +32,9 @@ use crate::config::{ExpiryAction, HoldConfig};
 use crate::envelope::Envelope;
 use crate::graph::Ts;
 use crate::message::{Field, MessageMeta, Recipient};
-use crate::outbound::spool::{new_id, HeldMeta, Spool, SpoolError};
-use crate::store::{GraphHandle, LearnEvent};
+use crate::outbound::spool::{new_id, HeldMeta, SpoolError};
+use crate::store::pg_spool::{ClaimOutcome, HoldSpool, SpoolClaim, CLAIM_LEASE};
+use crate::store::{GraphHandle, LearnEvent, LearnKind};
 use crate::verdict::Verdict;
 
 /// Header added to a released message.
@@ -75,7 +76,8 @@ pub enum HoldError {
 /// (the sender's reply, an admin, the expiry task) of the same id running in
 /// between would deliver it twice. Process-wide because a configuration
 /// reload builds a new [`HoldService`] while sessions may still use the old
-/// one. (Relays sharing a PostgreSQL spool do not share these claims.)
+/// one. Relays sharing a PostgreSQL spool do not share these claims; there
+/// the database claim ([`HoldSpool::claim`]) is taken as well.
 static CLAIMS: std::sync::LazyLock<std::sync::Mutex<std::collections::HashSet<String>>> =
     std::sync::LazyLock::new(Default::default);
 
@@ -98,6 +100,29 @@ impl Drop for Claim {
         let mut set = CLAIMS.lock().unwrap_or_else(|p| p.into_inner());
         set.remove(&self.0);
     }
+}
+
+/// This process's claim and the spool's (the database claim every relay on
+/// a shared store respects).
+struct HeldClaim {
+    spool: SpoolClaim,
+    _local: Claim,
+}
+
+/// The recipients a verdict flagged: every one scoring at least 0.5 (more
+/// likely wrong than right), or the worst one when none does.
+pub fn flagged_recipients(v: &Verdict) -> Vec<&crate::verdict::RecipientScore> {
+    let mut out: Vec<_> = v.recipients.iter().filter(|r| r.score >= 0.5).collect();
+    if out.is_empty() {
+        if let Some(w) = v
+            .recipients
+            .iter()
+            .max_by(|a, b| a.score.total_cmp(&b.score))
+        {
+            out.push(w);
+        }
+    }
+    out
 }
 
 /// Who released or discarded a message.
@@ -155,7 +180,7 @@ pub struct Expired {
 /// The hold workflow over one spool.
 #[derive(Clone)]
 pub struct HoldService {
-    spool: Spool,
+    spool: HoldSpool,
     key: TokenKey,
     cfg: Arc<HoldConfig>,
     deliver: Arc<dyn Deliver>,
@@ -178,9 +203,11 @@ fn secs(d: std::time::Duration) -> Ts {
 }
 
 impl HoldService {
-    /// `graph`: where releases are learnt (none: nothing is learnt).
+    /// `spool`: a directory [`Spool`](crate::outbound::spool::Spool) or a
+    /// [`HoldSpool`]. `graph`: where releases are learnt (none: nothing is
+    /// learnt).
     pub fn new(
-        spool: Spool,
+        spool: impl Into<HoldSpool>,
         key: TokenKey,
         cfg: HoldConfig,
         deliver: Arc<dyn Deliver>,
@@ -188,7 +215,7 @@ impl HoldService {
         graph: Option<GraphHandle>,
     ) -> Self {
         HoldService {
-            spool,
+            spool: spool.into(),
             key,
             cfg: Arc::new(cfg),
             deliver,
@@ -196,6 +223,12 @@ impl HoldService {
             graph,
             scrub_logs: true,
         }
+    }
+
+    /// Learn releases and discards into `graph` (none: nothing is learnt).
+    pub fn with_graph(mut self, graph: Option<GraphHandle>) -> Self {
+        self.graph = graph;
+        self
     }
 
     /// Whether log lines scrub addresses from error text (next-hop replies);
@@ -213,8 +246,33 @@ impl HoldService {
         }
     }
 
-    pub fn spool(&self) -> &Spool {
+    pub fn spool(&self) -> &HoldSpool {
         &self.spool
+    }
+
+    /// Claim a hold for a release or discard: in this process, then in the
+    /// spool (on PostgreSQL, across every relay). `Busy` while another
+    /// request or relay holds it, `NotFound` when the shared store has no
+    /// such hold.
+    async fn claim(&self, id: &str) -> Result<HeldClaim, HoldError> {
+        let local = Claim::take(id)?;
+        match self.spool.claim(id, CLAIM_LEASE).await? {
+            ClaimOutcome::Claimed(spool) => Ok(HeldClaim {
+                spool,
+                _local: local,
+            }),
+            ClaimOutcome::Busy => Err(HoldError::Busy(id.to_string())),
+            ClaimOutcome::Missing => Err(HoldError::NotFound(id.to_string())),
+        }
+    }
+
+    /// Give a claim up after a failed release (so that a retry, here or on
+    /// another relay, need not wait for the lease); returns `e`.
+    async fn unclaim(&self, claim: HeldClaim, e: HoldError) -> HoldError {
+        if let Err(u) = self.spool.unclaim(&claim.spool).await {
+            tracing::warn!(hold_id = %claim.spool.id(), error = %u, "Claim on a held message not given up; it lapses with its lease.");
+        }
+        e
     }
 
     fn normalize(&self, a: &str) -> String {
@@ -418,11 +476,15 @@ impl HoldService {
     /// Deliver a held message (with an `X-Misdirect-Released` header) to its
     /// original recipients, remove it from the spool, and teach the graph
     /// that these recipients are right for this sender.
-    /// Concurrent calls for one id: one acts, the others get
+    /// Concurrent calls for one id (in this process, or on any relay of a
+    /// shared PostgreSQL spool): one acts, the others get
     /// [`HoldError::Busy`] (or `NotFound` once it is gone).
     pub async fn release(&self, id: &str, by: Actor, now: Ts) -> Result<(), HoldError> {
-        let _claim = Claim::take(id)?;
-        let (meta, raw) = self.show(id).await?;
+        let claim = self.claim(id).await?;
+        let (meta, raw) = match self.show(id).await {
+            Ok(h) => h,
+            Err(e) => return Err(self.unclaim(claim, e).await),
+        };
         let mut out = format!(
             "{RELEASED_HEADER}: by {}; {}\r\n",
             by.as_str(),
@@ -430,10 +492,12 @@ impl HoldService {
         )
         .into_bytes();
         out.extend_from_slice(&raw);
-        self.deliver.send(&meta.envelope, &out).await?;
+        if let Err(e) = self.deliver.send(&meta.envelope, &out).await {
+            return Err(self.unclaim(claim, e.into()).await);
+        }
         // Delivered: now it must leave the spool. If removal fails the
         // message could be delivered twice; that is logged loudly.
-        if let Err(e) = self.spool.remove(id).await {
+        if let Err(e) = self.spool.remove_claimed(&claim.spool).await {
             tracing::error!(hold_id = %id, error = %self.log_text(&e), "Released message delivered but not removed from the spool.");
             return Err(e.into());
         }
@@ -443,16 +507,62 @@ impl HoldService {
         Ok(())
     }
 
-    /// Remove a held message without delivering it. It is not learnt, so its
-    /// recipients stay unknown for this sender and are flagged again.
+    /// Remove a held message without delivering it. An admin's discard of
+    /// a message held as a suspected misdirection is a judgement: the graph
+    /// learns that the flagged recipients (see [`flagged_recipients`]) are
+    /// wrong for this sender, and they score as discarded until mail to
+    /// them is delivered. A discard by expiry (the sender did nothing), or
+    /// of a message held for another reason, teaches nothing.
     pub async fn discard(&self, id: &str, by: Actor) -> Result<(), HoldError> {
-        let _claim = Claim::take(id)?;
-        if !self.spool.remove(id).await? {
+        let claim = self.claim(id).await?;
+        let held = match by {
+            Actor::Admin => match self.spool.get(id).await {
+                Ok(h) => h,
+                Err(e) => return Err(self.unclaim(claim, e.into()).await),
+            },
+            _ => None,
+        };
+        if !self.spool.remove_claimed(&claim.spool).await? {
             return Err(HoldError::NotFound(id.to_string()));
         }
         metrics::counter!("misdirect_hold_discarded_total", "by" => by.as_str()).increment(1);
         tracing::info!(hold_id = %id, by = by.as_str(), "Held message discarded.");
+        if let Some((meta, raw)) = held {
+            self.learn_discard(&meta, &raw, now());
+        }
         Ok(())
+    }
+
+    fn learn_discard(&self, meta: &HeldMeta, raw: &[u8], now: Ts) {
+        let Some(g) = &self.graph else { return };
+        // Only a hold for a suspected misdirection is a judgement on its
+        // recipients (not, e.g., an encryption fallback for a recipient
+        // without a certificate).
+        if meta.verdict.action != crate::verdict::Action::Hold {
+            return;
+        }
+        let flagged = flagged_recipients(&meta.verdict);
+        if flagged.is_empty() {
+            return;
+        }
+        let recipients = flagged
+            .into_iter()
+            .map(|r| Recipient {
+                address: r.address.clone(),
+                name: None,
+                field: r.field,
+            })
+            .collect();
+        let ev = LearnEvent {
+            tenant: meta.tenant.clone(),
+            meta: MessageMeta::parse(raw, &self.norm),
+            recipients,
+            ts: now,
+            kind: LearnKind::Discarded,
+        };
+        if let Err(e) = g.learn(ev) {
+            tracing::warn!(hold_id = %meta.id, error = %e, "Discarded message not learnt.");
+        }
     }
 
     fn learn(&self, meta: &HeldMeta, raw: &[u8], now: Ts) {
@@ -485,6 +595,7 @@ impl HoldService {
             meta: parsed,
             recipients,
             ts: now,
+            kind: LearnKind::Delivered,
         };
         if let Err(e) = g.learn(ev) {
             tracing::warn!(hold_id = %meta.id, error = %e, "Released message not learnt.");

@@ -14,7 +14,9 @@
 //! - `thread`, `subject`: pseudonym("#t"/"#s" + hash) -> sealed (hash,
 //!   last, participant pseudonyms);
 //! - `att`: pseudonym(sender) ‖ pseudonym("#a" + hash) -> sealed (hash,
-//!   recipient pseudonyms).
+//!   recipient pseudonyms);
+//! - `discard`: pseudonym(sender) ‖ pseudonym(recipient) -> when a held
+//!   message between them was last discarded (4 bytes).
 //!
 //! Table `meta` holds the tenant list and the key id the pseudonyms use.
 //! Every commit is durable (`Durability::Immediate`): redb's copy-on-write
@@ -43,8 +45,8 @@ const CACHE_BYTES: usize = 64 << 20;
 const REWRITE_CHUNK: usize = 200_000;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const KINDS: [&str; 8] = [
-    "addr", "domain", "edge", "sdom", "co", "thread", "subject", "att",
+const KINDS: [&str; 9] = [
+    "addr", "domain", "edge", "sdom", "co", "thread", "subject", "att", "discard",
 ];
 
 fn table_name(tenant: &str, kind: &str) -> String {
@@ -383,6 +385,20 @@ impl EmbeddedStore {
                     g.attachments.insert((s, h), list);
                 }
             }
+            if let Some(t) = open("discard")? {
+                for row in t.iter()? {
+                    let (k, v) = row?;
+                    let v = v.value();
+                    let (Some(s), Some(r), Ok(ts)) = (
+                        id_of(k.value(), 0),
+                        id_of(k.value(), 1),
+                        <[u8; 4]>::try_from(v),
+                    ) else {
+                        return Err(corrupt("discarded pair"));
+                    };
+                    g.discards.insert((s, r), u32::from_le_bytes(ts));
+                }
+            }
             self.cache
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -542,6 +558,19 @@ impl EmbeddedStore {
                     });
                     ("att", [ps, hash_ps("#a", h)].concat(), val)
                 }),
+                RecordKey::Discard(s, r) => {
+                    match (
+                        self.id_ps(cache, tenant, g, s),
+                        self.id_ps(cache, tenant, g, r),
+                    ) {
+                        (Some(a), Some(b)) => Some((
+                            "discard",
+                            [a, b].concat(),
+                            g.discards.get(&(s, r)).map(|t| t.to_le_bytes().to_vec()),
+                        )),
+                        _ => None,
+                    }
+                }
             };
             if let Some((kind, key, val)) = op {
                 batch.ops.push((table_name(tenant, kind), key, val));

@@ -230,6 +230,7 @@ pub fn log_purge(cutoff: Ts, counts: &[(String, PurgeCounts)]) {
             co_pairs = c.co_pairs,
             threads = c.threads,
             addresses = c.addresses,
+            discards = c.discards,
             "Retention removed associations last seen before the cutoff."
         );
     }
@@ -257,14 +258,60 @@ struct Persist {
     flush_lock: tokio::sync::Mutex<()>,
 }
 
+/// What a [`LearnEvent`] teaches the graph.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LearnKind {
+    /// The message was delivered: its sender writes to these recipients.
+    #[default]
+    Delivered,
+    /// The message was held and then discarded: these recipients were
+    /// wrong for this sender ([`Graph::learn_discard`]).
+    Discarded,
+}
+
 /// One message to learn from, owned so it can cross the queue.
 #[derive(Debug, Clone)]
 pub struct LearnEvent {
     pub tenant: String,
     pub meta: MessageMeta,
-    /// Every recipient (header recipients and envelope-only ones as Bcc).
+    /// Every recipient (header recipients and envelope-only ones as Bcc);
+    /// for a discard, the recipients judged wrong.
     pub recipients: Vec<Recipient>,
     pub ts: Ts,
+    pub kind: LearnKind,
+}
+
+/// Apply one learn event (delivered or discarded) to a tenant map.
+pub(crate) fn apply_event(
+    graphs: &mut HashMap<String, Graph>,
+    cfg: &GraphConfig,
+    tenant: &str,
+    meta: &MessageMeta,
+    recipients: &[Recipient],
+    ts: Ts,
+    kind: LearnKind,
+) {
+    let g = || Graph::new(cfg.clone());
+    match kind {
+        LearnKind::Delivered => {
+            if let Some(input) = LearnInput::from_meta(meta, recipients, ts) {
+                graphs
+                    .entry(tenant.to_string())
+                    .or_insert_with(g)
+                    .learn(&input);
+            }
+        }
+        LearnKind::Discarded => {
+            if let Some(sender) = meta.sender() {
+                let rcpts: Vec<&str> = recipients.iter().map(|r| r.address.as_str()).collect();
+                graphs
+                    .entry(tenant.to_string())
+                    .or_insert_with(g)
+                    .learn_discard(sender, &rcpts, ts);
+            }
+        }
+    }
 }
 
 impl LearnEvent {
@@ -275,11 +322,32 @@ impl LearnEvent {
 
     /// Apply to an in-memory tenant map.
     pub fn apply(&self, graphs: &mut HashMap<String, Graph>, cfg: &GraphConfig) {
-        if let Some(input) = LearnInput::from_meta(&self.meta, &self.recipients, self.ts) {
-            graphs
-                .entry(self.tenant.clone())
-                .or_insert_with(|| Graph::new(cfg.clone()))
-                .learn(&input);
+        apply_event(
+            graphs,
+            cfg,
+            &self.tenant,
+            &self.meta,
+            &self.recipients,
+            self.ts,
+            self.kind,
+        );
+    }
+
+    /// Every record applying this event changed (call after [`Self::apply`]).
+    pub fn touched(&self, g: &Graph, out: &mut HashSet<RecordKey>) {
+        match self.kind {
+            LearnKind::Delivered => {
+                if let Some(input) = self.input() {
+                    g.touched_by(&input, out);
+                }
+            }
+            LearnKind::Discarded => {
+                if let Some(sender) = self.meta.sender() {
+                    let rcpts: Vec<&str> =
+                        self.recipients.iter().map(|r| r.address.as_str()).collect();
+                    g.touched_by_discard(sender, &rcpts, out);
+                }
+            }
         }
     }
 }
@@ -478,6 +546,12 @@ impl GraphHandle {
         })
     }
 
+    /// Queue a message for learning, waiting while the queue is full (for
+    /// bulk learning such as `import`; the relay uses [`Self::learn`]).
+    pub async fn learn_wait(&self, ev: LearnEvent) -> Result<(), LearnError> {
+        self.tx.send(ev).await.map_err(|_| LearnError::Closed)
+    }
+
     /// The shared PostgreSQL store behind this handle, if any.
     pub fn shared_store(&self) -> Option<&Arc<postgres::PgGraph>> {
         self.shared.as_ref()
@@ -490,7 +564,11 @@ impl GraphHandle {
 }
 
 /// Encode what is pending and commit it; on failure the records stay
-/// pending for the next round.
+/// pending for the next round. Encoding (which seals every record) and the
+/// commit both run on a blocking thread: the async workers that serve SMTP
+/// sessions never wait for them, and the graph's read lock held while
+/// encoding does not stop scoring (which reads too); only learning, in
+/// this task, waits.
 async fn flush(
     graphs: &Arc<RwLock<HashMap<String, Graph>>>,
     persist: &Arc<Persist>,
@@ -500,19 +578,28 @@ async fn flush(
         return;
     }
     let _guard = persist.flush_lock.lock().await;
-    let mut batch = Batch::default();
-    {
-        let map = graphs.read().unwrap_or_else(|p| p.into_inner());
-        for (t, keys) in pending.iter() {
-            if let Some(g) = map.get(t) {
-                persist.store.encode(&mut batch, t, g, keys.iter().copied());
+    // Learning waits for this function, so `pending` cannot change
+    // meanwhile: a copy goes to the blocking thread and the original is
+    // cleared once the commit succeeded.
+    let work = pending.clone();
+    let graphs = graphs.clone();
+    let p = persist.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut batch = Batch::default();
+        {
+            let map = graphs.read().unwrap_or_else(|p| p.into_inner());
+            for (t, keys) in work.iter() {
+                if let Some(g) = map.get(t) {
+                    p.store.encode(&mut batch, t, g, keys.iter().copied());
+                }
             }
         }
-    }
-    let p = persist.clone();
-    let records = batch.len();
-    match tokio::task::spawn_blocking(move || p.store.commit(batch)).await {
-        Ok(Ok(())) => {
+        let records = batch.len();
+        p.store.commit(batch).map(|()| records)
+    })
+    .await;
+    match done {
+        Ok(Ok(records)) => {
             pending.clear();
             tracing::debug!(records, "Graph changes committed.");
         }
@@ -546,8 +633,8 @@ async fn learn_task(
                 let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
                 for ev in batch.drain(..) {
                     ev.apply(&mut map, &cfg);
-                    if let (Some(input), Some(g)) = (ev.input(), map.get(&ev.tenant)) {
-                        g.touched_by(&input, pending.entry(ev.tenant.clone()).or_default());
+                    if let Some(g) = map.get(&ev.tenant) {
+                        ev.touched(g, pending.entry(ev.tenant.clone()).or_default());
                     }
                 }
             }

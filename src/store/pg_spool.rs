@@ -6,9 +6,17 @@
 //! metadata and the raw message each sealed with [`Keys::seal`]
 //! (AES-256-GCM). Any relay on the same database lists, reads and removes
 //! every relay's holds; removal is a single `DELETE`, so of two relays
-//! releasing the same hold at once exactly one gets `true`.
+//! removing the same hold at once exactly one gets `true`.
+//!
+//! Releasing delivers first and removes after, so removal alone cannot stop
+//! two relays from both delivering: [`PgSpool::claim`] marks a hold as being
+//! acted on (columns `claimed_until`, `claim_token`, schema version 2) with
+//! one conditional `UPDATE`, and only one relay at a time gets the claim.
+//! A claim is a lease of [`CLAIM_LEASE`] (database clock): a relay that dies
+//! mid-release blocks the hold that long at most.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::postgres::{PgError, Pool};
 use crate::outbound::spool::{HeldMeta, Spool, SpoolError};
@@ -20,6 +28,39 @@ fn spool_err(e: PgError) -> SpoolError {
 
 fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// How long a claim on a held message in the shared store lasts unless its
+/// holder removes the message or gives the claim up first. Longer than a
+/// release's delivery can take with the default `[relay] timeout` (60 s per
+/// step), so a live relay does not lose its claim mid-delivery.
+pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
+
+/// The right to release or discard one held message, from
+/// [`HoldSpool::claim`]. For the directory spool it carries no token (the
+/// process-wide claim in `hold` is all there is: one relay per directory).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpoolClaim {
+    id: String,
+    token: Option<i64>,
+}
+
+impl SpoolClaim {
+    /// The held message's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+}
+
+/// What [`HoldSpool::claim`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimOutcome {
+    /// This caller may act on the hold.
+    Claimed(SpoolClaim),
+    /// Another relay (or request) holds an unexpired claim on it.
+    Busy,
+    /// No such hold (never held, or already released or discarded).
+    Missing,
 }
 
 /// Held messages in PostgreSQL.
@@ -154,6 +195,76 @@ impl PgSpool {
             .map_err(|e| spool_err(e.into()))?;
         Ok(n > 0)
     }
+
+    /// Claim a held message for `lease` (one conditional `UPDATE`): only
+    /// one caller across every relay on the database gets
+    /// [`ClaimOutcome::Claimed`] until the claim is removed, given up, or
+    /// its lease runs out.
+    pub async fn claim(&self, id: &str, lease: Duration) -> Result<ClaimOutcome, SpoolError> {
+        if !valid_id(id) {
+            return Err(SpoolError::BadId);
+        }
+        let token: i64 = rand::random();
+        let c = self.pool.get().await.map_err(spool_err)?;
+        let n = c
+            .execute(
+                "UPDATE held SET claimed_until = clock_timestamp() + make_interval(secs => $2),
+                     claim_token = $3
+                 WHERE id = $1 AND claimed_until < clock_timestamp()",
+                &[&id, &lease.as_secs_f64(), &token],
+            )
+            .await
+            .map_err(|e| spool_err(e.into()))?;
+        if n == 1 {
+            return Ok(ClaimOutcome::Claimed(SpoolClaim {
+                id: id.to_string(),
+                token: Some(token),
+            }));
+        }
+        let there = c
+            .query_opt("SELECT 1 FROM held WHERE id = $1", &[&id])
+            .await
+            .map_err(|e| spool_err(e.into()))?;
+        Ok(if there.is_some() {
+            ClaimOutcome::Busy
+        } else {
+            ClaimOutcome::Missing
+        })
+    }
+
+    /// Remove a held message under a claim; `false` when it is gone or the
+    /// claim is no longer this caller's (its lease ran out and another
+    /// relay claimed it).
+    pub async fn remove_claimed(&self, claim: &SpoolClaim) -> Result<bool, SpoolError> {
+        let Some(token) = claim.token else {
+            return self.remove(&claim.id).await;
+        };
+        let c = self.pool.get().await.map_err(spool_err)?;
+        let n = c
+            .execute(
+                "DELETE FROM held WHERE id = $1 AND claim_token = $2",
+                &[&claim.id, &token],
+            )
+            .await
+            .map_err(|e| spool_err(e.into()))?;
+        Ok(n > 0)
+    }
+
+    /// Give a claim up (the release failed): any relay may act at once.
+    pub async fn unclaim(&self, claim: &SpoolClaim) -> Result<(), SpoolError> {
+        let Some(token) = claim.token else {
+            return Ok(());
+        };
+        let c = self.pool.get().await.map_err(spool_err)?;
+        c.execute(
+            "UPDATE held SET claimed_until = '-infinity', claim_token = NULL
+             WHERE id = $1 AND claim_token = $2",
+            &[&claim.id, &token],
+        )
+        .await
+        .map_err(|e| spool_err(e.into()))?;
+        Ok(())
+    }
 }
 
 /// Where held messages live: a directory (one relay) or PostgreSQL
@@ -191,5 +302,52 @@ impl HoldSpool {
             HoldSpool::Dir(s) => s.remove(id).await,
             HoldSpool::Postgres(s) => s.remove(id).await,
         }
+    }
+
+    /// Claim a held message before releasing or discarding it. PostgreSQL:
+    /// see [`PgSpool::claim`]. Directory: always `Claimed` (whether the
+    /// message exists shows when it is read or removed).
+    pub async fn claim(&self, id: &str, lease: Duration) -> Result<ClaimOutcome, SpoolError> {
+        match self {
+            HoldSpool::Dir(_) => {
+                if !valid_id(id) {
+                    return Err(SpoolError::BadId);
+                }
+                Ok(ClaimOutcome::Claimed(SpoolClaim {
+                    id: id.to_string(),
+                    token: None,
+                }))
+            }
+            HoldSpool::Postgres(s) => s.claim(id, lease).await,
+        }
+    }
+
+    /// Remove a claimed message; `false` when it was not there (or, in
+    /// PostgreSQL, the claim was lost to another relay after its lease).
+    pub async fn remove_claimed(&self, claim: &SpoolClaim) -> Result<bool, SpoolError> {
+        match self {
+            HoldSpool::Dir(s) => s.remove(&claim.id).await,
+            HoldSpool::Postgres(s) => s.remove_claimed(claim).await,
+        }
+    }
+
+    /// Give a claim up without removing the message.
+    pub async fn unclaim(&self, claim: &SpoolClaim) -> Result<(), SpoolError> {
+        match self {
+            HoldSpool::Dir(_) => Ok(()),
+            HoldSpool::Postgres(s) => s.unclaim(claim).await,
+        }
+    }
+}
+
+impl From<Spool> for HoldSpool {
+    fn from(s: Spool) -> Self {
+        HoldSpool::Dir(s)
+    }
+}
+
+impl From<PgSpool> for HoldSpool {
+    fn from(s: PgSpool) -> Self {
+        HoldSpool::Postgres(s)
     }
 }

@@ -59,7 +59,7 @@ use super::{log_purge, purge_all, retention_cutoff, unix_now, ForgetReport, Grap
 use crate::config::store::{PgTls, StoreConfig};
 use crate::config::Config;
 use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, ThreadEntry};
-use crate::graph::{DomainStats, Graph, GraphConfig, LearnInput, Ts};
+use crate::graph::{DomainStats, Graph, GraphConfig, Ts};
 use crate::message::{MessageMeta, Recipient};
 use crate::privacy::Keys;
 
@@ -84,9 +84,10 @@ const OP_TIMEOUT: Duration = Duration::from_secs(15);
 const TAIL_LIMIT: i64 = 2000;
 
 /// Versioned schema migrations, applied in order by [`migrate_schema`].
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE store_meta (key text PRIMARY KEY, value bigint NOT NULL);
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE store_meta (key text PRIMARY KEY, value bigint NOT NULL);
      INSERT INTO store_meta VALUES ('epoch', 0), ('snapshot_seq', 0);
      CREATE TABLE learn_log (
          seq bigserial PRIMARY KEY,
@@ -112,7 +113,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
          meta bytea NOT NULL,
          raw bytea NOT NULL);
      CREATE INDEX held_index_ps ON held USING gin (index_ps);",
-)];
+    ),
+    (
+        2,
+        // Cross-relay release claims (see `pg_spool::PgSpool::claim`).
+        "ALTER TABLE held
+             ADD COLUMN claimed_until timestamptz NOT NULL DEFAULT '-infinity',
+             ADD COLUMN claim_token bigint;",
+    ),
+];
 
 /// Shared-store errors.
 #[derive(Debug, thiserror::Error)]
@@ -342,6 +351,9 @@ pub struct WireEvent {
     pub meta: MessageMeta,
     pub recipients: Vec<Recipient>,
     pub ts: Ts,
+    /// Absent in log entries written before discards were recorded.
+    #[serde(default)]
+    pub kind: super::LearnKind,
 }
 
 impl WireEvent {
@@ -352,16 +364,20 @@ impl WireEvent {
             meta: ev.meta,
             recipients: ev.recipients,
             ts: ev.ts,
+            kind: ev.kind,
         }
     }
 
     fn apply(&self, graphs: &mut HashMap<String, Graph>, cfg: &GraphConfig) {
-        if let Some(input) = LearnInput::from_meta(&self.meta, &self.recipients, self.ts) {
-            graphs
-                .entry(self.tenant.clone())
-                .or_insert_with(|| Graph::new(cfg.clone()))
-                .learn(&input);
-        }
+        super::apply_event(
+            graphs,
+            cfg,
+            &self.tenant,
+            &self.meta,
+            &self.recipients,
+            self.ts,
+            self.kind,
+        );
     }
 
     /// Every address the event names.
@@ -456,6 +472,9 @@ struct Snap {
     threads: Vec<(u64, ThreadEntry)>,
     subjects: Vec<(u64, ThreadEntry)>,
     att: Vec<(Id, u64, Vec<Id>)>,
+    /// Absent in snapshots written before discards were recorded.
+    #[serde(default)]
+    discards: Vec<(Id, Id, u32)>,
 }
 
 /// Seal a tenant graph: JSON, zlib, AES-256-GCM.
@@ -474,6 +493,7 @@ pub fn seal_graph(keys: &Keys, g: &Graph) -> Result<Vec<u8>, PgError> {
             .iter()
             .map(|((s, h), v)| (*s, *h, v.clone()))
             .collect(),
+        discards: g.discards.iter().map(|((s, r), t)| (*s, *r, *t)).collect(),
     };
     let json = serde_json::to_vec(&snap).map_err(|e| PgError::Corrupt(e.to_string()))?;
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -516,6 +536,11 @@ pub fn open_graph(keys: &Keys, body: &[u8], cfg: &GraphConfig) -> Result<Graph, 
     g.threads = s.threads.into_iter().collect();
     g.subjects = s.subjects.into_iter().collect();
     g.attachments = s.att.into_iter().map(|(a, h, v)| ((a, h), v)).collect();
+    g.discards = s
+        .discards
+        .into_iter()
+        .map(|(a, r, t)| ((a, r), t))
+        .collect();
     Ok(g)
 }
 

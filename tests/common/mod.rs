@@ -17,6 +17,8 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWrite
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+pub mod binary;
+
 /// One message as the next hop received it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Received {

@@ -1,0 +1,113 @@
+//! The `misdirectd` binary as a child process: start it on a configuration,
+//! wait for its banner, stop it with SIGTERM (and check the clean exit) or
+//! kill it. Killed when dropped, so a failing test leaves no daemon behind.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free loopback port (bound and released; the daemon binds it next).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `misdirectd serve`.
+pub struct DaemonProcess {
+    pub child: Child,
+    /// Its SMTP port on 127.0.0.1.
+    pub port: u16,
+}
+
+impl Drop for DaemonProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Where the daemon's stdout and stderr go.
+pub enum Output<'a> {
+    /// stdout discarded, stderr to the test's.
+    Inherit,
+    /// Both into this file.
+    File(&'a Path),
+}
+
+impl DaemonProcess {
+    /// `misdirectd serve --config CONFIG`; returns once the daemon's SMTP
+    /// port (`port`, as the configuration says) answers with its banner.
+    pub fn spawn(config: &Path, port: u16, out: Output<'_>) -> DaemonProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_misdirectd"));
+        cmd.args(["serve", "--config"]).arg(config);
+        match out {
+            Output::Inherit => {
+                cmd.stdout(Stdio::null()).stderr(Stdio::inherit());
+            }
+            Output::File(p) => {
+                let f = std::fs::File::create(p).unwrap();
+                cmd.env_remove("RUST_LOG")
+                    .stdout(f.try_clone().unwrap())
+                    .stderr(f);
+            }
+        }
+        let d = DaemonProcess {
+            child: cmd.spawn().unwrap(),
+            port,
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+                use std::io::Read;
+                let mut b = [0u8; 3];
+                if s.read_exact(&mut b).is_ok() && &b == b"220" {
+                    return d;
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        ([127, 0, 0, 1], self.port).into()
+    }
+
+    /// Send a signal (`"-HUP"`, `"-TERM"`, ...).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+
+    /// SIGTERM and wait for a clean exit (status 0).
+    pub fn terminate(mut self) {
+        self.signal("-TERM");
+        let start = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                assert!(st.success(), "daemon exited with {st}");
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "daemon ignored SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL, and reap it.
+    pub fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
