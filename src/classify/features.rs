@@ -536,14 +536,6 @@ pub fn extract(
                     }
                     continue;
                 }
-                // Mail to the recipient needs someone who wrote to it, mail
-                // from it needs it to have sent some: else no lookup.
-                if seen <= MAX_NEIGHBOUR_CHECKS
-                    && ((sc.org.senders > 0 && g.edge(addr, &r.address).is_some())
-                        || (sc.org.sent > 0 && g.edge(&r.address, addr).is_some()))
-                {
-                    sc.neighbours += 1;
-                }
                 if rl == cl && sc.same_local.as_ref().is_none_or(|(_, c)| total > *c) {
                     sc.same_local = Some((addr.to_string(), total));
                 }
@@ -585,6 +577,16 @@ pub fn extract(
         });
     }
 
+    // Neighbourhood of a recipient the sender never wrote to: which of the
+    // sender's first contacts have mail with it. Mail to it needs someone
+    // who wrote to it, mail from it needs it to have sent some.
+    if sstats.contacts > 0 {
+        for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
+            if sc.known.is_none() && (sc.org.senders > 0 || sc.org.sent > 0) {
+                sc.neighbours = g.contacts_with_mail(sender, &r.address, MAX_NEIGHBOUR_CHECKS);
+            }
+        }
+    }
     let others_known: Vec<bool> = scans.iter().map(|s| s.known.is_some()).collect();
     // Pair lookups are symmetric (co-recipient counts, mail in either
     // direction): each pair is looked up once and used for both of its

@@ -855,6 +855,34 @@ impl GraphView for Graph {
         }
     }
 
+    fn contacts_with_mail(&self, sender: &str, addr: &str, limit: usize) -> u32 {
+        let (Some(s), Some(x)) = (self.id(sender), self.id(addr)) else {
+            return 0;
+        };
+        let Some(adj) = self.adj(s) else { return 0 };
+        // Ids all the way: no address string is hashed per contact.
+        let x_out = self.adj(x);
+        let mut seen = 0usize;
+        let mut linked = 0u32;
+        for (c, _) in &adj.out {
+            if self.address_of(*c).is_none() {
+                continue;
+            }
+            seen += 1;
+            if seen > limit {
+                break;
+            }
+            if *c == x {
+                continue;
+            }
+            let from_x = x_out.is_some_and(|a| find(&a.out, *c).is_ok());
+            if from_x || self.edge_ids(*c, x).is_some() {
+                linked += 1;
+            }
+        }
+        linked
+    }
+
     fn display_names(&self, addr: &str) -> Vec<String> {
         self.id(addr)
             .and_then(|id| self.addrs.get(id as usize))

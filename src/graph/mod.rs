@@ -102,6 +102,10 @@ pub trait GraphView: Send + Sync {
     fn domain(&self, domain: &str) -> DomainStats;
     /// Every address `sender` has written to, with its edge.
     fn for_each_contact(&self, sender: &str, f: &mut dyn FnMut(&str, &EdgeStats));
+    /// How many of the first `limit` contacts of `sender` (in
+    /// [`Self::for_each_contact`] order; `addr` itself not counted) have
+    /// mail with `addr` in either direction.
+    fn contacts_with_mail(&self, sender: &str, addr: &str, limit: usize) -> u32;
     /// Display names seen for an address (most recent last, a few at most).
     fn display_names(&self, addr: &str) -> Vec<String>;
     /// Participants (sender and recipients) of the messages with these
