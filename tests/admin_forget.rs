@@ -8,36 +8,21 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::binary::{admin_http, free_port, DaemonProcess, Output};
 use common::{message, Client, Sink};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "admin-token-0123456789";
 const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// The daemon process (killed when dropped) and its admin API port.
 struct Daemon {
-    child: Child,
-    port: u16,
+    process: DaemonProcess,
     admin: u16,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn write_config(dir: &Path, port: u16, admin: u16, hop: u16) -> PathBuf {
@@ -60,52 +45,18 @@ fn write_config(dir: &Path, port: u16, admin: u16, hop: u16) -> PathBuf {
 
 impl Daemon {
     async fn spawn(config: PathBuf, port: u16, admin: u16) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let d = Daemon { child, port, admin };
-        let start = Instant::now();
-        loop {
-            if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-                let mut b = [0u8; 3];
-                if s.read_exact(&mut b).await.is_ok() && &b == b"220" {
-                    return d;
-                }
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "daemon did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let process =
+            tokio::task::block_in_place(|| DaemonProcess::spawn(&config, port, Output::Inherit));
+        Daemon { process, admin }
     }
 
-    async fn terminate(mut self) {
-        let st = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let start = Instant::now();
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                assert!(st.success(), "daemon exited with {st}");
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "no exit after SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+    /// SIGTERM and wait for a clean exit.
+    async fn terminate(self) {
+        tokio::task::block_in_place(|| self.process.terminate());
     }
 
     async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
-        let mut c = Client::greeted(([127, 0, 0, 1], self.port).into()).await;
+        let mut c = Client::greeted(self.process.addr()).await;
         c.expect("EHLO client.test", "250").await;
         c.send_mail(from, to, msg).await
     }
@@ -117,24 +68,7 @@ impl Daemon {
         token: Option<&str>,
         body: &[u8],
     ) -> (u16, serde_json::Value) {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
-            .await
-            .unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.unwrap();
-        let text = String::from_utf8(resp).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap())
+        admin_http(self.admin, method, path, token, body).await
     }
 
     /// The live daemon's score for one message from `from` to `to`.

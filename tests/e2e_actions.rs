@@ -12,9 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::binary::{free_port, DaemonProcess, Output};
+use common::binary::{admin_http, free_port, header, release_address, DaemonProcess, Output};
 use common::{message, split_trace, Client, Received, Sink};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "admin-token-0123456789";
 const ALICE: &str = "alice@acme.test";
@@ -99,24 +98,7 @@ impl Daemon {
         token: Option<&str>,
         body: &[u8],
     ) -> (u16, serde_json::Value) {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.admin))
-            .await
-            .unwrap();
-        let auth = token
-            .map(|t| format!("Authorization: Bearer {t}\r\n"))
-            .unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.unwrap();
-        let text = String::from_utf8(resp).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap())
+        admin_http(self.admin, method, path, token, body).await
     }
 
     async fn holds(&self) -> Vec<serde_json::Value> {
@@ -173,24 +155,6 @@ impl Daemon {
             .await;
         assert!(learnt.is_some(), "the delivered message was never learnt");
     }
-}
-
-fn header<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let head = text.split("\r\n\r\n").next()?;
-    head.split("\r\n").find_map(|l| {
-        l.split_once(':')
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
-    })
-}
-
-/// The release address from a notice's Reply-To.
-fn release_address(notice: &Received) -> String {
-    header(&notice.data, "Reply-To")
-        .unwrap()
-        .trim_matches(['<', '>'])
-        .to_string()
 }
 
 /// What a released message must look like: our header, then the original.

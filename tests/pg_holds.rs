@@ -13,10 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::binary::{free_port, DaemonProcess, Output};
+use common::binary::{admin_http, free_port, release_address, DaemonProcess, Output};
 use common::{message, Client, Received, Sink};
 use pg_support::PgCluster;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const TOKEN: &str = "admin-token-0123456789";
@@ -75,19 +74,7 @@ impl Daemon {
 
     /// An admin API request: (status, JSON body).
     async fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        let mut s = TcpStream::connect(("127.0.0.1", self.admin)).await.unwrap();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            body.len()
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
-        s.write_all(body).await.unwrap();
-        let mut resp = Vec::new();
-        s.read_to_end(&mut resp).await.unwrap();
-        let text = String::from_utf8(resp).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        (status, serde_json::from_str(body).unwrap())
+        admin_http(self.admin, method, path, Some(TOKEN), body).await
     }
 
     async fn holds(&self) -> Vec<String> {
@@ -143,23 +130,6 @@ impl Daemon {
 
 fn stranger(subject: &str) -> String {
     format!("{subject}@elsewhere.test")
-}
-
-fn header<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
-    let text = std::str::from_utf8(raw).ok()?;
-    let head = text.split("\r\n\r\n").next()?;
-    head.split("\r\n").find_map(|l| {
-        l.split_once(':')
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.trim())
-    })
-}
-
-fn release_address(notice: &Received) -> String {
-    header(&notice.data, "Reply-To")
-        .unwrap()
-        .trim_matches(['<', '>'])
-        .to_string()
 }
 
 /// A released message: to the stranger of `subject`, our header, then the

@@ -111,3 +111,52 @@ impl DaemonProcess {
         self.child.wait().unwrap();
     }
 }
+
+/// One request to a daemon's admin API on `127.0.0.1:port`: the status and
+/// the JSON body.
+pub async fn admin_http(
+    port: u16,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.unwrap();
+    let text = String::from_utf8(resp).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).unwrap())
+}
+
+/// A header's value in a message's header section (first match).
+pub fn header<'a>(raw: &'a [u8], name: &str) -> Option<&'a str> {
+    let text = std::str::from_utf8(raw).ok()?;
+    let head = text.split("\r\n\r\n").next()?;
+    head.split("\r\n").find_map(|l| {
+        l.split_once(':')
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.trim())
+    })
+}
+
+/// The release address from a hold notice's Reply-To.
+pub fn release_address(notice: &super::Received) -> String {
+    header(&notice.data, "Reply-To")
+        .unwrap()
+        .trim_matches(['<', '>'])
+        .to_string()
+}
