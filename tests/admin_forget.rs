@@ -7,70 +7,22 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::binary::{admin_http, free_port, DaemonProcess, Output};
-use common::{message, Client, Sink};
+use common::binary::{admin_daemon_config, free_port, AdminDaemon, ADMIN_TOKEN};
+use common::{message, Sink};
 
-const TOKEN: &str = "admin-token-0123456789";
+const TOKEN: &str = ADMIN_TOKEN;
 const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
+const HOLD: &str = "[policy]\nhold_at = 0.8\n[hold]\nrelease_domain = \"confirm.acme.test\"\n";
 
-/// The daemon process (killed when dropped) and its admin API port.
-struct Daemon {
-    process: DaemonProcess,
-    admin: u16,
-}
+type Daemon = AdminDaemon;
 
-fn write_config(dir: &Path, port: u16, admin: u16, hop: u16) -> PathBuf {
-    let data = dir.join("data");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
-         [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\n\
-         [store]\npath = \"{d}/graph.redb\"\nbatch_interval = \"100ms\"\n\
-         [privacy]\nkey_file = \"{d}/keys.json\"\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
-         [metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n\
-         [model]\nscorer = \"never-seen\"\n\
-         [policy]\nhold_at = 0.8\n[hold]\nrelease_domain = \"confirm.acme.test\"\n",
-        d = data.display()
-    );
-    let path = dir.join("misdirectd.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-impl Daemon {
-    async fn spawn(config: PathBuf, port: u16, admin: u16) -> Daemon {
-        let process =
-            tokio::task::block_in_place(|| DaemonProcess::spawn(&config, port, Output::Inherit));
-        Daemon { process, admin }
-    }
-
-    /// SIGTERM and wait for a clean exit.
-    async fn terminate(self) {
-        tokio::task::block_in_place(|| self.process.terminate());
-    }
-
-    async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
-        let mut c = Client::greeted(self.process.addr()).await;
-        c.expect("EHLO client.test", "250").await;
-        c.send_mail(from, to, msg).await
-    }
-
-    async fn http(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> (u16, serde_json::Value) {
-        admin_http(self.admin, method, path, token, body).await
-    }
-
+impl AdminDaemon {
     /// The live daemon's score for one message from `from` to `to`.
     async fn score(&self, from: &str, to: &str) -> f64 {
         let (st, v) = self
@@ -78,12 +30,6 @@ impl Daemon {
             .await;
         assert_eq!(st, 200, "{v}");
         v["verdict"]["score"].as_f64().unwrap()
-    }
-
-    async fn holds(&self) -> Vec<serde_json::Value> {
-        let (st, v) = self.http("GET", "/holds", Some(TOKEN), b"").await;
-        assert_eq!(st, 200, "{v}");
-        v.as_array().unwrap().clone()
     }
 
     async fn forget(&self, address: &str) -> (u16, serde_json::Value) {
@@ -113,7 +59,7 @@ async fn forget_on_the_running_daemon_erases_graph_store_and_holds() {
     let dir = tempfile::tempdir().unwrap();
     let mut sink = Sink::start().await;
     let (port, admin) = (free_port(), free_port());
-    let config = write_config(dir.path(), port, admin, sink.addr.port());
+    let config = admin_daemon_config(dir.path(), port, admin, sink.addr.port(), HOLD);
     let d = Daemon::spawn(config.clone(), port, admin).await;
 
     // Alice writes to Bob (delivered: no history yet) and the daemon learns it.

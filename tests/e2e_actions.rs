@@ -12,104 +12,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::binary::{admin_http, free_port, header, release_address, DaemonProcess, Output};
-use common::{message, split_trace, Client, Received, Sink};
+use common::binary::{header, release_address, AdminDaemon, ADMIN_TOKEN};
+use common::{message, split_trace, Received, Sink};
 
-const TOKEN: &str = "admin-token-0123456789";
+const TOKEN: &str = ADMIN_TOKEN;
 const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
 
-/// The daemon binary on a config in a temp dir; killed when dropped.
-struct Daemon {
-    proc: DaemonProcess,
-    admin: u16,
-    config: PathBuf,
-}
+type Daemon = AdminDaemon;
 
-/// Configuration: next hop at `hop`, state under `dir`, `sections` appended
-/// (the test's `[policy]`, `[hold]`, `[encrypt]`). Scores with the "never
-/// emailed before" baseline so that each test picks its action exactly.
-fn write_config(dir: &Path, port: u16, admin: u16, hop: u16, sections: &str) -> PathBuf {
-    let data = dir.join("data");
-    let text = format!(
-        "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
-         [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\n\
-         [store]\npath = \"{d}/graph.redb\"\nbatch_interval = \"100ms\"\n\
-         [privacy]\nkey_file = \"{d}/keys.json\"\n\
-         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{TOKEN}\"\n\
-         [metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n\
-         [model]\nscorer = \"never-seen\"\n{sections}\n",
-        d = data.display()
-    );
-    let path = dir.join("misdirectd.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-impl Daemon {
-    async fn start(dir: &Path, hop: u16, sections: &str) -> Daemon {
-        let (port, admin) = (free_port(), free_port());
-        let config = write_config(dir, port, admin, hop, sections);
-        Daemon::spawn(config, port, admin).await
-    }
-
-    async fn spawn(config: PathBuf, port: u16, admin: u16) -> Daemon {
-        let c = config.clone();
-        let proc =
-            tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c, port, Output::Inherit))
-                .await
-                .unwrap();
-        Daemon {
-            proc,
-            admin,
-            config,
-        }
-    }
-
-    fn addr(&self) -> std::net::SocketAddr {
-        self.proc.addr()
-    }
-
-    fn signal(&self, sig: &str) {
-        self.proc.signal(sig)
-    }
-
-    /// SIGTERM and wait for a clean exit (the next hop keeps running).
-    async fn terminate(self) {
-        let proc = self.proc;
-        tokio::task::spawn_blocking(move || proc.terminate())
-            .await
-            .unwrap();
-    }
-
-    /// One message over SMTP; the final reply.
-    async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
-        let mut c = Client::greeted(self.addr()).await;
-        c.expect("EHLO client.test", "250").await;
-        c.send_mail(from, to, msg).await
-    }
-
-    /// An admin API request: (status, JSON body).
-    async fn http(
-        &self,
-        method: &str,
-        path: &str,
-        token: Option<&str>,
-        body: &[u8],
-    ) -> (u16, serde_json::Value) {
-        admin_http(self.admin, method, path, token, body).await
-    }
-
-    async fn holds(&self) -> Vec<serde_json::Value> {
-        let (st, v) = self.http("GET", "/holds", Some(TOKEN), b"").await;
-        assert_eq!(st, 200, "{v}");
-        v.as_array().unwrap().clone()
-    }
-
-    /// Teach the graph that alice writes to bob (delivered at once: alice
-    /// has no history yet), and wait until the daemon scores a stranger
-    /// from alice 0.9.
+impl AdminDaemon {
     /// Send ALICE -> STRANGER with this subject, which must be held; the
     /// message and the hold id.
     async fn hold_stranger(&self, subject: &str) -> (Vec<u8>, String) {
@@ -138,6 +51,9 @@ impl Daemon {
         None
     }
 
+    /// Teach the graph that alice writes to bob (delivered at once: alice
+    /// has no history yet), and wait until the daemon scores a stranger
+    /// from alice 0.9.
     async fn teach(&self, sink: &mut Sink) {
         self.teach_from(ALICE, sink).await
     }

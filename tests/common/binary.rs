@@ -160,3 +160,105 @@ pub fn release_address(notice: &super::Received) -> String {
         .trim_matches(['<', '>'])
         .to_string()
 }
+
+/// The admin API bearer token of [`admin_daemon_config`].
+pub const ADMIN_TOKEN: &str = "admin-token-0123456789";
+
+/// Configuration of a daemon with the embedded store and the admin API:
+/// next hop at `hop`, state under `dir/data`, `sections` appended (the
+/// test's `[policy]`, `[hold]`, `[encrypt]`). Scores with the "never emailed
+/// before" baseline so that each test picks its action exactly.
+pub fn admin_daemon_config(
+    dir: &Path,
+    port: u16,
+    admin: u16,
+    hop: u16,
+    sections: &str,
+) -> std::path::PathBuf {
+    let data = dir.join("data");
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
+         [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\n\
+         [store]\npath = \"{d}/graph.redb\"\nbatch_interval = \"100ms\"\n\
+         [privacy]\nkey_file = \"{d}/keys.json\"\n\
+         [admin]\nlisten = \"127.0.0.1:{admin}\"\ntoken = \"{ADMIN_TOKEN}\"\n\
+         [metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n\
+         [model]\nscorer = \"never-seen\"\n{sections}\n",
+        d = data.display()
+    );
+    let path = dir.join("misdirectd.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A daemon with its admin API ([`admin_daemon_config`]); killed when
+/// dropped.
+pub struct AdminDaemon {
+    pub proc: DaemonProcess,
+    pub admin: u16,
+    pub config: std::path::PathBuf,
+}
+
+impl AdminDaemon {
+    /// Write the configuration under `dir` and start the daemon.
+    pub async fn start(dir: &Path, hop: u16, sections: &str) -> AdminDaemon {
+        let (port, admin) = (free_port(), free_port());
+        let config = admin_daemon_config(dir, port, admin, hop, sections);
+        AdminDaemon::spawn(config, port, admin).await
+    }
+
+    /// Start the daemon on an existing configuration.
+    pub async fn spawn(config: std::path::PathBuf, port: u16, admin: u16) -> AdminDaemon {
+        let c = config.clone();
+        let proc =
+            tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c, port, Output::Inherit))
+                .await
+                .unwrap();
+        AdminDaemon {
+            proc,
+            admin,
+            config,
+        }
+    }
+
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.proc.addr()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        self.proc.signal(sig)
+    }
+
+    /// SIGTERM and wait for a clean exit (the next hop keeps running).
+    pub async fn terminate(self) {
+        let proc = self.proc;
+        tokio::task::spawn_blocking(move || proc.terminate())
+            .await
+            .unwrap();
+    }
+
+    /// One message over SMTP; the final reply.
+    pub async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
+        let mut c = super::Client::greeted(self.addr()).await;
+        c.expect("EHLO client.test", "250").await;
+        c.send_mail(from, to, msg).await
+    }
+
+    /// An admin API request: (status, JSON body).
+    pub async fn http(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        admin_http(self.admin, method, path, token, body).await
+    }
+
+    /// `GET /holds`.
+    pub async fn holds(&self) -> Vec<serde_json::Value> {
+        let (st, v) = self.http("GET", "/holds", Some(ADMIN_TOKEN), b"").await;
+        assert_eq!(st, 200, "{v}");
+        v.as_array().unwrap().clone()
+    }
+}
