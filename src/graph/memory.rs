@@ -922,6 +922,10 @@ impl GraphView for Graph {
     }
 
     fn discarded(&self, sender: &str, rcpt: &str) -> Option<Ts> {
+        // Asked for every recipient of every message; discards are rare.
+        if self.discards.is_empty() {
+            return None;
+        }
         let (s, r) = (self.id(sender)?, self.id(rcpt)?);
         let t = *self.discards.get(&(s, r))?;
         let delivered_since = self.edge_ids(s, r).is_some_and(|e| e.last >= t);
