@@ -48,6 +48,38 @@ fn pg_config(hop: std::net::SocketAddr, dir: &Path, shared: &Path, url: &str) ->
     cfg
 }
 
+/// A configuration file for the command-line tools on the shared store of
+/// `cfg` (its key file).
+fn cli_config(dir: &Path, pg: &PgCluster, cfg: &Config) -> std::path::PathBuf {
+    let file = dir.join("misdirectd.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nbatch_interval = \"200ms\"\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n",
+            pg.url(),
+            cfg.privacy.key_file.display()
+        ),
+    )
+    .unwrap();
+    file
+}
+
+/// `misdirectd ARGS --config FILE`, which must succeed; its stdout.
+fn run_cli(file: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(args)
+        .arg("--config")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
 fn keys(cfg: &Config) -> Arc<Keys> {
     Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap())
 }
@@ -892,30 +924,8 @@ async fn forget_and_export_commands_on_the_shared_store() {
     ))
     .unwrap();
     tokio::time::sleep(BATCH * 4).await;
-    let file = dir.path().join("misdirectd.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n",
-            pg.url(),
-            cfg.privacy.key_file.display()
-        ),
-    )
-    .unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(args)
-            .arg("--config")
-            .arg(&file)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
-    };
+    let file = cli_config(dir.path(), &pg, &cfg);
+    let run = |args: &[&str]| run_cli(&file, args);
     // A message to Bob held in the shared store (by any relay).
     let spool = PgSpool::connect(&cfg.store, k.clone()).await.unwrap();
     let held_id = new_id(1_700_000_000);
@@ -969,29 +979,10 @@ async fn import_writes_into_the_shared_store() {
         ));
     }
     std::fs::write(&mbox, text).unwrap();
-    let file = dir.path().join("misdirectd.toml");
-    std::fs::write(
-        &file,
-        format!(
-            "[store]\nbackend = \"postgres\"\nurl = \"{}\"\nbatch_interval = \"200ms\"\n[privacy]\nkey_file = \"{}\"\nretention_days = 0\n",
-            pg.url(),
-            cfg.privacy.key_file.display()
-        ),
-    )
-    .unwrap();
+    let file = cli_config(dir.path(), &pg, &cfg);
     let import = || {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-            .args(["import", "--quiet", "--config"])
-            .arg(&file)
-            .arg(&mbox)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let out = run_cli(&file, &["import", "--quiet", mbox.to_str().unwrap()]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
         assert_eq!(v["messages"], 30, "{v}");
         assert_eq!(v["bad"], 0, "{v}");
     };
