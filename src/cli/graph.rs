@@ -176,7 +176,10 @@ pub struct ImportSummary {
     pub bad_by_reason: std::collections::BTreeMap<String, u64>,
     pub seconds: f64,
     pub messages_per_second: f64,
-    pub commits: u64,
+    /// Commits to the embedded store; absent for the shared store, whose
+    /// learning task batches on its own schedule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub commits: Option<u64>,
 }
 
 /// `misdirectd import`: learn from archives into the store. Learning is
@@ -250,7 +253,7 @@ pub fn import(args: ImportArgs) -> anyhow::Result<()> {
         bad_by_reason: counts.bad.clone(),
         seconds: secs,
         messages_per_second: counts.messages as f64 / secs.max(1e-9),
-        commits,
+        commits: Some(commits),
     };
     emit(&serde_json::to_string(&summary)?)?;
     Ok(())
@@ -335,7 +338,7 @@ fn import_shared(
         bad_by_reason: counts.bad.clone(),
         seconds: secs,
         messages_per_second: counts.messages as f64 / secs.max(1e-9),
-        commits: 0,
+        commits: None,
     })?)?;
     Ok(())
 }
