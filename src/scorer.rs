@@ -34,13 +34,15 @@ pub trait Scorer: Send + Sync {
     fn score(&self, graph: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError>;
 }
 
-/// The lowest score of a recipient whose earlier held message from the same
-/// sender an admin discarded (see [`GraphView::discarded`]); above every
-/// default threshold, so such mail is held again.
-pub const DISCARDED_FLOOR: f64 = 0.99;
+/// The score of a recipient whose earlier held message from the same
+/// sender an admin discarded (see [`GraphView::discarded`]): the top of the
+/// scale, so every configured threshold is reached whatever a tenant set
+/// (`hold_at` 0.995 included) and the most severe configured action applies:
+/// hold under the shipped config, reject where `reject_at` is set.
+pub const DISCARDED_FLOOR: f64 = 1.0;
 
 /// A scorer plus the admins' judgements recorded in the graph: a recipient
-/// of a discarded hold scores at least [`DISCARDED_FLOOR`], with a reason
+/// of a discarded hold scores [`DISCARDED_FLOOR`], with a reason
 /// saying so, until mail from the sender to it is delivered (released by
 /// the sender or an admin). The model itself never saw discards (the
 /// training corpus has none), so this is a rule on top of it.
@@ -71,5 +73,90 @@ impl<S: Scorer + ?Sized> Scorer for WithFeedback<S> {
             }
         }
         Ok(scores)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::classify::baseline::NeverSeenScorer;
+    use crate::graph::memory::{Graph, LearnInput};
+    use crate::graph::GraphConfig;
+    use crate::message::{Field, Mailbox};
+    use crate::policy::Thresholds;
+    use crate::verdict::Action;
+
+    fn rcpt(a: &str) -> Recipient {
+        Recipient {
+            address: a.to_string(),
+            name: None,
+            field: Field::To,
+        }
+    }
+
+    /// A discarded pair reaches every threshold a tenant can set, and the
+    /// admin's judgement comes first among the reasons; a delivery to the
+    /// pair ends it.
+    #[test]
+    fn a_discarded_pair_reaches_any_threshold_until_delivered() {
+        let mut g = Graph::new(GraphConfig::default());
+        let known = [rcpt("bob@corp.test")];
+        for i in 0..5 {
+            g.learn(&LearnInput {
+                sender: "alice@corp.test",
+                sender_name: None,
+                recipients: &known,
+                message_id: None,
+                subject: None,
+                attachments: vec![],
+                ts: 1_000 + i,
+            });
+        }
+        g.learn_discard("alice@corp.test", &["mallory@else.test"], 2_000);
+        let meta = MessageMeta {
+            from: Some(Mailbox {
+                address: "alice@corp.test".into(),
+                name: None,
+            }),
+            ..Default::default()
+        };
+        let rcpts = [rcpt("bob@corp.test"), rcpt("mallory@else.test")];
+        let scorer = WithFeedback(std::sync::Arc::new(NeverSeenScorer));
+        let input = ScoreInput {
+            meta: &meta,
+            recipients: &rcpts,
+            now: 3_000,
+        };
+        let s = scorer.score(&g, &input).unwrap();
+        assert_eq!(s.recipients[0].score, 0.0);
+        assert_eq!(s.recipients[1].score, 1.0);
+        assert!(
+            s.recipients[1].reasons[0].contains("discarded by an administrator"),
+            "{:?}",
+            s.recipients[1].reasons
+        );
+        let strict = Thresholds {
+            encrypt_at: None,
+            hold_at: Some(0.999),
+            reject_at: None,
+        };
+        assert_eq!(strict.action_for(s.recipients[1].score), Action::Hold);
+
+        g.learn(&LearnInput {
+            sender: "alice@corp.test",
+            sender_name: None,
+            recipients: &rcpts[1..],
+            message_id: None,
+            subject: None,
+            attachments: vec![],
+            ts: 2_500,
+        });
+        let s = scorer.score(&g, &input).unwrap();
+        assert!(s.recipients[1].score < 1.0, "{:?}", s.recipients[1]);
+        assert!(!s.recipients[1]
+            .reasons
+            .iter()
+            .any(|r| r.contains("discarded")));
     }
 }

@@ -562,7 +562,7 @@ async fn scoring_failure_fail_open_and_fail_closed() {
 }
 
 /// An admin's discard is a judgement the daemon remembers: the same pair
-/// is held again with a score of at least 0.99 and a reason naming the
+/// is held again with a score of 1.0 and a reason naming the
 /// discard; `misdirectd hold release` (through the running daemon's admin
 /// API) then delivers it and the daemon learns the pair is fine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -581,7 +581,7 @@ async fn discard_is_remembered_and_cli_release_through_the_daemon_is_learnt() {
     // The next message to the pair is scored with the discard in mind.
     let again = message(ALICE, STRANGER, "second-try");
     let verdict = d
-        .check_until(&again, |v| v["score"].as_f64() == Some(0.99))
+        .check_until(&again, |v| v["score"].as_f64() == Some(1.0))
         .await
         .expect("the discard was never learnt");
     assert_eq!(verdict["action"], "hold", "{verdict}");
