@@ -749,13 +749,7 @@ pub fn extract(
         v[idx::NOT_IN_THREAD] = f32::from(u8::from(out_of_thread));
         v[idx::THREAD_NONE_IN] = f32::from(u8::from(thread_none_in));
         if out_of_thread {
-            let co = thread
-                .iter()
-                .filter(|p| p.as_str() != sender)
-                .take(MAX_THREAD_CO_CHECKS)
-                .map(|p| g.co_count(sender, &r.address, p))
-                .max()
-                .unwrap_or(0);
+            let co = g.co_max(sender, &r.address, &thread, MAX_THREAD_CO_CHECKS);
             v[idx::LOG_THREAD_CO] = ln1p(co as f64);
         }
         v[idx::HAS_ATTACHMENT] = f32::from(u8::from(!att_names.is_empty()));
@@ -1029,10 +1023,10 @@ mod tests {
                         name: None,
                     }),
                     recipients: rcpts.clone(),
-                    subject: Some(if case % 2 == 0 {
-                        format!("RE: topic {}", case % 13)
-                    } else {
-                        "new things".to_string()
+                    subject: Some(match case % 4 {
+                        0 | 2 => format!("RE: topic {}", case % 13),
+                        1 => format!("FW: topic {}", case % 13),
+                        _ => "new things".to_string(),
                     }),
                     in_reply_to: if case % 3 == 0 {
                         vec![format!("<m{}@corp.com>", case * 3)]

@@ -849,6 +849,20 @@ impl GraphView for Graph {
         self.co_ids(s, a, b).map(|c| c.count).unwrap_or(0)
     }
 
+    fn co_max(&self, sender: &str, rcpt: &str, others: &[String], limit: usize) -> u32 {
+        let (Some(s), Some(r)) = (self.id(sender), self.id(rcpt)) else {
+            return 0;
+        };
+        others
+            .iter()
+            .filter(|o| o.as_str() != sender)
+            .take(limit)
+            .filter_map(|o| self.id(o))
+            .filter_map(|o| self.co_ids(s, r, o).map(|c| c.count))
+            .max()
+            .unwrap_or(0)
+    }
+
     fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats> {
         let s = self.id(sender)?;
         let d = self.domain_ids.get(domain)?;
