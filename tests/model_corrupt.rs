@@ -153,6 +153,31 @@ fn outside_thread_needs_a_known_reply() {
         &mut rng
     )
     .is_none());
+    // A forward goes outside the thread by design: not a reply to corrupt.
+    let forward = msg(ALICE, &["bob.smith@corp.com"], "FW: budget");
+    assert!(corrupt(
+        CorruptionKind::OutsideThread,
+        &g,
+        &pools,
+        ALICE,
+        &forward,
+        &forward.recipients,
+        &mut rng
+    )
+    .is_none());
+    let reply = msg(ALICE, &["bob.smith@corp.com"], "RE: budget");
+    let c = corrupt(
+        CorruptionKind::OutsideThread,
+        &g,
+        &pools,
+        ALICE,
+        &reply,
+        &reply.recipients,
+        &mut rng,
+    )
+    .unwrap();
+    let wrong = c.recipients[c.wrong].address.as_str();
+    assert!(!["bob.smith@corp.com", "carol@corp.com", ALICE].contains(&wrong));
     let empty = msg(ALICE, &[], "x");
     assert!(corrupt(
         CorruptionKind::Typo,

@@ -283,6 +283,125 @@ fn thread_context() {
 }
 
 #[test]
+fn forwards_and_replies_that_leave_the_thread() {
+    let g = history();
+    // A forward of the budget thread to dave: forwarding outside the thread
+    // is what forwards are for.
+    let dave = [r("dave@partner.com", Field::To)];
+    let fw = feats(&g, &meta("FW: Budget", &[]), &dave, NOW);
+    assert_eq!(fw[0].values[idx::THREAD_KNOWN], 1.0);
+    assert_eq!(fw[0].values[idx::NOT_IN_THREAD], 0.0);
+    assert_eq!(fw[0].values[idx::THREAD_NONE_IN], 0.0);
+    // The same as a reply: dave was not in the thread, and nobody from it
+    // is among the recipients.
+    let re = feats(&g, &meta("RE: Budget", &[]), &dave, NOW);
+    assert_eq!(re[0].values[idx::NOT_IN_THREAD], 1.0);
+    assert_eq!(re[0].values[idx::THREAD_NONE_IN], 1.0);
+    // A reply to bob that adds dave keeps someone from the thread.
+    let rs = [
+        r("bob@corp.com", Field::To),
+        r("dave@partner.com", Field::Cc),
+    ];
+    let added = feats(&g, &meta("RE: Budget", &[]), &rs, NOW);
+    assert_eq!(added[0].values[idx::THREAD_NONE_IN], 0.0);
+    assert_eq!(added[1].values[idx::THREAD_NONE_IN], 0.0);
+    assert_eq!(added[1].values[idx::NOT_IN_THREAD], 1.0);
+    // dave was never named with bob or carol; bobby.x neither.
+    assert_eq!(added[1].values[idx::LOG_THREAD_CO], 0.0);
+    assert_eq!(added[0].values[idx::LOG_THREAD_CO], 0.0);
+}
+
+#[test]
+fn thread_co_recipients_and_window() {
+    let mut g = Graph::new(GraphConfig::default());
+    let t = T0;
+    // Alice often writes to bob together with carol, never with dave.
+    for i in 0..5 {
+        learn(
+            &mut g,
+            ALICE,
+            &["bob@corp.com", "carol@corp.com"],
+            "ops",
+            &[],
+            t + i,
+        );
+    }
+    learn(&mut g, ALICE, &["dave@corp.com"], "lunch", &[], t + 10);
+    // The "deal" thread: bob writes to alice, then alice replies to bob.
+    learn(&mut g, "bob@corp.com", &[ALICE], "deal", &[], t + DAY);
+    learn(
+        &mut g,
+        ALICE,
+        &["bob@corp.com"],
+        "RE: deal",
+        &[],
+        t + 2 * DAY,
+    );
+    let now = t + 3 * DAY;
+    let carol = feats(
+        &g,
+        &meta("RE: deal", &[]),
+        &[r("carol@corp.com", Field::To)],
+        now,
+    );
+    let dave = feats(
+        &g,
+        &meta("RE: deal", &[]),
+        &[r("dave@corp.com", Field::To)],
+        now,
+    );
+    assert_eq!(carol[0].values[idx::NOT_IN_THREAD], 1.0);
+    assert_eq!(dave[0].values[idx::NOT_IN_THREAD], 1.0);
+    assert!((carol[0].values[idx::LOG_THREAD_CO] - (6f32).ln()).abs() < 1e-5);
+    assert_eq!(dave[0].values[idx::LOG_THREAD_CO], 0.0);
+    // Erin joins the thread in a later message from bob: the thread keeps
+    // everyone in it, not only the latest message's participants.
+    learn(
+        &mut g,
+        "bob@corp.com",
+        &[ALICE, "erin@corp.com"],
+        "RE: deal",
+        &[],
+        t + 4 * DAY,
+    );
+    learn(
+        &mut g,
+        "erin@corp.com",
+        &["bob@corp.com"],
+        "RE: deal",
+        &[],
+        t + 5 * DAY,
+    );
+    let now = t + 6 * DAY;
+    let both = feats(
+        &g,
+        &meta("RE: deal", &[]),
+        &[r("bob@corp.com", Field::To), r("erin@corp.com", Field::To)],
+        now,
+    );
+    assert_eq!(both[0].values[idx::THREAD_KNOWN], 1.0);
+    assert_eq!(both[0].values[idx::NOT_IN_THREAD], 0.0);
+    assert_eq!(both[1].values[idx::NOT_IN_THREAD], 0.0);
+    // Months later, an unrelated "deal" conversation between bob and erin
+    // starts a new thread that alice is not in.
+    learn(
+        &mut g,
+        "bob@corp.com",
+        &["erin@corp.com"],
+        "deal",
+        &[],
+        t + 100 * DAY,
+    );
+    let later = feats(
+        &g,
+        &meta("RE: deal", &[]),
+        &[r("bob@corp.com", Field::To)],
+        t + 101 * DAY,
+    );
+    assert_eq!(later[0].values[idx::THREAD_KNOWN], 0.0);
+}
+
+#[test]
 fn attachment_context() {
     let g = history();
     let rs = [

@@ -20,9 +20,10 @@
 //! - [`CorruptionKind::StrangerAdded`]: an address from the sender's own
 //!   domain that colleagues know but the sender never wrote to is added to
 //!   the recipients (To or Cc).
-//! - [`CorruptionKind::OutsideThread`]: in a reply whose earlier participants
-//!   are known, one recipient is replaced by one of the sender's contacts who
-//!   was not in the thread (drawn by how often the sender writes to them).
+//! - [`CorruptionKind::OutsideThread`]: in a reply (not a forward) whose
+//!   earlier participants are known, one recipient is replaced by one of the
+//!   sender's contacts who was in none of the thread's messages (drawn by
+//!   how often the sender writes to them).
 //!
 //! All randomness comes from the caller's seeded RNG, so a run is
 //! reproducible.
@@ -33,7 +34,7 @@ use rand::Rng;
 
 use crate::address::{domain_of, local_of};
 use crate::classify::features::MAX_CONTACT_SCAN;
-use crate::graph::{thread_subject, GraphView};
+use crate::graph::{is_forward, thread_subject, GraphView};
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Kinds of corruption, see the module documentation.
@@ -379,7 +380,10 @@ pub fn corrupt<R: Rng>(
         }
         CorruptionKind::OutsideThread => {
             let subject = meta.subject.as_deref().unwrap_or("");
-            if subject.is_empty() || thread_subject(subject) == subject.trim().to_lowercase() {
+            if subject.is_empty()
+                || thread_subject(subject) == subject.trim().to_lowercase()
+                || is_forward(subject)
+            {
                 return None;
             }
             let thread = g.subject_participants(sender, subject);

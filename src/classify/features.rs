@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::address::{domain_of, local_of};
-use crate::graph::{thread_subject, AddressStats, EdgeStats, GraphView, Ts};
+use crate::graph::{is_forward, thread_subject, AddressStats, EdgeStats, GraphView, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Contacts examined per message in the lookalike scan. A sender with more
@@ -74,8 +74,8 @@ pub const FEATURES: &[(&str, &str)] = &[
     ("same_local_other_domain", "1 when the recipient is not a contact and a contact has the same local part at another domain"),
     ("sibling_dominance", "ln((1 + messages to the most-written other contact whose local part starts with the same 3 characters) / (1 + messages to the recipient)), at least 0"),
     ("is_reply", "1 when the subject has a reply/forward prefix"),
-    ("thread_known", "1 when earlier participants of the thread are known (Message-ID references or the latest earlier message with this subject involving the sender)"),
-    ("not_in_thread", "1 when the thread is known and the recipient was not one of its participants"),
+    ("thread_known", "1 when earlier participants of the thread are known (Message-ID references, or the earlier messages with this subject, each within 30 days of the next, when they involve the sender)"),
+    ("not_in_thread", "1 when the thread is known, the message is not a forward, and the recipient was not one of the thread's participants"),
     ("has_attachment", "1 when the message has a named attachment"),
     ("attachment_to_rcpt", "1 when the sender sent an attachment of the same name to the recipient before"),
     ("attachment_to_others", "1 when the sender sent an attachment of the same name to others before, but not to the recipient"),
@@ -89,10 +89,12 @@ pub const FEATURES: &[(&str, &str)] = &[
     ("new_unlinked_in_group", "1 when the sender never wrote to the recipient, there are other recipients, and none of them has mail with it"),
     ("log_neighbour_links", "for a recipient the sender never wrote to: ln(1 + contacts of the sender (first 512 scanned) with mail to or from the recipient)"),
     ("new_no_neighbours", "1 when the sender never wrote to the recipient and none of the scanned contacts has mail with it"),
+    ("thread_none_in", "1 when the subject thread is known, the message is not a forward, and none of its recipients was in the thread"),
+    ("log_thread_co", "for a recipient not in the thread: ln(1 + most messages in which the sender named it together with one of the thread's participants)"),
 ];
 
 /// Number of features.
-pub const N_FEATURES: usize = 42;
+pub const N_FEATURES: usize = 44;
 
 /// Index of every feature, named.
 #[allow(missing_docs)]
@@ -139,7 +141,13 @@ pub mod idx {
     pub const NEW_UNLINKED_IN_GROUP: usize = 39;
     pub const LOG_NEIGHBOUR_LINKS: usize = 40;
     pub const NEW_NO_NEIGHBOURS: usize = 41;
+    pub const THREAD_NONE_IN: usize = 42;
+    pub const LOG_THREAD_CO: usize = 43;
 }
+
+/// Thread participants examined for co-recipient counts with a recipient
+/// outside the thread.
+pub const MAX_THREAD_CO_CHECKS: usize = 16;
 
 /// Contacts examined for mail links with a recipient the sender never
 /// wrote to (the neighbourhood features).
@@ -475,7 +483,13 @@ pub fn extract(
         thread = g.subject_participants(sender, subject);
     }
     let thread_known = !thread.is_empty();
+    let forward = is_forward(subject);
     let thread_set: HashSet<&str> = thread.iter().map(String::as_str).collect();
+    let thread_none_in = thread_known
+        && !forward
+        && !recipients
+            .iter()
+            .any(|r| thread_set.contains(r.address.as_str()));
 
     // Attachment context.
     let att_names: Vec<&str> = meta
@@ -733,9 +747,14 @@ pub fn extract(
         }
         v[idx::IS_REPLY] = f32::from(u8::from(is_reply));
         v[idx::THREAD_KNOWN] = f32::from(u8::from(thread_known));
-        let out_of_thread = thread_known && !thread_set.contains(r.address.as_str());
+        let out_of_thread = thread_known && !forward && !thread_set.contains(r.address.as_str());
         ev.not_in_thread = out_of_thread;
         v[idx::NOT_IN_THREAD] = f32::from(u8::from(out_of_thread));
+        v[idx::THREAD_NONE_IN] = f32::from(u8::from(thread_none_in));
+        if out_of_thread {
+            let co = g.co_max(sender, &r.address, &thread, MAX_THREAD_CO_CHECKS);
+            v[idx::LOG_THREAD_CO] = ln1p(co as f64);
+        }
         v[idx::HAS_ATTACHMENT] = f32::from(u8::from(!att_names.is_empty()));
         let to_r = att_rcpts.iter().any(|(_, l)| l.contains(&r.address));
         v[idx::ATTACHMENT_TO_RCPT] = f32::from(u8::from(to_r));
@@ -1007,10 +1026,10 @@ mod tests {
                         name: None,
                     }),
                     recipients: rcpts.clone(),
-                    subject: Some(if case % 2 == 0 {
-                        format!("RE: topic {}", case % 13)
-                    } else {
-                        "new things".to_string()
+                    subject: Some(match case % 4 {
+                        0 | 2 => format!("RE: topic {}", case % 13),
+                        1 => format!("FW: topic {}", case % 13),
+                        _ => "new things".to_string(),
                     }),
                     in_reply_to: if case % 3 == 0 {
                         vec![format!("<m{}@corp.com>", case * 3)]

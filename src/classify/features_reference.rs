@@ -6,10 +6,11 @@ use std::collections::HashSet;
 
 use super::{
     idx, is_freemail, ln1p, prefix3, skeleton, Evidence, RecipientFeatures, HALF_LIFE_SECS,
-    MAX_CONTACT_SCAN, MAX_LINK_CHECKS, MAX_NEIGHBOUR_CHECKS, NEVER_DAYS, N_FEATURES,
+    MAX_CONTACT_SCAN, MAX_LINK_CHECKS, MAX_NEIGHBOUR_CHECKS, MAX_THREAD_CO_CHECKS, NEVER_DAYS,
+    N_FEATURES,
 };
 use crate::address::{domain_of, local_of};
-use crate::graph::{thread_subject, EdgeStats, GraphView, Ts};
+use crate::graph::{is_forward, thread_subject, EdgeStats, GraphView, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
 pub fn reference_distance(a: &[u8], b: &[u8], max: usize) -> usize {
@@ -119,7 +120,13 @@ pub fn reference_extract(
         thread = g.subject_participants(sender, subject);
     }
     let thread_known = !thread.is_empty();
+    let forward = is_forward(subject);
     let thread_set: HashSet<&str> = thread.iter().map(String::as_str).collect();
+    let thread_none_in = thread_known
+        && !forward
+        && !recipients
+            .iter()
+            .any(|r| thread_set.contains(r.address.as_str()));
 
     // Attachment context.
     let att_names: Vec<&str> = meta
@@ -361,9 +368,20 @@ pub fn reference_extract(
         }
         v[idx::IS_REPLY] = f32::from(u8::from(is_reply));
         v[idx::THREAD_KNOWN] = f32::from(u8::from(thread_known));
-        let out_of_thread = thread_known && !thread_set.contains(r.address.as_str());
+        let out_of_thread = thread_known && !forward && !thread_set.contains(r.address.as_str());
         ev.not_in_thread = out_of_thread;
         v[idx::NOT_IN_THREAD] = f32::from(u8::from(out_of_thread));
+        v[idx::THREAD_NONE_IN] = f32::from(u8::from(thread_none_in));
+        if out_of_thread {
+            let co = thread
+                .iter()
+                .filter(|p| p.as_str() != sender)
+                .take(MAX_THREAD_CO_CHECKS)
+                .map(|p| g.co_count(sender, &r.address, p))
+                .max()
+                .unwrap_or(0);
+            v[idx::LOG_THREAD_CO] = ln1p(co as f64);
+        }
         v[idx::HAS_ATTACHMENT] = f32::from(u8::from(!att_names.is_empty()));
         let to_r = att_rcpts.iter().any(|(_, l)| l.contains(&r.address));
         v[idx::ATTACHMENT_TO_RCPT] = f32::from(u8::from(to_r));

@@ -30,6 +30,11 @@ pub struct GraphConfig {
     pub max_names: usize,
     /// Participants kept per thread.
     pub max_thread_participants: usize,
+    /// A message whose subject was last seen longer ago than this starts a
+    /// new subject thread; within it, participants of every message with
+    /// the subject are kept together.
+    #[serde(with = "humantime_serde")]
+    pub thread_window: std::time::Duration,
     /// Recipients kept per (sender, attachment name).
     pub max_attachment_recipients: usize,
     /// Entries kept in each of the thread (Message-ID) and subject indexes;
@@ -44,6 +49,7 @@ impl Default for GraphConfig {
             max_corecipients: 50,
             max_names: 4,
             max_thread_participants: 64,
+            thread_window: std::time::Duration::from_secs(30 * 86400),
             max_attachment_recipients: 32,
             max_threads: 1_000_000,
         }
@@ -610,10 +616,22 @@ impl Graph {
         if let Some(subj) = m.subject {
             let ts = thread_subject(subj);
             if !ts.is_empty() {
+                let window = u32::try_from(self.cfg.thread_window.as_secs()).unwrap_or(u32::MAX);
                 let e = self.subjects.entry(key_hash(&ts)).or_default();
-                if t >= e.last {
+                if t > e.last.saturating_add(window) {
+                    // A new conversation that reuses the subject.
                     e.participants = participants;
                     e.last = t;
+                } else if t.saturating_add(window) >= e.last {
+                    for p in participants {
+                        if e.participants.len() >= max_p {
+                            break;
+                        }
+                        if !e.participants.contains(&p) {
+                            e.participants.push(p);
+                        }
+                    }
+                    e.last = e.last.max(t);
                 }
             }
         }
@@ -829,6 +847,20 @@ impl GraphView for Graph {
             return 0;
         };
         self.co_ids(s, a, b).map(|c| c.count).unwrap_or(0)
+    }
+
+    fn co_max(&self, sender: &str, rcpt: &str, others: &[String], limit: usize) -> u32 {
+        let (Some(s), Some(r)) = (self.id(sender), self.id(rcpt)) else {
+            return 0;
+        };
+        others
+            .iter()
+            .filter(|o| o.as_str() != sender)
+            .take(limit)
+            .filter_map(|o| self.id(o))
+            .filter_map(|o| self.co_ids(s, r, o).map(|c| c.count))
+            .max()
+            .unwrap_or(0)
     }
 
     fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats> {

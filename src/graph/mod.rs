@@ -96,6 +96,17 @@ pub trait GraphView: Send + Sync {
     fn address(&self, addr: &str) -> AddressStats;
     /// How many messages from `sender` had both `a` and `b` as recipients.
     fn co_count(&self, sender: &str, a: &str, b: &str) -> u32;
+    /// The most messages from `sender` that named `rcpt` together with one
+    /// of the first `limit` addresses of `others` other than `sender`.
+    fn co_max(&self, sender: &str, rcpt: &str, others: &[String], limit: usize) -> u32 {
+        others
+            .iter()
+            .filter(|o| o.as_str() != sender)
+            .take(limit)
+            .map(|o| self.co_count(sender, rcpt, o))
+            .max()
+            .unwrap_or(0)
+    }
     /// Mail from `sender` to anyone at `domain`.
     fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats>;
     /// Organisation-wide familiarity of a domain.
@@ -111,9 +122,10 @@ pub trait GraphView: Send + Sync {
     /// Participants (sender and recipients) of the messages with these
     /// Message-IDs; empty when none is known.
     fn thread_participants(&self, message_ids: &[String]) -> Vec<String>;
-    /// Participants of the latest earlier message with this subject
-    /// (`RE:`/`FW:` prefixes removed) involving `sender`, for corpora without
-    /// threading headers.
+    /// Participants of the subject thread (`RE:`/`FW:` prefixes removed):
+    /// everyone in the earlier messages with this subject, each within
+    /// [`GraphConfig::thread_window`] of the next; empty unless `sender` is
+    /// one of them. For corpora without threading headers.
     fn subject_participants(&self, sender: &str, subject: &str) -> Vec<String>;
     /// Recipients `sender` has sent an attachment of this name to before.
     fn attachment_recipients(&self, sender: &str, name: &str) -> Vec<String>;
@@ -121,6 +133,22 @@ pub trait GraphView: Send + Sync {
     /// (judged misaddressed), unless mail from `sender` to `rcpt` was
     /// delivered since; `None` otherwise.
     fn discarded(&self, sender: &str, rcpt: &str) -> Option<Ts>;
+}
+
+/// Whether the subject's outermost prefix is a forward (`FW:`, `Fwd:`,
+/// `WG:`, `TR:`): forwarding to people outside the thread is its point.
+pub fn is_forward(subject: &str) -> bool {
+    let lower = subject.trim_start().to_ascii_lowercase();
+    ["fw", "fwd", "wg", "tr"].iter().any(|p| {
+        lower.strip_prefix(p).is_some_and(|rest| {
+            let rest = rest.trim_start();
+            let rest = match rest.strip_prefix('[') {
+                Some(r) => r.find(']').map_or(rest, |i| &r[i + 1..]),
+                None => rest,
+            };
+            rest.starts_with(':')
+        })
+    })
 }
 
 /// Strip reply and forward prefixes (`RE:`, `Re[2]:`, `FW:`, `Fwd:`, `AW:`,
@@ -166,6 +194,16 @@ mod tests {
         assert_eq!(thread_subject("Fwd: AW: hello"), "hello");
         assert_eq!(thread_subject("Reorg"), "reorg");
         assert_eq!(thread_subject("  "), "");
+    }
+
+    #[test]
+    fn forward_is_the_outermost_prefix() {
+        assert!(is_forward("FW: RE: budget"));
+        assert!(is_forward("Fwd[2]: budget"));
+        assert!(is_forward(" wg: budget"));
+        assert!(!is_forward("RE: FW: budget"));
+        assert!(!is_forward("Forward curve"));
+        assert!(!is_forward("budget"));
     }
 
     #[test]
