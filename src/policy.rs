@@ -245,8 +245,8 @@ mod tests {
         assert_eq!(p.action_for(0.7), Action::Hold);
         assert_eq!(p.action_for(0.99), Action::Reject);
         let d = Policy::new(PolicyConfig::default());
-        assert_eq!(d.action_for(0.964), Action::Deliver);
-        assert_eq!(d.action_for(0.965), Action::Hold);
+        assert_eq!(d.action_for(0.96), Action::Deliver);
+        assert_eq!(d.action_for(0.961), Action::Hold);
     }
 
     #[test]

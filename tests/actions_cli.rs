@@ -283,5 +283,5 @@ fn shipped_config_sections_parse() {
         cfg.hold.token_lifetime,
         std::time::Duration::from_secs(3 * 86400)
     );
-    assert_eq!(cfg.policy.hold_at, Some(0.965));
+    assert_eq!(cfg.policy.hold_at, Some(0.961));
 }

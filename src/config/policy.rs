@@ -58,7 +58,7 @@ impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {
             encrypt_at: None,
-            hold_at: Some(0.965),
+            hold_at: Some(0.961),
             reject_at: None,
             fail_mode: FailMode::Open,
             allow_domains: Vec::new(),
