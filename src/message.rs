@@ -115,8 +115,9 @@ impl MessageMeta {
     ///
     /// An attachment's size is its transfer-decoded size, counted without
     /// decoding: for base64, 3 bytes per 4 alphabet characters plus 1 or 2
-    /// for a final group closed by `=` (characters outside the alphabet are
-    /// skipped); for quoted-printable, the bytes the decoding would produce
+    /// for a final group of 2 or 3 (characters outside the alphabet, padding
+    /// included, are skipped; exact unless padding appears before the end);
+    /// for quoted-printable, the bytes the decoding would produce
     /// (`=XX` is one byte, soft line breaks and white space before a line
     /// break count nothing); otherwise the raw length of the part's body up
     /// to the line break before the next delimiter. Unlike mail-parser, text
@@ -218,7 +219,7 @@ pub(crate) fn parse_reference(raw: &[u8], norm: &Normalizer) -> MessageMeta {
 fn header_end(b: &[u8]) -> Option<usize> {
     let mut line = 0;
     while line < b.len() {
-        let nl = b[line..].iter().position(|&c| c == b'\n').map(|p| line + p);
+        let nl = memchr::memchr(b'\n', &b[line..]).map(|p| line + p);
         let end = nl.unwrap_or(b.len());
         if b[line..end]
             .iter()
@@ -392,7 +393,8 @@ fn walk_multipart(
     if boundary.is_empty() {
         return false;
     }
-    let Some(first) = find_delimiter(body, 0, boundary) else {
+    let delimiters = Delimiters::new(boundary);
+    let Some(first) = delimiters.find(body, 0) else {
         return false;
     };
     if first.close {
@@ -400,7 +402,7 @@ fn walk_multipart(
     }
     let mut start = first.next;
     loop {
-        let next = find_delimiter(body, start, boundary);
+        let next = delimiters.find(body, start);
         let end = next.as_ref().map_or(body.len(), |d| d.break_at.max(start));
         let bytes = &body[start..end];
         let at = header_end(bytes);
@@ -430,65 +432,93 @@ struct Delimiter {
     close: bool,
 }
 
-/// The first delimiter line for `boundary` at or after `from` (which must be
-/// the start of a line).
-fn find_delimiter(b: &[u8], from: usize, boundary: &[u8]) -> Option<Delimiter> {
-    let mut line = from;
-    while line < b.len() {
-        let rest = &b[line..];
-        if rest.len() >= 2 + boundary.len()
-            && rest.starts_with(b"--")
-            && rest[2..].starts_with(boundary)
-        {
-            let mut i = line + 2 + boundary.len();
-            let close = b[i..].starts_with(b"--");
-            if close {
-                i += 2;
-            }
-            let eol = b[i..].iter().position(|&c| c == b'\n').map(|p| i + p);
-            let tail = &b[i..eol.unwrap_or(b.len())];
-            if tail.iter().all(|&c| c == b' ' || c == b'\t' || c == b'\r') {
-                let break_at = if line >= 2 && b[line - 2] == b'\r' {
-                    line - 2
-                } else {
-                    line.saturating_sub(1)
-                };
-                return Some(Delimiter {
-                    break_at,
-                    next: eol.map_or(b.len(), |p| p + 1),
-                    close,
-                });
-            }
-        }
-        match rest.iter().position(|&c| c == b'\n') {
-            Some(p) => line += p + 1,
-            None => return None,
+/// Finds delimiter lines of one boundary: `\n--boundary` searched with
+/// memchr's substring search.
+struct Delimiters<'b> {
+    boundary: &'b [u8],
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl<'b> Delimiters<'b> {
+    fn new(boundary: &'b [u8]) -> Delimiters<'b> {
+        let mut needle = Vec::with_capacity(boundary.len() + 3);
+        needle.extend_from_slice(b"\n--");
+        needle.extend_from_slice(boundary);
+        Delimiters {
+            boundary,
+            finder: memchr::memmem::Finder::new(&needle).into_owned(),
         }
     }
-    None
+
+    /// The first delimiter line at or after `from` (the start of a line).
+    fn find(&self, b: &[u8], from: usize) -> Option<Delimiter> {
+        if from == 0 {
+            if let Some(d) = self.at_line(b, 0) {
+                return Some(d);
+            }
+        }
+        // Search from the line break that ends the previous line.
+        let mut pos = from.saturating_sub(1);
+        while pos < b.len() {
+            let hit = pos + self.finder.find(&b[pos..])?;
+            if hit + 1 >= from {
+                if let Some(d) = self.at_line(b, hit + 1) {
+                    return Some(d);
+                }
+            }
+            pos = hit + 1;
+        }
+        None
+    }
+
+    /// A delimiter line starting at `line`, if the line is one: `--boundary`,
+    /// an optional `--`, then only white space.
+    fn at_line(&self, b: &[u8], line: usize) -> Option<Delimiter> {
+        let rest = b.get(line..)?;
+        if !(rest.starts_with(b"--") && rest[2..].starts_with(self.boundary)) {
+            return None;
+        }
+        let mut i = line + 2 + self.boundary.len();
+        let close = b[i..].starts_with(b"--");
+        if close {
+            i += 2;
+        }
+        let eol = memchr::memchr(b'\n', &b[i..]).map(|p| i + p);
+        let tail = &b[i..eol.unwrap_or(b.len())];
+        if !tail.iter().all(|&c| c == b' ' || c == b'\t' || c == b'\r') {
+            return None;
+        }
+        let break_at = if line >= 2 && b[line - 2] == b'\r' {
+            line - 2
+        } else {
+            line.saturating_sub(1)
+        };
+        Some(Delimiter {
+            break_at,
+            next: eol.map_or(b.len(), |p| p + 1),
+            close,
+        })
+    }
 }
 
 /// Decoded length of a base64 body, without decoding it (see
 /// [`MessageMeta::parse`]).
 fn base64_decoded_len(b: &[u8]) -> usize {
-    let mut n = 0;
-    let mut group = 0u8;
-    for &c in b {
-        if c.is_ascii_alphanumeric() || c == b'+' || c == b'/' {
-            group = (group + 1) & 3;
-            if group == 0 {
-                n += 3;
-            }
-        } else if c == b'=' {
-            n += match group {
-                1 | 2 => 1,
-                3 => 2,
-                _ => 0,
-            };
-            group = 0;
+    // Branch-free so that the compiler vectorises the count.
+    let n: usize = b
+        .iter()
+        .map(|&c| {
+            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+            let digit = c.wrapping_sub(b'0') < 10;
+            usize::from(alpha | digit | (c == b'+') | (c == b'/'))
+        })
+        .sum();
+    n / 4 * 3
+        + match n % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
         }
-    }
-    n
 }
 
 /// Decoded length of a quoted-printable body, without decoding it (see
