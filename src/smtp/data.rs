@@ -1,6 +1,9 @@
 //! The DATA reader: undoes dot-stuffing, finds the `CRLF.CRLF` terminator
 //! and enforces the size limit without losing sync with the client.
 
+/// What the decoder reserves up front (the session's read buffer size).
+const INITIAL_CAPACITY: usize = 16 * 1024;
+
 /// Incremental DATA decoder. Feed it bytes as they arrive; it reports how
 /// many it consumed and whether the terminator was reached.
 #[derive(Debug)]
@@ -34,7 +37,8 @@ impl DataDecoder {
         DataDecoder {
             state: State::LineStart,
             max,
-            out: Vec::new(),
+            // Most messages fit; bigger ones grow from here.
+            out: Vec::with_capacity(max.min(INITIAL_CAPACITY)),
             overflow: false,
             bare_dot: false,
         }
