@@ -673,14 +673,16 @@ impl Pipeline {
 
     /// Learn the message for the recipients of `env` (those it went to).
     fn learn(&self, tx: &Transaction<'_>, env: &Envelope) {
+        // Each envelope address normalised once, not once per recipient.
+        let delivered: Vec<String> = env
+            .rcpt_to
+            .iter()
+            .filter_map(|a| self.norm.normalize(a).ok())
+            .collect();
         let recipients: Vec<Recipient> = tx
             .recipients
             .iter()
-            .filter(|r| {
-                env.rcpt_to
-                    .iter()
-                    .any(|a| self.norm.normalize(a).is_ok_and(|n| n == r.address))
-            })
+            .filter(|r| delivered.contains(&r.address))
             .cloned()
             .collect();
         if recipients.is_empty() {
