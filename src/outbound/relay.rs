@@ -17,7 +17,9 @@
 //! and DATA go out in one write and their replies are read afterwards. The
 //! message is dot-stuffed here and written together with its final
 //! `CRLF.CRLF` in one write (lettre writes them separately); a message that
-//! is not UTF-8 goes through lettre's `message` instead.
+//! is not UTF-8 goes through lettre's `message` instead. After a failed
+//! transaction on a pipelining connection the connection is closed without
+//! QUIT, as replies to the rest of the group may still be unread.
 
 use std::error::Error as _;
 use std::sync::{Arc, Mutex};
@@ -391,7 +393,14 @@ impl Relay {
                     return outcome;
                 }
                 Err((e, first)) => {
-                    self.quit(conn).await;
+                    if conn.pipelining {
+                        // Replies to pipelined commands may still be on
+                        // their way (or a non-conforming next hop may have
+                        // said 354): a QUIT now could be misread. Just close.
+                        drop(conn);
+                    } else {
+                        self.quit(conn).await;
+                    }
                     let stale = first && (e.is_network() || e.code() == Some(421));
                     if was_reused && stale {
                         continue;
