@@ -903,8 +903,8 @@ MIME-Version: 1.0\r\n";
                 with_attachments += 1;
             }
         }
-        assert!(corpus.len() > 400, "{}", corpus.len());
-        assert!(with_attachments > 300, "{with_attachments}");
+        assert!(corpus.len() > 700, "{}", corpus.len());
+        assert!(with_attachments > 650, "{with_attachments}");
     }
 
     fn atts(raw: &str) -> Vec<(String, u64)> {
