@@ -10,7 +10,10 @@
 //! * `misdirectd`: through misdirectd (scoring every recipient) to the sink.
 //!
 //! For each it runs concurrency 1, 20 and 100 with 4 KiB and 64 KiB messages
-//! and prints messages per second. Postfix is store-and-forward, so its
+//! and prints messages per second, and misdirectd's CPU time (user + system,
+//! all threads, from /proc/<pid>/stat before and after each run) per relayed
+//! message: a figure that does not depend on what else the machine is
+//! doing, unlike the rates. Postfix is store-and-forward, so its
 //! figure is taken when its queue is empty again (every message delivered);
 //! misdirectd and the sink answer only after delivery anyway. A second pass
 //! with the harness's own SMTP client measures per-message latency (MAIL FROM
@@ -426,6 +429,36 @@ fn latency(port: u16, conc: usize, per_conn: usize, size: usize) -> Res<(f64, f6
     Ok((q(0.50), q(0.99)))
 }
 
+/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on
+/// Linux unless told otherwise).
+fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .filter(|t| *t > 0.0)
+        .unwrap_or(100.0)
+}
+
+/// CPU seconds (user + system, all threads, including ones that have
+/// exited) the process has used so far, from /proc/<pid>/stat.
+fn cpu_secs(pid: u32, tck: f64) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start at state.
+    let rest = &s[s.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 here.
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / tck)
+}
+
 fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -489,11 +522,25 @@ fn run() -> Res<()> {
     }
     postfix_drained(&pf)?;
 
+    let tck = clk_tck();
+    let md_pid = md.as_ref().map(|(p, _)| p.child.id());
+    let md_cpu = || md_pid.and_then(|pid| cpu_secs(pid, tck));
     let mut rate: BTreeMap<(usize, usize, &str), f64> = BTreeMap::new();
+    // misdirectd's CPU time (user + system) per relayed message, µs.
+    let mut cpu_us: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     println!("\nThroughput (smtp-source -d; messages per second, end to end)");
+    println!("md cpu: misdirectd's CPU time (user + system, all threads) per relayed message");
     println!(
-        "{:>5} {:>7} {:>7} | {:>10} {:>10} {:>10} | {:>9} {:>9}",
-        "conc", "size", "msgs", "direct", "postfix", "misdirectd", "md/pfx", "md/direct"
+        "{:>5} {:>7} {:>7} | {:>10} {:>10} {:>10} | {:>9} {:>9} | {:>11}",
+        "conc",
+        "size",
+        "msgs",
+        "direct",
+        "postfix",
+        "misdirectd",
+        "md/pfx",
+        "md/direct",
+        "md cpu µs"
     );
     let sizes: Vec<usize> = match std::env::var("RELAY_BENCH_SIZES") {
         Ok(v) => v
@@ -507,6 +554,7 @@ fn run() -> Res<()> {
         for conc in CONCURRENCY {
             let msgs = if size > 16 * 1024 { base / 2 } else { base }.max(conc);
             for &(name, port) in &setups {
+                let cpu0 = if name == "misdirectd" { md_cpu() } else { None };
                 let t0 = Instant::now();
                 source(port, conc, msgs, size)?;
                 if name == "postfix" {
@@ -514,10 +562,13 @@ fn run() -> Res<()> {
                 }
                 let el = t0.elapsed().as_secs_f64();
                 rate.insert((size, conc, name), msgs as f64 / el);
+                if let (Some(a), Some(b)) = (cpu0, md_cpu()) {
+                    cpu_us.insert((size, conc), (b - a) * 1e6 / msgs as f64);
+                }
             }
             let g = |n| rate.get(&(size, conc, n)).copied().unwrap_or(f64::NAN);
             println!(
-                "{:>5} {:>6}K {:>7} | {:>10.0} {:>10.0} {:>10.0} | {:>9.2} {:>9.2}",
+                "{:>5} {:>6}K {:>7} | {:>10.0} {:>10.0} {:>10.0} | {:>9.2} {:>9.2} | {:>11.1}",
                 conc,
                 size / 1024,
                 msgs,
@@ -526,6 +577,7 @@ fn run() -> Res<()> {
                 g("misdirectd"),
                 g("misdirectd") / g("postfix"),
                 g("misdirectd") / g("direct"),
+                cpu_us.get(&(size, conc)).copied().unwrap_or(f64::NAN),
             );
         }
     }
@@ -585,6 +637,17 @@ fn run() -> Res<()> {
             first = false;
             j.push_str(&format!(
                 "{{\"setup\":\"{name}\",\"size\":{size},\"concurrency\":{conc},\"msgs_per_s\":{r:.1}}}"
+            ));
+        }
+        j.push_str("],\"misdirectd_cpu_us_per_msg\":[");
+        first = true;
+        for ((size, conc), us) in &cpu_us {
+            if !first {
+                j.push(',');
+            }
+            first = false;
+            j.push_str(&format!(
+                "{{\"size\":{size},\"concurrency\":{conc},\"cpu_us\":{us:.1}}}"
             ));
         }
         j.push_str("],\"latency_ms\":[");

@@ -87,14 +87,65 @@ pub struct MessageMeta {
     pub attachments: Vec<Attachment>,
 }
 
+/// Headers of a MIME part: only the ones that say what the part is.
+static PART_PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
+    MessageParser::new()
+        .with_mime_headers()
+        .default_header_ignore()
+});
+
+/// Multipart nesting deeper than this is not looked into.
+const MAX_MULTIPART_DEPTH: usize = 32;
+
 impl MessageMeta {
     /// Parse the raw message. Never fails: a message mail-parser cannot make
     /// sense of yields empty metadata (the envelope still carries the
     /// recipients). Addresses that do not normalise are dropped.
+    ///
+    /// Only header blocks are parsed (with mail-parser, which decodes RFC 2047
+    /// and RFC 2231 parameters such as encoded file names); bodies are never
+    /// decoded. The MIME structure is walked here, by boundary: a delimiter is
+    /// a line starting with `--boundary`, followed by an optional `--` (the
+    /// close delimiter) and then only white space. A multipart whose final
+    /// delimiter is missing ends at the end of its enclosing part; one with
+    /// no delimiter at all is reported as an attachment, as mail-parser does.
+    /// Parts are classified as attachments as mail-parser's
+    /// `Message::attachments()` does (every non-text leaf, text parts that
+    /// are not body text, each `message/rfc822` part without looking into it).
+    ///
+    /// An attachment's size is its transfer-decoded size, counted without
+    /// decoding: for base64, 3 bytes per 4 alphabet characters plus 1 or 2
+    /// for a final group of 2 or 3 (characters outside the alphabet, padding
+    /// included, are skipped; exact unless padding appears before the end);
+    /// for quoted-printable, the bytes the decoding would produce
+    /// (`=XX` is one byte, soft line breaks and white space before a line
+    /// break count nothing); otherwise the raw length of the part's body up
+    /// to the line break before the next delimiter. Unlike mail-parser, text
+    /// in a charset other than UTF-8 is not converted to UTF-8 before being
+    /// counted, and a part with broken base64 or a final part without its
+    /// closing delimiter keeps its own type instead of becoming text.
     pub fn parse(raw: &[u8], norm: &Normalizer) -> MessageMeta {
-        let Some(msg) = PARSER.parse(raw) else {
+        let body_at = header_end(raw);
+        let Some(msg) = PARSER.parse_headers(&raw[..body_at.unwrap_or(raw.len())]) else {
             return MessageMeta::default();
         };
+        let mut meta = MessageMeta::from_headers(&msg, norm);
+        if let Some(at) = body_at {
+            let mut ctx = Container::top();
+            let part = Part {
+                content_type: msg.content_type(),
+                disposition: msg.content_disposition(),
+                encoding: msg.content_transfer_encoding(),
+                name: msg.attachment_name(),
+                body: &raw[at..],
+            };
+            walk_part(part, &mut ctx, 0, &mut meta.attachments);
+        }
+        meta
+    }
+
+    /// Everything but the attachments, from the top-level headers.
+    fn from_headers(msg: &mail_parser::Message<'_>, norm: &Normalizer) -> MessageMeta {
         let mut meta = MessageMeta {
             message_id: msg.message_id().map(|s| s.to_string()),
             date: msg.date().map(|d| d.to_timestamp()),
@@ -136,13 +187,6 @@ impl MessageMeta {
         }
         meta.in_reply_to = id_list(msg.in_reply_to());
         meta.references = id_list(msg.references());
-        for part in msg.attachments() {
-            let name = part.attachment_name().unwrap_or("").to_string();
-            meta.attachments.push(Attachment {
-                name,
-                size: part.len() as u64,
-            });
-        }
         meta
     }
 
@@ -150,6 +194,384 @@ impl MessageMeta {
     pub fn sender(&self) -> Option<&str> {
         self.from.as_ref().map(|m| m.address.as_str())
     }
+}
+
+/// The previous parser, kept as the reference the header-only one is tested
+/// against: mail-parser parses the whole message, decoding every body part.
+#[cfg(test)]
+pub(crate) fn parse_reference(raw: &[u8], norm: &Normalizer) -> MessageMeta {
+    let Some(msg) = PARSER.parse(raw) else {
+        return MessageMeta::default();
+    };
+    let mut meta = MessageMeta::from_headers(&msg, norm);
+    for part in msg.attachments() {
+        let name = part.attachment_name().unwrap_or("").to_string();
+        meta.attachments.push(Attachment {
+            name,
+            size: part.len() as u64,
+        });
+    }
+    meta
+}
+
+/// The offset just after the header block (after its terminating line that
+/// holds only white space), or `None` when there is no such line.
+fn header_end(b: &[u8]) -> Option<usize> {
+    let mut line = 0;
+    while line < b.len() {
+        let nl = memchr::memchr(b'\n', &b[line..]).map(|p| line + p);
+        let end = nl.unwrap_or(b.len());
+        if b[line..end]
+            .iter()
+            .all(|&c| c == b' ' || c == b'\t' || c == b'\r')
+        {
+            return nl.map(|p| p + 1);
+        }
+        line = end + 1;
+    }
+    None
+}
+
+/// What a part's enclosing container is, as mail-parser tracks it to decide
+/// which parts are body text and which are attachments.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Message,
+    Alternative,
+    Related,
+    Digest,
+    Other,
+}
+
+struct Container {
+    kind: Kind,
+    in_alternative: bool,
+    need_html: bool,
+    need_text: bool,
+    /// Parts seen so far in this container.
+    parts: usize,
+}
+
+impl Container {
+    fn top() -> Container {
+        Container {
+            kind: Kind::Message,
+            in_alternative: false,
+            need_html: true,
+            need_text: true,
+            parts: 0,
+        }
+    }
+}
+
+/// One MIME part: the headers that matter, and its raw body.
+struct Part<'a, 'h> {
+    content_type: Option<&'h mail_parser::ContentType<'a>>,
+    disposition: Option<&'h mail_parser::ContentType<'a>>,
+    encoding: Option<&'h str>,
+    name: Option<&'h str>,
+    body: &'a [u8],
+}
+
+#[derive(PartialEq, Eq)]
+enum Mime {
+    Plain,
+    Html,
+    TextOther,
+    Inline,
+    Message,
+    Other,
+}
+
+/// Classify one part and record it when it is an attachment; descend into
+/// multiparts.
+fn walk_part(part: Part<'_, '_>, ctx: &mut Container, depth: usize, out: &mut Vec<Attachment>) {
+    ctx.parts += 1;
+    let ct = part.content_type;
+    if let Some(c) = ct {
+        if c.ctype().eq_ignore_ascii_case("multipart") {
+            if let Some(boundary) = c.attribute("boundary") {
+                let kind = match c.subtype() {
+                    Some("alternative") => Kind::Alternative,
+                    Some("related") => Kind::Related,
+                    Some("digest") => Kind::Digest,
+                    _ => Kind::Other,
+                };
+                let mut inner = Container {
+                    kind,
+                    in_alternative: ctx.in_alternative || kind == Kind::Alternative,
+                    need_html: ctx.need_html,
+                    need_text: ctx.need_text,
+                    parts: 0,
+                };
+                if depth >= MAX_MULTIPART_DEPTH
+                    || walk_multipart(part.body, boundary.as_bytes(), &mut inner, depth + 1, out)
+                {
+                    return;
+                }
+            }
+            // No boundary, or none found: mail-parser makes it a text part
+            // that is not inline, i.e. an attachment.
+            out.push(attachment(&part));
+            return;
+        }
+    }
+    let (mut inline, is_text, mime) = match ct {
+        Some(c) => match c.ctype() {
+            "text" => match c.subtype() {
+                Some("plain") => (true, true, Mime::Plain),
+                Some("html") => (true, true, Mime::Html),
+                _ => (false, true, Mime::TextOther),
+            },
+            "image" | "audio" | "video" => (true, false, Mime::Inline),
+            "message" if matches!(c.subtype(), Some("rfc822") | Some("global")) => {
+                (false, false, Mime::Message)
+            }
+            _ => (false, false, Mime::Other),
+        },
+        None if ctx.kind == Kind::Digest => (false, false, Mime::Message),
+        None => (true, true, Mime::Plain),
+    };
+    if !is_text {
+        // Binary leaves and enclosed messages are always attachments.
+        out.push(attachment(&part));
+        return;
+    }
+    inline = inline
+        && !part.disposition.is_some_and(|d| d.is_attachment())
+        && (ctx.parts == 1
+            || ctx.kind != Kind::Related
+                && (mime == Mime::Inline || ct.is_none_or(|c| !c.has_attribute("name"))));
+    let (add_html, add_text) = if ctx.kind == Kind::Alternative {
+        match mime {
+            Mime::Html => (true, false),
+            Mime::Plain => (false, true),
+            _ => (false, false),
+        }
+    } else if inline {
+        if ctx.in_alternative && (ctx.need_text || ctx.need_html) {
+            match mime {
+                Mime::Html => ctx.need_text = false,
+                Mime::Plain => ctx.need_html = false,
+                _ => (),
+            }
+        }
+        (ctx.need_html, ctx.need_text)
+    } else {
+        (false, false)
+    };
+    let is_html = mime == Mime::Html;
+    if is_html && !add_html || !is_html && !add_text {
+        out.push(attachment(&part));
+    }
+}
+
+fn attachment(part: &Part<'_, '_>) -> Attachment {
+    let enc = part.encoding.unwrap_or("");
+    let size = if enc.eq_ignore_ascii_case("base64") {
+        base64_decoded_len(part.body)
+    } else if enc.eq_ignore_ascii_case("quoted-printable") {
+        qp_decoded_len(part.body)
+    } else {
+        part.body.len()
+    };
+    Attachment {
+        name: part.name.unwrap_or("").to_string(),
+        size: size as u64,
+    }
+}
+
+/// Walk the parts of a multipart body. Returns `false` when the body holds
+/// no delimiter at all (nothing was recorded then).
+fn walk_multipart(
+    body: &[u8],
+    boundary: &[u8],
+    ctx: &mut Container,
+    depth: usize,
+    out: &mut Vec<Attachment>,
+) -> bool {
+    if boundary.is_empty() {
+        return false;
+    }
+    let delimiters = Delimiters::new(boundary);
+    let Some(first) = delimiters.find(body, 0) else {
+        return false;
+    };
+    if first.close {
+        return true;
+    }
+    let mut start = first.next;
+    loop {
+        let next = delimiters.find(body, start);
+        let end = next.as_ref().map_or(body.len(), |d| d.break_at.max(start));
+        let bytes = &body[start..end];
+        let at = header_end(bytes);
+        let headers = PART_PARSER.parse_headers(&bytes[..at.unwrap_or(bytes.len())]);
+        let part = Part {
+            content_type: headers.as_ref().and_then(|m| m.content_type()),
+            disposition: headers.as_ref().and_then(|m| m.content_disposition()),
+            encoding: headers.as_ref().and_then(|m| m.content_transfer_encoding()),
+            name: headers.as_ref().and_then(|m| m.attachment_name()),
+            body: at.map_or(&[][..], |a| &bytes[a..]),
+        };
+        walk_part(part, ctx, depth, out);
+        match next {
+            Some(d) if !d.close && d.next < body.len() => start = d.next,
+            _ => return true,
+        }
+    }
+}
+
+struct Delimiter {
+    /// Where the line break before the delimiter line starts (the end of
+    /// the preceding part).
+    break_at: usize,
+    /// Just after the delimiter line.
+    next: usize,
+    /// `--boundary--`
+    close: bool,
+}
+
+/// Finds delimiter lines of one boundary: `\n--boundary` searched with
+/// memchr's substring search.
+struct Delimiters<'b> {
+    boundary: &'b [u8],
+    finder: memchr::memmem::Finder<'static>,
+}
+
+impl<'b> Delimiters<'b> {
+    fn new(boundary: &'b [u8]) -> Delimiters<'b> {
+        let mut needle = Vec::with_capacity(boundary.len() + 3);
+        needle.extend_from_slice(b"\n--");
+        needle.extend_from_slice(boundary);
+        Delimiters {
+            boundary,
+            finder: memchr::memmem::Finder::new(&needle).into_owned(),
+        }
+    }
+
+    /// The first delimiter line at or after `from` (the start of a line).
+    fn find(&self, b: &[u8], from: usize) -> Option<Delimiter> {
+        if from == 0 {
+            if let Some(d) = self.at_line(b, 0) {
+                return Some(d);
+            }
+        }
+        // Search from the line break that ends the previous line.
+        let mut pos = from.saturating_sub(1);
+        while pos < b.len() {
+            let hit = pos + self.finder.find(&b[pos..])?;
+            if hit + 1 >= from {
+                if let Some(d) = self.at_line(b, hit + 1) {
+                    return Some(d);
+                }
+            }
+            pos = hit + 1;
+        }
+        None
+    }
+
+    /// A delimiter line starting at `line`, if the line is one: `--boundary`,
+    /// an optional `--`, then only white space.
+    fn at_line(&self, b: &[u8], line: usize) -> Option<Delimiter> {
+        let rest = b.get(line..)?;
+        if !(rest.starts_with(b"--") && rest[2..].starts_with(self.boundary)) {
+            return None;
+        }
+        let mut i = line + 2 + self.boundary.len();
+        let close = b[i..].starts_with(b"--");
+        if close {
+            i += 2;
+        }
+        let eol = memchr::memchr(b'\n', &b[i..]).map(|p| i + p);
+        let tail = &b[i..eol.unwrap_or(b.len())];
+        if !tail.iter().all(|&c| c == b' ' || c == b'\t' || c == b'\r') {
+            return None;
+        }
+        let break_at = if line >= 2 && b[line - 2] == b'\r' {
+            line - 2
+        } else {
+            line.saturating_sub(1)
+        };
+        Some(Delimiter {
+            break_at,
+            next: eol.map_or(b.len(), |p| p + 1),
+            close,
+        })
+    }
+}
+
+/// Decoded length of a base64 body, without decoding it (see
+/// [`MessageMeta::parse`]).
+fn base64_decoded_len(b: &[u8]) -> usize {
+    // Branch-free so that the compiler vectorises the count.
+    let n: usize = b
+        .iter()
+        .map(|&c| {
+            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+            let digit = c.wrapping_sub(b'0') < 10;
+            usize::from(alpha | digit | (c == b'+') | (c == b'/'))
+        })
+        .sum();
+    n / 4 * 3
+        + match n % 4 {
+            2 => 1,
+            3 => 2,
+            _ => 0,
+        }
+}
+
+/// Decoded length of a quoted-printable body, without decoding it (see
+/// [`MessageMeta::parse`]): a line break counts as CRLF once a CR has been
+/// seen, as LF before that (as mail-parser decodes it).
+fn qp_decoded_len(b: &[u8]) -> usize {
+    #[derive(PartialEq)]
+    enum St {
+        Plain,
+        Eq,
+        Hex1,
+    }
+    let mut n = 0usize;
+    let mut ws = 0usize;
+    let mut crlf = 1;
+    let mut st = St::Plain;
+    for &c in b {
+        match c {
+            b'=' if st == St::Plain => st = St::Eq,
+            b'\n' => {
+                if st == St::Eq {
+                    st = St::Plain;
+                } else {
+                    n -= ws.min(n);
+                    n += crlf;
+                    st = St::Plain;
+                }
+                ws = 0;
+            }
+            b'\r' => crlf = 2,
+            _ => match st {
+                St::Plain => {
+                    ws = if c == b' ' || c == b'\t' { ws + 1 } else { 0 };
+                    n += 1;
+                }
+                St::Eq => {
+                    if c.is_ascii_hexdigit() {
+                        st = St::Hex1;
+                    } else if !c.is_ascii_whitespace() {
+                        st = St::Plain;
+                        n += 2;
+                        ws = 0;
+                    }
+                }
+                St::Hex1 => {
+                    st = St::Plain;
+                    n += if c.is_ascii_hexdigit() { 1 } else { 3 };
+                    ws = 0;
+                }
+            },
+        }
+    }
+    n
 }
 
 fn clean_name(n: Option<&str>) -> Option<String> {
@@ -249,5 +671,412 @@ Content-Disposition: attachment; filename=\"q3.pdf\"\r\n\r\n12345\r\n--b--\r\n";
             }]
         );
         assert!(!format!("{m:?}").contains("secret body"));
+    }
+}
+
+#[cfg(test)]
+mod reference_tests {
+    use super::*;
+    use crate::address::AddressConfig;
+
+    fn norm() -> Normalizer {
+        Normalizer::new(AddressConfig::default())
+    }
+
+    const HEAD: &str = "From: \"Alice A\" <alice@example.com>\r\n\
+To: Bob <bob@example.com>, =?UTF-8?Q?J=C3=B6rg?= <jorg@example.de>\r\n\
+Cc: carol@example.org\r\n\
+Subject: =?UTF-8?B?UXVhcnRhbHNiZXJpY2h0?=\r\n\
+Date: Tue, 3 Nov 2026 09:00:00 +0100\r\n\
+Message-ID: <x1@example.com>\r\n\
+MIME-Version: 1.0\r\n";
+
+    fn b64(data: &[u8]) -> String {
+        use base64::Engine;
+        let enc = base64::engine::general_purpose::STANDARD.encode(data);
+        let mut out = String::new();
+        for chunk in enc.as_bytes().chunks(76) {
+            out.push_str(std::str::from_utf8(chunk).unwrap_or(""));
+            out.push_str("\r\n");
+        }
+        out
+    }
+
+    fn bytes(n: usize) -> Vec<u8> {
+        (0..n).map(|i| (i * 7 + 3) as u8).collect()
+    }
+
+    /// Leaf parts: (headers, body) with the body already transfer-encoded.
+    fn leaves() -> Vec<(String, String)> {
+        let qp_body = "Caf=C3=A9 au lait =\r\ncontinued line   \r\nsecond=3Dline\r\n=E2=82=AC 10";
+        vec![
+            (
+                "Content-Type: text/plain; charset=utf-8\r\n".into(),
+                "Hello Bob,\r\nsee attached.\r\n".into(),
+            ),
+            (
+                "Content-Type: text/html; charset=utf-8\r\n\
+                 Content-Transfer-Encoding: quoted-printable\r\n"
+                    .into(),
+                format!("<p>{qp_body}</p>"),
+            ),
+            (
+                "Content-Type: application/pdf; name=\"q3.pdf\"\r\n\
+                 Content-Disposition: attachment; filename=\"q3.pdf\"\r\n\
+                 Content-Transfer-Encoding: base64\r\n"
+                    .into(),
+                b64(&bytes(1000)),
+            ),
+            (
+                "Content-Type: application/octet-stream\r\n\
+                 Content-Disposition: attachment;\r\n filename*=UTF-8''%C3%BCbersicht%20Q3.xlsx\r\n\
+                 Content-Transfer-Encoding: base64\r\n"
+                    .into(),
+                b64(&bytes(1001)),
+            ),
+            (
+                "Content-Type: image/png; name=\"=?UTF-8?Q?B=C3=BCro.png?=\"\r\n\
+                 Content-Transfer-Encoding: base64\r\n\
+                 Content-ID: <img1@example.com>\r\n"
+                    .into(),
+                b64(&bytes(1002)),
+            ),
+            (
+                "Content-Type: text/plain; charset=utf-8; name=\"notes.txt\"\r\n\
+                 Content-Disposition: attachment; filename=\"notes.txt\"\r\n\
+                 Content-Transfer-Encoding: quoted-printable\r\n"
+                    .into(),
+                qp_body.into(),
+            ),
+            (
+                "Content-Type: text/csv; charset=utf-8\r\n\
+                 Content-Transfer-Encoding: 8bit\r\n"
+                    .into(),
+                "name,größe\r\nä,1\r\n".into(),
+            ),
+            (
+                "Content-Type: text/plain; charset=utf-8\r\n\
+                 Content-Disposition: inline\r\n\
+                 Content-Transfer-Encoding: 8bit\r\n"
+                    .into(),
+                "Grüße aus Köln\r\n".into(),
+            ),
+            (
+                "Content-Type: application/zip\r\n\
+                 Content-Disposition: attachment; filename=\"a.zip\"\r\n"
+                    .into(),
+                "PK not really a zip, 7bit\r\nline two".into(),
+            ),
+            (
+                "Content-Type: message/rfc822\r\n\
+                 Content-Disposition: attachment; filename=\"fwd.eml\"\r\n"
+                    .into(),
+                "From: x@example.net\r\nTo: y@example.net\r\nSubject: inner\r\n\r\ninner body\r\n"
+                    .into(),
+            ),
+            (
+                "Content-Type: audio/mpeg; name=\"voice.mp3\"\r\n\
+                 Content-Transfer-Encoding: base64\r\n"
+                    .into(),
+                b64(&bytes(5)),
+            ),
+            (
+                String::new(),
+                "no headers at all, default text/plain\r\n".into(),
+            ),
+        ]
+    }
+
+    fn multipart(subtype: &str, boundary: &str, parts: &[(String, String)], close: bool) -> String {
+        let mut m = format!(
+            "Content-Type: multipart/{subtype}; boundary=\"{boundary}\"\r\n\r\n\
+             This is a multi-part message in MIME format.\r\n"
+        );
+        for (h, b) in parts {
+            m.push_str(&format!("--{boundary}\r\n{h}\r\n{b}\r\n"));
+        }
+        if close {
+            m.push_str(&format!("--{boundary}--\r\nepilogue\r\n"));
+        }
+        m
+    }
+
+    fn as_part(multipart_text: String) -> (String, String) {
+        match multipart_text.split_once("\r\n\r\n") {
+            Some((h, b)) => (format!("{h}\r\n"), b.to_string()),
+            None => (multipart_text, String::new()),
+        }
+    }
+
+    /// Crafted messages on which the new parser must agree with the full
+    /// mail-parser parse.
+    fn corpus() -> Vec<String> {
+        let l = leaves();
+        let mut out = Vec::new();
+        // Every leaf alone as the whole message.
+        for (h, b) in &l {
+            out.push(format!("{HEAD}{h}\r\n{b}"));
+        }
+        // Pairs and triples of leaves in mixed / related / alternative.
+        for sub in ["mixed", "related", "alternative", "digest", "report"] {
+            for i in 0..l.len() {
+                for j in 0..l.len() {
+                    // A headerless part of a digest is an enclosed message
+                    // whose text mail-parser takes for headers: see
+                    // `digest_part_without_headers`.
+                    let parts = vec![l[i].clone(), l[j].clone(), l[(i + j) % l.len()].clone()];
+                    if sub == "digest" && parts.iter().any(|p| p.0.is_empty()) {
+                        continue;
+                    }
+                    out.push(format!("{HEAD}{}", multipart(sub, "b1=_x", &parts, true)));
+                }
+            }
+        }
+        // Nested: mixed( alternative(plain, related(html, png)), attachments )
+        let related = as_part(multipart(
+            "related",
+            "rel",
+            &[l[1].clone(), l[4].clone()],
+            true,
+        ));
+        let alt = as_part(multipart(
+            "alternative",
+            "alt",
+            &[l[0].clone(), related],
+            true,
+        ));
+        for k in 2..l.len() {
+            out.push(format!(
+                "{HEAD}{}",
+                multipart(
+                    "mixed",
+                    "outer",
+                    &[alt.clone(), l[k].clone(), l[2].clone()],
+                    true
+                )
+            ));
+        }
+        // Alternative with the html in a nested related, then a plain text.
+        let rel2 = as_part(multipart(
+            "related",
+            "r2",
+            &[l[1].clone(), l[4].clone()],
+            true,
+        ));
+        out.push(format!(
+            "{HEAD}{}",
+            multipart("alternative", "a2", &[rel2.clone(), l[0].clone()], true)
+        ));
+        out.push(format!(
+            "{HEAD}{}",
+            multipart(
+                "mixed",
+                "m3",
+                &[
+                    as_part(multipart("mixed", "m4", &[rel2, l[7].clone()], true)),
+                    l[3].clone()
+                ],
+                true
+            )
+        ));
+        // LF-only line endings.
+        for m in out.clone().iter().take(40) {
+            out.push(m.replace("\r\n", "\n"));
+        }
+        // No MIME at all; headers only; 8-bit body.
+        out.push(format!("{HEAD}\r\nplain body\r\n"));
+        out.push(HEAD.to_string());
+        out.push(format!("{HEAD}Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\nÄrger über Öl\r\n"));
+        out
+    }
+
+    #[test]
+    fn header_only_parser_matches_full_parse() {
+        let n = norm();
+        let corpus = corpus();
+        let mut with_attachments = 0;
+        for (i, raw) in corpus.iter().enumerate() {
+            let new = MessageMeta::parse(raw.as_bytes(), &n);
+            let old = parse_reference(raw.as_bytes(), &n);
+            assert_eq!(new, old, "message {i} differs:\n{raw}");
+            if !new.attachments.is_empty() {
+                with_attachments += 1;
+            }
+        }
+        assert!(corpus.len() > 700, "{}", corpus.len());
+        assert!(with_attachments > 650, "{with_attachments}");
+    }
+
+    fn atts(raw: &str) -> Vec<(String, u64)> {
+        MessageMeta::parse(raw.as_bytes(), &norm())
+            .attachments
+            .into_iter()
+            .map(|a| (a.name, a.size))
+            .collect()
+    }
+
+    #[test]
+    fn missing_final_delimiter_keeps_the_last_part_as_it_is() {
+        let pdf = b64(&bytes(300));
+        let raw = format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nbody text\r\n\
+             --b\r\nContent-Type: application/pdf; name=\"a.pdf\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\n{pdf}"
+        );
+        assert_eq!(atts(&raw), vec![("a.pdf".to_string(), 300)]);
+        // Truncated in the middle of the base64: what is there is counted.
+        let cut = &raw[..raw.len() - 80];
+        let a = atts(cut);
+        assert_eq!(a.len(), 1);
+        assert_eq!(a[0].0, "a.pdf");
+        assert!(a[0].1 < 300 && a[0].1 > 200, "{a:?}");
+        // The text body alone, without its final delimiter, is no attachment.
+        let raw = format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nbody text\r\n"
+        );
+        assert_eq!(atts(&raw), vec![]);
+    }
+
+    #[test]
+    fn multipart_without_any_delimiter_is_one_unnamed_attachment() {
+        let raw = format!(
+            "{HEAD}Content-Type: multipart/mixed; boundary=\"nowhere\"\r\n\r\n\
+             --elsewhere\r\nContent-Type: text/plain\r\n\r\nxyz\r\n"
+        );
+        let body_len = "--elsewhere\r\nContent-Type: text/plain\r\n\r\nxyz\r\n".len();
+        assert_eq!(atts(&raw), vec![(String::new(), body_len as u64)]);
+        assert_eq!(
+            parse_reference(raw.as_bytes(), &norm()).attachments.len(),
+            1
+        );
+    }
+
+    #[test]
+    fn digest_part_without_headers_counts_its_raw_body() {
+        let raw = format!(
+            "{HEAD}Content-Type: multipart/digest; boundary=\"d\"\r\n\r\n\
+             --d\r\n\r\nFrom: a@example.net\r\nSubject: one\r\n\r\nhi\r\n--d--\r\n"
+        );
+        let inner = "From: a@example.net\r\nSubject: one\r\n\r\nhi".len();
+        assert_eq!(atts(&raw), vec![(String::new(), inner as u64)]);
+        assert_eq!(
+            parse_reference(raw.as_bytes(), &norm()),
+            MessageMeta::parse(raw.as_bytes(), &norm())
+        );
+    }
+
+    #[test]
+    fn attachments_inside_a_forwarded_message_are_not_listed() {
+        let inner = multipart(
+            "mixed",
+            "in",
+            &[leaves()[0].clone(), leaves()[2].clone()],
+            true,
+        );
+        let inner = format!("From: x@example.net\r\nSubject: fwd\r\n{inner}");
+        let raw = format!(
+            "{HEAD}{}",
+            multipart(
+                "mixed",
+                "out",
+                &[
+                    leaves()[0].clone(),
+                    (
+                        "Content-Type: message/rfc822\r\n".to_string(),
+                        inner.clone()
+                    )
+                ],
+                true
+            )
+        );
+        assert_eq!(atts(&raw), vec![(String::new(), inner.len() as u64)]);
+        assert_eq!(
+            parse_reference(raw.as_bytes(), &norm()),
+            MessageMeta::parse(raw.as_bytes(), &norm())
+        );
+    }
+
+    #[test]
+    fn text_in_another_charset_is_counted_in_its_own_bytes() {
+        // "caf\xe9" in Latin-1: 4 bytes; mail-parser converts it to UTF-8 (5).
+        let mut raw = format!(
+            "{HEAD}Content-Type: text/plain; charset=iso-8859-1; name=\"menu.txt\"\r\n\
+             Content-Disposition: attachment; filename=\"menu.txt\"\r\n\
+             Content-Transfer-Encoding: 8bit\r\n\r\n"
+        )
+        .into_bytes();
+        raw.extend_from_slice(b"caf\xe9");
+        let new = MessageMeta::parse(&raw, &norm());
+        assert_eq!(
+            new.attachments,
+            vec![Attachment {
+                name: "menu.txt".into(),
+                size: 4
+            }]
+        );
+        let old = parse_reference(&raw, &norm());
+        assert_eq!(old.attachments[0].size, 5);
+    }
+
+    #[test]
+    fn decoded_sizes_are_exact_for_every_length() {
+        for n in 0..200usize {
+            let data = bytes(n);
+            let enc = b64(&data);
+            assert_eq!(base64_decoded_len(enc.as_bytes()), n, "base64 of {n} bytes");
+        }
+        assert_eq!(qp_decoded_len(b"a=3Db"), 3);
+        assert_eq!(qp_decoded_len(b"soft =\r\nbreak"), 10);
+        assert_eq!(qp_decoded_len(b"trail  \r\nx"), 8);
+        assert_eq!(qp_decoded_len(b"lf only\nx"), 9);
+        // `=Z` is kept as two bytes; a cut `=4` at the very end counts nothing.
+        assert_eq!(qp_decoded_len(b"bad =ZZ and =4"), 12);
+    }
+
+    #[test]
+    fn garbage_and_truncation_never_panic() {
+        let n = norm();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let corpus = corpus();
+        for raw in corpus.iter().step_by(7) {
+            let b = raw.as_bytes();
+            for cut in (0..b.len()).step_by(b.len() / 40 + 1) {
+                let m = MessageMeta::parse(&b[..cut], &n);
+                assert!(m.attachments.len() <= 10);
+            }
+            let mut junk = b.to_vec();
+            for _ in 0..30 {
+                let i = (rnd() as usize) % junk.len().max(1);
+                if let Some(c) = junk.get_mut(i) {
+                    *c = match rnd() % 4 {
+                        0 => b'\n',
+                        1 => b'-',
+                        2 => b'=',
+                        _ => rnd() as u8,
+                    };
+                }
+            }
+            let m = MessageMeta::parse(&junk, &n);
+            assert!(m.attachments.len() <= 10);
+        }
+        // Nesting far deeper than anything real.
+        let mut raw = String::from(HEAD);
+        for d in 0..500 {
+            raw.push_str(&format!(
+                "Content-Type: multipart/mixed; boundary=\"d{d}\"\r\n\r\n--d{d}\r\n"
+            ));
+        }
+        raw.push_str("Content-Type: application/pdf; name=\"deep.pdf\"\r\n\r\nxx\r\n");
+        let m = MessageMeta::parse(raw.as_bytes(), &n);
+        assert!(m.attachments.len() <= 1);
+        assert_eq!(m.sender(), Some("alice@example.com"));
     }
 }

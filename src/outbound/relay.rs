@@ -11,6 +11,15 @@
 //! (about 40 ms each on Linux). Connections made here set `TCP_NODELAY`,
 //! then lettre's `AsyncSmtpConnection` does EHLO, STARTTLS, AUTH and the
 //! commands.
+//!
+//! When the next hop offers PIPELINING (RFC 2920; lettre does not record it,
+//! so a second EHLO after STARTTLS and before AUTH asks), MAIL, every RCPT
+//! and DATA go out in one write and their replies are read afterwards. The
+//! message is dot-stuffed here and written together with its final
+//! `CRLF.CRLF` in one write (lettre writes them separately); a message that
+//! is not UTF-8 goes through lettre's `message` instead. After a failed
+//! transaction on a pipelining connection the connection is closed without
+//! QUIT, as replies to the rest of the group may still be unread.
 
 use std::error::Error as _;
 use std::sync::{Arc, Mutex};
@@ -18,7 +27,7 @@ use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt, Rset};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
 use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
 use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::Error as SmtpError;
@@ -116,8 +125,24 @@ impl StepError {
     }
 }
 
-struct Idle {
+/// A connection to the next hop and what it offers beyond lettre's view.
+struct Conn {
     conn: AsyncSmtpConnection,
+    pipelining: bool,
+}
+
+/// What to do with a connection after a transaction.
+enum After {
+    /// Back to the pool.
+    Reuse,
+    /// QUIT and close.
+    Quit,
+    /// Close without a word.
+    Drop,
+}
+
+struct Idle {
+    conn: Conn,
     since: Instant,
 }
 
@@ -170,6 +195,46 @@ fn wire_body(msg: &[u8]) -> &[u8] {
     msg.strip_suffix(b"\r\n").unwrap_or(msg)
 }
 
+/// Text lettre writes as it is (`command` sends `to_string()`): used to
+/// put several commands, or a whole message, into one write.
+struct Raw<'a>(&'a str);
+
+impl std::fmt::Display for Raw<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// The DATA payload: `msg` (see [`wire_body`]) dot-stuffed as lettre does it
+/// (a `.` at the start of the message or after CRLF is doubled), then
+/// `CRLF.CRLF`.
+fn data_payload(msg: &str) -> String {
+    let b = msg.as_bytes();
+    let mut out = String::with_capacity(msg.len() + msg.len() / 64 + 8);
+    let mut last = 0;
+    if b.first() == Some(&b'.') {
+        out.push('.');
+    }
+    for hit in memchr::memmem::find_iter(b, b"\r\n.") {
+        // `hit + 2` is the ASCII dot, so a char boundary.
+        out.push_str(&msg[last..hit + 2]);
+        out.push('.');
+        last = hit + 2;
+    }
+    out.push_str(&msg[last..]);
+    out.push_str("\r\n.\r\n");
+    out
+}
+
+/// True when an EHLO reply offers PIPELINING.
+fn offers_pipelining(r: &Response) -> bool {
+    r.message().skip(1).any(|l| {
+        l.split_whitespace()
+            .next()
+            .is_some_and(|w| w.eq_ignore_ascii_case("PIPELINING"))
+    })
+}
+
 fn reply_text(r: &Response) -> String {
     format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
 }
@@ -219,7 +284,7 @@ impl Relay {
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, StepError> {
+    async fn connect(&self) -> Result<Conn, StepError> {
         let i = &self.inner;
         let tcp = match tokio::time::timeout(
             i.timeout,
@@ -247,28 +312,32 @@ impl Relay {
             Tls::Required(p) => self.step(conn.starttls(p.clone(), &i.hello)).await?,
             _ => {}
         }
+        // lettre keeps no record of PIPELINING: ask again (before AUTH, as
+        // EHLO resets the session).
+        let ehlo = self.step(conn.command(Ehlo::new(i.hello.clone()))).await?;
+        let pipelining = offers_pipelining(&ehlo);
         if let Some(c) = &i.credentials {
             self.step(conn.auth(&[Mechanism::Plain, Mechanism::Login], c))
                 .await?;
         }
-        Ok(conn)
+        Ok(Conn { conn, pipelining })
     }
 
-    fn take_idle(&self) -> Option<AsyncSmtpConnection> {
+    fn take_idle(&self) -> Option<Conn> {
         let mut idle = match self.inner.idle.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
         while let Some(i) = idle.pop() {
-            if i.since.elapsed() < IDLE_TIMEOUT && !i.conn.has_broken() {
+            if i.since.elapsed() < IDLE_TIMEOUT && !i.conn.conn.has_broken() {
                 return Some(i.conn);
             }
         }
         None
     }
 
-    fn put_idle(&self, conn: AsyncSmtpConnection) {
-        if conn.has_broken() {
+    fn put_idle(&self, conn: Conn) {
+        if conn.conn.has_broken() {
             return;
         }
         let mut idle = match self.inner.idle.lock() {
@@ -314,16 +383,24 @@ impl Relay {
                 },
             };
             match self.transaction(&mut conn, from.clone(), env, msg).await {
-                Ok((outcome, reusable)) => {
-                    if reusable {
-                        self.put_idle(conn);
-                    } else {
-                        conn.abort().await;
+                Ok((outcome, after)) => {
+                    match after {
+                        After::Reuse => self.put_idle(conn),
+                        After::Quit => self.quit(conn).await,
+                        // Mid-DATA: QUIT would be read as message text.
+                        After::Drop => drop(conn),
                     }
                     return outcome;
                 }
                 Err((e, first)) => {
-                    conn.abort().await;
+                    if conn.pipelining {
+                        // Replies to pipelined commands may still be on
+                        // their way (or a non-conforming next hop may have
+                        // said 354): a QUIT now could be misread. Just close.
+                        drop(conn);
+                    } else {
+                        self.quit(conn).await;
+                    }
                     let stale = first && (e.is_network() || e.code() == Some(421));
                     if was_reused && stale {
                         continue;
@@ -334,14 +411,20 @@ impl Relay {
         }
     }
 
+    /// Send QUIT (bounded by the relay timeout) and close.
+    async fn quit(&self, mut conn: Conn) {
+        let _ = tokio::time::timeout(self.inner.timeout, conn.conn.abort()).await;
+    }
+
     /// One transaction. Err carries whether it failed on the first command.
     async fn transaction(
         &self,
-        conn: &mut AsyncSmtpConnection,
+        c: &mut Conn,
         from: Option<Address>,
         env: &Envelope,
         msg: &[u8],
-    ) -> Result<(RelayOutcome, bool), (StepError, bool)> {
+    ) -> Result<(RelayOutcome, After), (StepError, bool)> {
+        let conn = &mut c.conn;
         let mut params = Vec::new();
         if !msg.is_ascii() {
             if !conn.server_info().supports_feature(Extension::EightBitMime) {
@@ -350,7 +433,7 @@ impl Relay {
                         code: 554,
                         text: "5.6.3 next hop does not accept 8-bit data (no 8BITMIME)".into(),
                     },
-                    true,
+                    After::Reuse,
                 ));
             }
             params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
@@ -364,29 +447,50 @@ impl Relay {
                         code: 553,
                         text: "5.6.7 next hop does not accept UTF-8 addresses (no SMTPUTF8)".into(),
                     },
-                    true,
+                    After::Reuse,
                 ));
             }
             params.push(MailParameter::SmtpUtfEight);
         }
-        self.step(conn.command(Mail::new(from, params)))
+        let mut rejected = Vec::new();
+        let mut rcpts = Vec::with_capacity(env.rcpt_to.len());
+        for r in &env.rcpt_to {
+            match to_address(r) {
+                Ok(a) => rcpts.push((r, a)),
+                Err(e) => rejected.push(RcptFailure {
+                    address: r.clone(),
+                    code: 550,
+                    text: e.to_string(),
+                }),
+            }
+        }
+        let mail = Mail::new(from, params);
+        // With PIPELINING, MAIL, the RCPTs and DATA (when there is a
+        // recipient to send it for) go out in one write.
+        let pipelined = c.pipelining;
+        let data_sent = pipelined && !rcpts.is_empty();
+        let mut cmds = mail.to_string();
+        if pipelined {
+            for (_, a) in &rcpts {
+                cmds.push_str(&Rcpt::new(a.clone(), vec![]).to_string());
+            }
+            if data_sent {
+                cmds.push_str(&Data.to_string());
+            }
+        }
+        // A failed MAIL leaves unread replies behind when pipelined: the
+        // caller aborts the connection on any error.
+        self.step(conn.command(Raw(&cmds)))
             .await
             .map_err(|e| (e, true))?;
-        let mut rejected = Vec::new();
         let mut accepted = 0usize;
-        for r in &env.rcpt_to {
-            let addr = match to_address(r) {
-                Ok(a) => a,
-                Err(e) => {
-                    rejected.push(RcptFailure {
-                        address: r.clone(),
-                        code: 550,
-                        text: e.to_string(),
-                    });
-                    continue;
-                }
+        for (r, a) in rcpts {
+            let reply = if pipelined {
+                self.step(conn.read_response()).await
+            } else {
+                self.step(conn.command(Rcpt::new(a, vec![]))).await
             };
-            match self.step(conn.command(Rcpt::new(addr, vec![]))).await {
+            match reply {
                 Ok(_) => accepted += 1,
                 Err(e) if e.code().is_some_and(|c| (500..600).contains(&c)) => {
                     rejected.push(RcptFailure {
@@ -411,16 +515,33 @@ impl Relay {
                     text: "5.5.1 no valid recipients".into(),
                 },
             };
-            let reusable = self.step(conn.command(Rset)).await.is_ok();
-            return Ok((outcome, reusable));
+            if data_sent {
+                // DATA with no recipient must be refused; a next hop that
+                // says 354 anyway waits for a message: drop the connection.
+                match self.step(conn.read_response()).await {
+                    Err(e) if e.code().is_some() => {}
+                    Err(_) => return Ok((outcome, After::Quit)),
+                    Ok(_) => return Ok((outcome, After::Drop)),
+                }
+            }
+            let after = match self.step(conn.command(Rset)).await {
+                Ok(_) => After::Reuse,
+                Err(_) => After::Quit,
+            };
+            return Ok((outcome, after));
         }
-        self.step(conn.command(Data))
-            .await
-            .map_err(|e| (e, false))?;
-        let resp = self
-            .step(conn.message(wire_body(msg)))
-            .await
-            .map_err(|e| (e, false))?;
+        let data = if data_sent {
+            self.step(conn.read_response()).await
+        } else {
+            self.step(conn.command(Data)).await
+        };
+        data.map_err(|e| (e, false))?;
+        let body = wire_body(msg);
+        let resp = match std::str::from_utf8(body) {
+            Ok(text) => self.step(conn.command(Raw(&data_payload(text)))).await,
+            Err(_) => self.step(conn.message(body)).await,
+        }
+        .map_err(|e| (e, false))?;
         let reply = reply_text(&resp);
         Ok((
             if rejected.is_empty() {
@@ -428,7 +549,28 @@ impl Relay {
             } else {
                 RelayOutcome::Partial { reply, rejected }
             },
-            true,
+            After::Reuse,
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_payload_stuffs_dots_at_line_starts_only() {
+        assert_eq!(data_payload(""), "\r\n.\r\n");
+        assert_eq!(data_payload(".a"), "..a\r\n.\r\n");
+        assert_eq!(
+            data_payload("x\r\n.\r\n..y\r\nz.w\r\n."),
+            "x\r\n..\r\n...y\r\nz.w\r\n..\r\n.\r\n"
+        );
+        // Only CRLF starts a line (as lettre stuffs): bare LF and CR do not.
+        assert_eq!(data_payload("a\n.b\r.c"), "a\n.b\r.c\r\n.\r\n");
+        assert_eq!(
+            data_payload("caf\u{e9}\r\n.\u{20ac}"),
+            "caf\u{e9}\r\n..\u{20ac}\r\n.\r\n"
+        );
     }
 }

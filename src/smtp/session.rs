@@ -405,10 +405,13 @@ impl Session {
         if self.flush(io).await.is_err() {
             return false;
         }
-        let cfg = self.p.config().server.clone();
-        let mut dec = DataDecoder::new(cfg.max_message_size);
+        let (max_size, data_timeout) = {
+            let c = &self.p.config().server;
+            (c.max_message_size, c.data_timeout)
+        };
+        let mut dec = DataDecoder::new(max_size);
         loop {
-            let buf = match tokio::time::timeout(cfg.data_timeout, io.fill_buf()).await {
+            let buf = match tokio::time::timeout(data_timeout, io.fill_buf()).await {
                 Ok(Ok(b)) => b,
                 Ok(Err(e)) => {
                     debug!(error = %e, "Read failed during DATA.");
