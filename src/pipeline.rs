@@ -274,7 +274,14 @@ impl Pipeline {
                     );
                 }
             };
-            let s = self.score(env.clone(), raw, now).await;
+            let Some(s) = self.score(env.clone(), raw, now).await else {
+                return (
+                    Reply::new(451, "4.3.0", "Temporary local problem, try again later"),
+                    "tempfail",
+                    None,
+                    String::new(),
+                );
+            };
             let tx = Transaction {
                 ctx,
                 queue_id: &queue_id,
@@ -323,27 +330,47 @@ impl Pipeline {
     }
 
     /// Parse and score. A message with at most [`INLINE_SCORE_MAX_RCPTS`]
-    /// envelope recipients and [`INLINE_SCORE_MAX_BYTES`] bytes is scored
-    /// right here on the async worker (tens of microseconds of CPU: cheaper
-    /// than handing it to the blocking pool and waking this task again);
-    /// bigger ones go to the blocking pool, off the async runtime.
-    async fn score(&self, env: Envelope, raw: Vec<u8>, now: Ts) -> Scored {
-        if env.rcpt_to.len() <= INLINE_SCORE_MAX_RCPTS && raw.len() <= INLINE_SCORE_MAX_BYTES {
-            return score_now(&self.norm, &self.shared, &env, raw, now);
-        }
+    /// envelope recipients and [`INLINE_SCORE_MAX_BYTES`] bytes is parsed
+    /// and scored right here on the async worker (tens of microseconds of
+    /// CPU: cheaper than handing it to the blocking pool and waking this
+    /// task again), but only if the graph is free at that moment: while a
+    /// writer holds it (a learn batch, a retention run, an erasure) the
+    /// scoring goes to the blocking pool, like bigger messages, so an async
+    /// worker never waits for the lock. `None` when the blocking task
+    /// failed: the caller answers 451 and the upstream keeps the message.
+    async fn score(&self, env: Envelope, raw: Vec<u8>, now: Ts) -> Option<Scored> {
+        let pending =
+            if env.rcpt_to.len() <= INLINE_SCORE_MAX_RCPTS && raw.len() <= INLINE_SCORE_MAX_BYTES {
+                let p = Parsed::new(&self.norm, &self.shared, &env, raw);
+                let shared = &self.shared;
+                match shared
+                    .graph
+                    .try_with_view(&p.tenant, |g| p.score(shared, g, now))
+                {
+                    Some(scores) => return Some(p.scored(scores)),
+                    None => Ok(p),
+                }
+            } else {
+                Err(raw)
+            };
         let norm = self.norm.clone();
         let shared = self.shared.clone();
-        let job = tokio::task::spawn_blocking(move || score_now(&norm, &shared, &env, raw, now));
+        let job = tokio::task::spawn_blocking(move || {
+            let p = match pending {
+                Ok(p) => p,
+                Err(raw) => Parsed::new(&norm, &shared, &env, raw),
+            };
+            let scores = shared
+                .graph
+                .with_view(&p.tenant, |g| p.score(&shared, g, now));
+            p.scored(scores)
+        });
         match job.await {
-            Ok(r) => r,
-            Err(e) => Scored {
-                meta: MessageMeta::default(),
-                recipients: Vec::new(),
-                sender: String::new(),
-                tenant: String::new(),
-                scores: Err(ScoreError::Model(format!("scoring task failed: {e}"))),
-                raw: Vec::new(),
-            },
+            Ok(s) => Some(s),
+            Err(e) => {
+                error!(error = %e, "Scoring task failed; answering 451.");
+                None
+            }
         }
     }
 
@@ -708,33 +735,60 @@ const INLINE_SCORE_MAX_RCPTS: usize = 10;
 /// ... and at most this many bytes.
 const INLINE_SCORE_MAX_BYTES: usize = 256 * 1024;
 
-/// Parse, look up and score one message (CPU only, no I/O).
-fn score_now(norm: &Normalizer, shared: &Shared, env: &Envelope, raw: Vec<u8>, now: Ts) -> Scored {
-    let meta = MessageMeta::parse(&raw, norm);
-    let recipients = envelope_recipients(&meta, &env.rcpt_to, norm);
-    let sender = meta
-        .sender()
-        .map(str::to_string)
-        .or_else(|| norm.normalize(&env.mail_from).ok())
-        .unwrap_or_default();
-    let tenant = shared.graph.tenant_for(&sender);
-    let scores = shared.graph.with_view(&tenant, |g| {
+/// A parsed message, before scoring (CPU only, no I/O).
+struct Parsed {
+    meta: MessageMeta,
+    recipients: Vec<Recipient>,
+    sender: String,
+    tenant: String,
+    raw: Vec<u8>,
+}
+
+impl Parsed {
+    fn new(norm: &Normalizer, shared: &Shared, env: &Envelope, raw: Vec<u8>) -> Parsed {
+        let meta = MessageMeta::parse(&raw, norm);
+        let recipients = envelope_recipients(&meta, &env.rcpt_to, norm);
+        let sender = meta
+            .sender()
+            .map(str::to_string)
+            .or_else(|| norm.normalize(&env.mail_from).ok())
+            .unwrap_or_default();
+        let tenant = shared.graph.tenant_for(&sender);
+        Parsed {
+            meta,
+            recipients,
+            sender,
+            tenant,
+            raw,
+        }
+    }
+
+    /// Score it against the tenant's graph.
+    fn score(
+        &self,
+        shared: &Shared,
+        g: &dyn crate::graph::GraphView,
+        now: Ts,
+    ) -> Result<crate::verdict::Scores, ScoreError> {
         shared.scorer.score(
             g,
             &ScoreInput {
-                meta: &meta,
-                recipients: &recipients,
+                meta: &self.meta,
+                recipients: &self.recipients,
                 now,
             },
         )
-    });
-    Scored {
-        meta,
-        recipients,
-        sender,
-        tenant,
-        scores,
-        raw,
+    }
+
+    fn scored(self, scores: Result<crate::verdict::Scores, ScoreError>) -> Scored {
+        Scored {
+            meta: self.meta,
+            recipients: self.recipients,
+            sender: self.sender,
+            tenant: self.tenant,
+            scores,
+            raw: self.raw,
+        }
     }
 }
 

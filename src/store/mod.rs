@@ -538,6 +538,22 @@ impl GraphHandle {
         }
     }
 
+    /// Like [`GraphHandle::with_view`], but only when the graph is free
+    /// right now: `None` while a writer holds it (the learn task applying a
+    /// batch, a retention run, an erasure), so that an async worker never
+    /// waits for the lock.
+    pub fn try_with_view<R>(&self, tenant: &str, f: impl FnOnce(&dyn GraphView) -> R) -> Option<R> {
+        let map = match self.graphs.try_read() {
+            Ok(map) => map,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        Some(match map.get(tenant) {
+            Some(g) => f(g),
+            None => f(&Graph::default()),
+        })
+    }
+
     /// Queue a message for learning; never waits.
     pub fn learn(&self, ev: LearnEvent) -> Result<(), LearnError> {
         self.tx.try_send(ev).map_err(|e| match e {
@@ -655,5 +671,28 @@ async fn learn_task(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// The async workers' view never waits: while a writer holds the graph
+    /// it declines, and it reads as usual once the writer is done.
+    #[tokio::test]
+    async fn try_with_view_declines_while_a_writer_holds_the_graph() {
+        let (h, _task) =
+            GraphHandle::in_memory(GraphConfig::default(), TenantsConfig::default(), 16);
+        let tenant = h.tenant_for("a@x.test");
+        assert_eq!(
+            h.try_with_view(&tenant, |g| g.sender("a@x.test").messages),
+            Some(0)
+        );
+        let guard = h.graphs.write().unwrap();
+        assert!(h.try_with_view(&tenant, |_| ()).is_none());
+        drop(guard);
+        assert_eq!(h.try_with_view(&tenant, |_| 7), Some(7));
     }
 }
