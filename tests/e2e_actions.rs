@@ -168,11 +168,13 @@ async fn forged_foreign_and_expired_replies_release_nothing() {
     d.hold_stranger("held").await;
     let release = release_address(&sink.recv().await);
 
-    // Forged: one character of the token changed.
+    // Forged: one character of the token changed to another base32 letter
+    // (tokens are read case-insensitively, so a change of case alone is
+    // the same token).
     let (local, domain) = release.split_once('@').unwrap();
     let mut forged: Vec<char> = local.chars().collect();
     let i = forged.len() - 3;
-    forged[i] = if forged[i] == 'A' { 'B' } else { 'A' };
+    forged[i] = if forged[i] == 'b' { 'c' } else { 'b' };
     let forged = format!("{}@{domain}", forged.into_iter().collect::<String>());
     let reply = |from: &str, to: &str| {
         format!("From: <{from}>\r\nTo: <{to}>\r\nSubject: Re\r\n\r\nok\r\n").into_bytes()

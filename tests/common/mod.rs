@@ -108,11 +108,23 @@ impl Sink {
             .expect("sink stopped")
     }
 
-    /// True when nothing (more) arrived within a short while.
+    /// True when nothing (more) arrived within a short while; what did
+    /// arrive is printed, for the failing test's output.
     pub async fn nothing_more(&mut self) -> bool {
-        tokio::time::timeout(Duration::from_millis(300), self.rx.recv())
-            .await
-            .is_err()
+        match tokio::time::timeout(Duration::from_millis(300), self.rx.recv()).await {
+            Err(_) => true,
+            Ok(got) => {
+                if let Some(m) = got {
+                    eprintln!(
+                        "unexpected at the next hop: from <{}> to {:?}:\n{}",
+                        m.mail_from,
+                        m.rcpt_to,
+                        String::from_utf8_lossy(&m.data)
+                    );
+                }
+                false
+            }
+        }
     }
 }
 
