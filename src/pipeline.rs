@@ -617,13 +617,13 @@ impl Pipeline {
                 for f in &rejected {
                     warn!(queue_id = tx.queue_id, recipient = %self.logs.addr(&tx.tenant, &f.address), code = f.code, text = %self.logs.text(&f.text), "Next hop refused recipient; DSN to sender.");
                 }
-                self.send_dsn(tx, &rejected).await;
+                let dsn = self.send_dsn(tx, &rejected).await;
                 (
                     Reply::new(
                         250,
                         "2.0.0",
                         format!(
-                            "Ok: queued as {}; {} recipient(s) refused by next hop, DSN sent",
+                            "Ok: queued as {}; {} recipient(s) refused by next hop, {dsn}",
                             tx.queue_id,
                             rejected.len()
                         ),
@@ -663,13 +663,15 @@ impl Pipeline {
         }
     }
 
+    /// Send the sender a DSN for the refused recipients (none for a message
+    /// with the null sender, by RFC 3464); what happened, for the reply.
     async fn send_dsn(
         &self,
         tx: &Transaction<'_>,
         rejected: &[crate::outbound::relay::RcptFailure],
-    ) {
+    ) -> &'static str {
         if tx.env.mail_from.is_empty() {
-            return;
+            return "no DSN for the null sender";
         }
         let remote = self.cfg.relay.host.clone();
         let msg = dsn::build(&DsnInput {
@@ -690,10 +692,12 @@ impl Pipeline {
         match self.relay.send_raw(&env, &msg).await {
             RelayOutcome::Delivered { .. } => {
                 info!(queue_id = tx.queue_id, "DSN sent to sender.");
+                "DSN sent"
             }
             other => {
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "dsn").increment(1);
                 error!(queue_id = tx.queue_id, outcome = %self.logs.text(&format!("{other:?}")), "DSN could not be delivered.");
+                "the DSN to the sender could not be delivered"
             }
         }
     }

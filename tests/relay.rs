@@ -350,6 +350,11 @@ async fn partial_rejection_gives_250_and_dsn_to_sender() {
         )
         .await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
+    assert!(
+        r.trim_end()
+            .ends_with("1 recipient(s) refused by next hop, DSN sent"),
+        "{r}"
+    );
     let delivered = sink.recv().await;
     assert_eq!(delivered.mail_from, "alice@example.com");
     assert_eq!(delivered.rcpt_to, vec!["b@example.org"]);
@@ -373,6 +378,40 @@ async fn partial_rejection_gives_250_and_dsn_to_sender() {
         "original headers missing: {text}"
     );
     assert!(!text.contains("Hello."), "DSN must not carry the body");
+    assert!(sink.nothing_more().await);
+}
+
+/// When the next hop refuses the DSN too, the reply says so instead of
+/// claiming it was sent; the accepted recipient still has the message.
+#[tokio::test]
+async fn partial_rejection_with_an_undeliverable_dsn_says_so() {
+    let mut sink = Sink::start().await;
+    {
+        let mut ctl = sink.ctl.lock().unwrap();
+        ctl.reject_rcpts.insert("gone@example.org".into());
+        // The DSN goes to the envelope sender, which this hop refuses.
+        ctl.reject_rcpts.insert("alice@example.com".into());
+    }
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "b@example.org", "partial");
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["b@example.org", "gone@example.org"],
+            &m,
+        )
+        .await;
+    assert!(
+        r.starts_with("250 2.0.0")
+            && r.trim_end().ends_with(
+                "1 recipient(s) refused by next hop, the DSN to the sender could not be delivered"
+            ),
+        "{r}"
+    );
+    let delivered = sink.recv().await;
+    assert_eq!(delivered.rcpt_to, vec!["b@example.org"]);
     assert!(sink.nothing_more().await);
 }
 
