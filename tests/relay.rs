@@ -330,14 +330,14 @@ async fn next_hop_5xx_for_all_recipients_is_passed_back() {
     assert!(sink.nothing_more().await);
 }
 
-#[tokio::test]
-async fn partial_rejection_gives_250_and_dsn_to_sender() {
-    let mut sink = Sink::start().await;
+/// Alice's message to b@ and gone@ through a daemon whose next hop refuses
+/// `refused` (gone@ among them): the message and the daemon's reply.
+async fn send_partially_refused(sink: &Sink, refused: &[&str]) -> (Vec<u8>, String) {
     sink.ctl
         .lock()
         .unwrap()
         .reject_rcpts
-        .insert("gone@example.org".into());
+        .extend(refused.iter().map(|r| r.to_string()));
     let d = start(sink.addr, |_| {}).await;
     let mut c = Client::greeted(d.addr).await;
     c.expect("EHLO client.test", "250").await;
@@ -349,6 +349,13 @@ async fn partial_rejection_gives_250_and_dsn_to_sender() {
             &m,
         )
         .await;
+    (m, r)
+}
+
+#[tokio::test]
+async fn partial_rejection_gives_250_and_dsn_to_sender() {
+    let mut sink = Sink::start().await;
+    let (m, r) = send_partially_refused(&sink, &["gone@example.org"]).await;
     assert!(r.starts_with("250 2.0.0"), "{r}");
     assert!(
         r.trim_end()
@@ -386,23 +393,8 @@ async fn partial_rejection_gives_250_and_dsn_to_sender() {
 #[tokio::test]
 async fn partial_rejection_with_an_undeliverable_dsn_says_so() {
     let mut sink = Sink::start().await;
-    {
-        let mut ctl = sink.ctl.lock().unwrap();
-        ctl.reject_rcpts.insert("gone@example.org".into());
-        // The DSN goes to the envelope sender, which this hop refuses.
-        ctl.reject_rcpts.insert("alice@example.com".into());
-    }
-    let d = start(sink.addr, |_| {}).await;
-    let mut c = Client::greeted(d.addr).await;
-    c.expect("EHLO client.test", "250").await;
-    let m = message("alice@example.com", "b@example.org", "partial");
-    let r = c
-        .send_mail(
-            "alice@example.com",
-            &["b@example.org", "gone@example.org"],
-            &m,
-        )
-        .await;
+    // The DSN goes to the envelope sender, which this hop refuses too.
+    let (_, r) = send_partially_refused(&sink, &["gone@example.org", "alice@example.com"]).await;
     assert!(
         r.starts_with("250 2.0.0")
             && r.trim_end().ends_with(
