@@ -274,7 +274,7 @@ impl Pipeline {
                     );
                 }
             };
-            let Some(s) = self.score(env.clone(), raw, now).await else {
+            let Some((s, scores)) = self.score(env.clone(), raw, now).await else {
                 return (
                     Reply::new(451, "4.3.0", "Temporary local problem, try again later"),
                     "tempfail",
@@ -292,7 +292,7 @@ impl Pipeline {
                 recipients: s.recipients,
                 tenant: s.tenant,
             };
-            let scores = match s.scores {
+            let scores = match scores {
                 Ok(sc) => sc,
                 Err(e) => {
                     let (reply, action, hop) = self.on_score_error(tx, &e).await;
@@ -338,7 +338,7 @@ impl Pipeline {
     /// scoring goes to the blocking pool, like bigger messages, so an async
     /// worker never waits for the lock. `None` when the blocking task
     /// failed: the caller answers 451 and the upstream keeps the message.
-    async fn score(&self, env: Envelope, raw: Vec<u8>, now: Ts) -> Option<Scored> {
+    async fn score(&self, env: Envelope, raw: Vec<u8>, now: Ts) -> Option<(Parsed, ScoreResult)> {
         let pending =
             if env.rcpt_to.len() <= INLINE_SCORE_MAX_RCPTS && raw.len() <= INLINE_SCORE_MAX_BYTES {
                 let p = Parsed::new(&self.norm, &self.shared, &env, raw);
@@ -347,7 +347,7 @@ impl Pipeline {
                     .graph
                     .try_with_view(&p.tenant, |g| p.score(shared, g, now))
                 {
-                    Some(scores) => return Some(p.scored(scores)),
+                    Some(scores) => return Some((p, scores)),
                     None => Ok(p),
                 }
             } else {
@@ -363,7 +363,7 @@ impl Pipeline {
             let scores = shared
                 .graph
                 .with_view(&p.tenant, |g| p.score(&shared, g, now));
-            p.scored(scores)
+            (p, scores)
         });
         match job.await {
             Ok(s) => Some(s),
@@ -768,12 +768,7 @@ impl Parsed {
     }
 
     /// Score it against the tenant's graph.
-    fn score(
-        &self,
-        shared: &Shared,
-        g: &dyn crate::graph::GraphView,
-        now: Ts,
-    ) -> Result<crate::verdict::Scores, ScoreError> {
+    fn score(&self, shared: &Shared, g: &dyn crate::graph::GraphView, now: Ts) -> ScoreResult {
         shared.scorer.score(
             g,
             &ScoreInput {
@@ -783,28 +778,10 @@ impl Parsed {
             },
         )
     }
-
-    fn scored(self, scores: Result<crate::verdict::Scores, ScoreError>) -> Scored {
-        Scored {
-            meta: self.meta,
-            recipients: self.recipients,
-            sender: self.sender,
-            tenant: self.tenant,
-            scores,
-            raw: self.raw,
-        }
-    }
 }
 
-/// The result of parsing and scoring one message.
-struct Scored {
-    meta: MessageMeta,
-    recipients: Vec<Recipient>,
-    sender: String,
-    tenant: String,
-    scores: Result<crate::verdict::Scores, ScoreError>,
-    raw: Vec<u8>,
-}
+/// What scoring a parsed message gave.
+type ScoreResult = Result<crate::verdict::Scores, ScoreError>;
 
 /// `"451 4.3.0 text"` (as the policy writes replies) to a [`Reply`].
 fn parse_reply(s: &str) -> Reply {
