@@ -374,6 +374,19 @@ pub enum LearnError {
     Closed,
 }
 
+/// `f` over a tenant's graph, or over an empty one for a tenant with no
+/// history yet.
+fn view_of<R>(
+    map: &HashMap<String, Graph>,
+    tenant: &str,
+    f: impl FnOnce(&dyn GraphView) -> R,
+) -> R {
+    match map.get(tenant) {
+        Some(g) => f(g),
+        None => f(&Graph::default()),
+    }
+}
+
 impl GraphHandle {
     /// A purely in-memory graph (nothing persisted) with its learning task.
     /// The task ends when every handle is dropped.
@@ -522,20 +535,8 @@ impl GraphHandle {
     /// Run `f` with a read view of one tenant's graph (an empty graph when the
     /// tenant has learnt nothing yet).
     pub fn with_view<R>(&self, tenant: &str, f: impl FnOnce(&dyn GraphView) -> R) -> R {
-        let empty = Graph::default();
-        match self.graphs.read() {
-            Ok(map) => match map.get(tenant) {
-                Some(g) => f(g),
-                None => f(&empty),
-            },
-            Err(poisoned) => {
-                let map = poisoned.into_inner();
-                match map.get(tenant) {
-                    Some(g) => f(g),
-                    None => f(&empty),
-                }
-            }
-        }
+        let map = self.graphs.read().unwrap_or_else(|p| p.into_inner());
+        view_of(&map, tenant, f)
     }
 
     /// Like [`GraphHandle::with_view`], but only when the graph is free
@@ -548,10 +549,7 @@ impl GraphHandle {
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return None,
         };
-        Some(match map.get(tenant) {
-            Some(g) => f(g),
-            None => f(&Graph::default()),
-        })
+        Some(view_of(&map, tenant, f))
     }
 
     /// Queue a message for learning; never waits.
