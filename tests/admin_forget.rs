@@ -82,7 +82,7 @@ async fn forget_on_the_running_daemon_erases_graph_store_and_holds() {
     sink.recv().await; // the notice
     assert_eq!(d.holds().await.len(), 1);
 
-    // Refusals: no token, wrong method, a body without an address, an
+    // Refusals: no token, wrong method, a body that is not JSON, an
     // address that does not parse.
     let body = br#"{"address": "bob@partner.test"}"#;
     assert_eq!(d.http("POST", "/forget", None, body).await.0, 401);

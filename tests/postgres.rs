@@ -957,7 +957,7 @@ async fn forget_and_export_commands_on_the_shared_store() {
 
 /// `misdirectd import` on a postgres configuration writes through the
 /// shared learning log: a relay already running on the database sees the
-/// imported history within the refresh delay, and a second import of the
+/// imported history (polled for up to 20 s), and a second import of the
 /// same archive adds to the counts (an import is new mail, not a merge).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn import_writes_into_the_shared_store() {

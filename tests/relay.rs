@@ -394,7 +394,7 @@ async fn partial_rejection_gives_250_and_dsn_to_sender() {
 async fn partial_rejection_with_an_undeliverable_dsn_says_so() {
     let mut sink = Sink::start().await;
     // The DSN goes to the envelope sender, which this hop refuses too.
-    let (_, r) = send_partially_refused(&sink, &["gone@example.org", "alice@example.com"]).await;
+    let (m, r) = send_partially_refused(&sink, &["gone@example.org", "alice@example.com"]).await;
     assert!(
         r.starts_with("250 2.0.0")
             && r.trim_end().ends_with(
@@ -404,6 +404,7 @@ async fn partial_rejection_with_an_undeliverable_dsn_says_so() {
     );
     let delivered = sink.recv().await;
     assert_eq!(delivered.rcpt_to, vec!["b@example.org"]);
+    assert_eq!(split_trace(&delivered.data).1, m);
     assert!(sink.nothing_more().await);
 }
 

@@ -6,6 +6,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use common::{split_trace, start, Client};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -28,7 +29,8 @@ struct Seen {
 /// A next hop written for this test. With `pipelining` it offers
 /// PIPELINING and answers nothing from MAIL on until it has read the whole
 /// group up to DATA (a client that waited for each reply would stall);
-/// without, it checks before each reply that nothing more has arrived.
+/// without, before each reply it waits 20 ms for anything more to arrive
+/// and records a command that did (a client that pipelined anyway).
 /// Recipients starting with `refuse` get 550; DATA without an accepted
 /// recipient gets 554.
 async fn next_hop(pipelining: bool) -> (std::net::SocketAddr, Arc<Mutex<Seen>>) {
@@ -59,8 +61,15 @@ async fn session(s: TcpStream, pipelining: bool, seen: Arc<Mutex<Seen>>) {
         }
         let cmd = line.trim_end().to_string();
         let up = cmd.to_ascii_uppercase();
-        if !pipelining && !io.buffer().is_empty() {
-            seen.lock().unwrap().early_commands.push(cmd.clone());
+        if !pipelining {
+            let more = !io.buffer().is_empty()
+                || matches!(
+                    tokio::time::timeout(Duration::from_millis(20), io.fill_buf()).await,
+                    Ok(Ok(b)) if !b.is_empty()
+                );
+            if more {
+                seen.lock().unwrap().early_commands.push(cmd.clone());
+            }
         }
         let reply = if up.starts_with("EHLO") {
             if pipelining {
@@ -206,5 +215,4 @@ async fn next_hop_without_pipelining_gets_one_command_at_a_time() {
     let seen = relay_through(false).await;
     let s = seen.lock().unwrap();
     assert!(s.early_commands.is_empty(), "{:?}", s.early_commands);
-    assert!(s.groups.is_empty());
 }
