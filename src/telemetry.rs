@@ -103,10 +103,26 @@ pub struct LogGuard {
 impl Drop for LogGuard {
     fn drop(&mut self) {
         let Some(tx) = self.tx.take() else { return };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         let (ack_tx, ack_rx) = std::sync::mpsc::sync_channel(1);
-        if tx.send(LogMsg::Flush(ack_tx)).is_ok() {
-            let _ = ack_rx.recv_timeout(std::time::Duration::from_secs(2));
+        // The queue can be full (the writer stuck behind a blocked stderr):
+        // queue the flush request without blocking, retrying until the
+        // deadline, so that exit never hangs on the log.
+        let mut msg = LogMsg::Flush(ack_tx);
+        loop {
+            match tx.try_send(msg) {
+                Ok(()) => break,
+                Err(std::sync::mpsc::TrySendError::Full(m))
+                    if std::time::Instant::now() < deadline =>
+                {
+                    msg = m;
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(_) => return,
+            }
         }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let _ = ack_rx.recv_timeout(left);
     }
 }
 
@@ -258,5 +274,38 @@ mod tests {
             String::from_utf8(got.lock().unwrap().clone()).unwrap(),
             "1\n2\n3\n"
         );
+    }
+
+    /// Exit does not hang on the log: with the writer stuck and the queue
+    /// full, dropping the guard gives up after its two seconds.
+    #[test]
+    fn the_guard_gives_up_on_a_stuck_writer_with_a_full_queue() {
+        let (open, gate) = std::sync::mpsc::channel();
+        let (entered, writing) = std::sync::mpsc::channel();
+        let (w, guard) = queued_writer(
+            Gated {
+                entered,
+                gate,
+                got: Arc::default(),
+            },
+            2,
+        )
+        .unwrap();
+        line(&w, "1\n");
+        writing.recv().unwrap();
+        line(&w, "2\n");
+        line(&w, "3\n");
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            drop(guard);
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done_rx
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok(),
+            "dropping the guard hung on a full queue"
+        );
+        drop(open);
     }
 }
