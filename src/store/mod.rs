@@ -583,15 +583,27 @@ impl GraphHandle {
 /// sessions never wait for them, and the graph's read lock held while
 /// encoding does not stop scoring (which reads too); only learning, in
 /// this task, waits.
+/// Commit what learning changed. With `wait` false (the periodic tick) a
+/// busy store (an erasure rewriting the file) is left alone and `pending`
+/// kept for a later tick, so that the learn task goes on taking events
+/// meanwhile; at shutdown and before a retention run it waits.
 async fn flush(
     graphs: &Arc<RwLock<HashMap<String, Graph>>>,
     persist: &Arc<Persist>,
     pending: &mut HashMap<String, HashSet<RecordKey>>,
+    wait: bool,
 ) {
     if pending.values().all(HashSet::is_empty) {
         return;
     }
-    let _guard = persist.flush_lock.lock().await;
+    let _guard = if wait {
+        persist.flush_lock.lock().await
+    } else {
+        match persist.flush_lock.try_lock() {
+            Ok(g) => g,
+            Err(_) => return,
+        }
+    };
     // Learning waits for this function, so `pending` cannot change
     // meanwhile: a copy goes to the blocking thread and the original is
     // cleared once the commit succeeded.
@@ -641,7 +653,7 @@ async fn learn_task(
         tokio::select! {
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 {
-                    flush(&graphs, &persist, &mut pending).await;
+                    flush(&graphs, &persist, &mut pending, true).await;
                     break;
                 }
                 let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
@@ -652,10 +664,10 @@ async fn learn_task(
                     }
                 }
             }
-            _ = tick.tick() => flush(&graphs, &persist, &mut pending).await,
+            _ = tick.tick() => flush(&graphs, &persist, &mut pending, false).await,
             _ = retention.tick() => {
                 let Some(cutoff) = retention_cutoff(retention_days, unix_now()) else { continue };
-                flush(&graphs, &persist, &mut pending).await;
+                flush(&graphs, &persist, &mut pending, true).await;
                 let _guard = persist.flush_lock.lock().await;
                 let (counts, b) = {
                     let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
