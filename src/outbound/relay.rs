@@ -518,10 +518,11 @@ impl Relay {
             if data_sent {
                 // DATA with no recipient must be refused; a next hop that
                 // says 354 anyway waits for a message: drop the connection.
+                // No reply at all (timeout, network error): the
+                // connection is out of step, so it is dropped too.
                 match self.step(conn.read_response()).await {
                     Err(e) if e.code().is_some() => {}
-                    Err(_) => return Ok((outcome, After::Quit)),
-                    Ok(_) => return Ok((outcome, After::Drop)),
+                    _ => return Ok((outcome, After::Drop)),
                 }
             }
             let after = match self.step(conn.command(Rset)).await {
