@@ -1,8 +1,8 @@
 //! The DATA reader: undoes dot-stuffing, finds the `CRLF.CRLF` terminator
 //! and enforces the size limit without losing sync with the client.
 
-/// What the decoder reserves up front (the session's read buffer size).
-const INITIAL_CAPACITY: usize = 16 * 1024;
+/// What the decoder reserves up front: the session's read buffer size.
+const INITIAL_CAPACITY: usize = super::READ_BUFFER;
 
 /// Incremental DATA decoder. Feed it bytes as they arrive; it reports how
 /// many it consumed and whether the terminator was reached.
@@ -146,7 +146,7 @@ impl DataDecoder {
         (i, false)
     }
 
-    /// The previous byte-at-a-time decoder, the reference for `feed`.
+    /// The previous line-at-a-time decoder, the reference for `feed`.
     #[cfg(test)]
     fn feed_reference(&mut self, input: &[u8]) -> (usize, bool) {
         let mut i = 0;
@@ -324,7 +324,7 @@ mod tests {
     }
 
     #[test]
-    fn matches_the_byte_at_a_time_reference_on_random_input() {
+    fn matches_the_line_at_a_time_reference_on_random_input() {
         let mut seed = 0x9e37_79b9_7f4a_7c15u64;
         let mut rnd = move || {
             seed ^= seed << 13;

@@ -4,3 +4,7 @@
 pub mod data;
 pub mod reply;
 pub mod session;
+
+/// Bytes read from a client at a time; the DATA reader reserves as much
+/// for the message up front.
+pub const READ_BUFFER: usize = 16 * 1024;

@@ -86,7 +86,7 @@ impl Session {
 
     /// Run the session to its end on `stream`.
     pub async fn run(mut self, stream: Box<dyn Io>) {
-        let mut io: Stream = BufReader::with_capacity(16 * 1024, stream);
+        let mut io: Stream = BufReader::with_capacity(super::READ_BUFFER, stream);
         let greeting = format!("{} ESMTP misdirectd", self.p.config().server.hostname);
         self.push(&Reply::new(220, "", greeting));
         if let Err(e) = self.flush(&mut io).await {
@@ -171,7 +171,7 @@ impl Session {
                             return;
                         }
                     };
-                    io = BufReader::with_capacity(16 * 1024, Box::new(tls));
+                    io = BufReader::with_capacity(super::READ_BUFFER, Box::new(tls));
                     self.tls = true;
                     self.helo = None;
                     self.esmtp = false;
