@@ -22,6 +22,8 @@ pub const OPEN_CONNECTIONS: &str = "misdirect_open_connections";
 pub const REFUSED_CONNECTIONS: &str = "misdirect_refused_connections_total";
 /// Learn events dropped because the learning queue was full or closed.
 pub const LEARN_DROPPED: &str = "misdirect_learn_dropped_total";
+/// Log lines dropped because the log writer fell behind (stderr blocked).
+pub const LOG_LINES_DROPPED: &str = "misdirect_log_lines_dropped_total";
 
 /// Why telemetry could not start.
 #[derive(Debug, thiserror::Error)]
@@ -33,9 +35,6 @@ pub enum TelemetryError {
     #[error("metrics listener {0}: {1}")]
     Metrics(String, String),
 }
-
-/// Log lines dropped because the log writer fell behind (stderr blocked).
-pub const LOG_LINES_DROPPED: &str = "misdirect_log_lines_dropped_total";
 
 /// Log lines the writer thread may hold before new ones are dropped.
 const LOG_QUEUE_LINES: usize = 16_384;
@@ -210,6 +209,10 @@ fn describe() {
     metrics::describe_gauge!(OPEN_CONNECTIONS, "Open SMTP connections.");
     metrics::describe_counter!(REFUSED_CONNECTIONS, "Connections refused at connect.");
     metrics::describe_counter!(LEARN_DROPPED, "Learn events dropped (queue full).");
+    metrics::describe_counter!(
+        LOG_LINES_DROPPED,
+        "Log lines dropped because the log writer fell behind."
+    );
 }
 
 #[cfg(test)]
