@@ -39,10 +39,10 @@ pub trait Scorer: Send + Sync {
 /// scale, so every configured threshold is reached whatever a tenant set
 /// (`hold_at` 0.995 included) and the most severe configured action applies:
 /// hold under the shipped config, reject where `reject_at` is set.
-pub const DISCARDED_FLOOR: f64 = 1.0;
+pub const DISCARDED_SCORE: f64 = 1.0;
 
 /// A scorer plus the admins' judgements recorded in the graph: a recipient
-/// of a discarded hold scores [`DISCARDED_FLOOR`], with a reason
+/// of a discarded hold scores [`DISCARDED_SCORE`], with a reason
 /// saying so, until mail from the sender to it is delivered (released by
 /// the sender or an admin). The model itself never saw discards (the
 /// training corpus has none), so this is a rule on top of it.
@@ -62,7 +62,7 @@ impl<S: Scorer + ?Sized> Scorer for WithFeedback<S> {
             if let Some(t) = graph.discarded(sender, &r.address) {
                 let when = crate::graph::memory::format_ts(t);
                 let day = when.get(..10).unwrap_or(&when);
-                r.score = r.score.max(DISCARDED_FLOOR);
+                r.score = DISCARDED_SCORE;
                 r.reasons.insert(
                     0,
                     format!(

@@ -74,7 +74,7 @@ pub const FEATURES: &[(&str, &str)] = &[
     ("same_local_other_domain", "1 when the recipient is not a contact and a contact has the same local part at another domain"),
     ("sibling_dominance", "ln((1 + messages to the most-written other contact whose local part starts with the same 3 characters) / (1 + messages to the recipient)), at least 0"),
     ("is_reply", "1 when the subject has a reply/forward prefix"),
-    ("thread_known", "1 when earlier participants of the thread are known (Message-ID references, or the earlier messages with this subject, each within 30 days of the next, when they involve the sender)"),
+    ("thread_known", "1 when earlier participants of the thread are known (Message-ID references, or the earlier messages with this subject, each within `[graph] thread_window` (30 days) of the next, when they involve the sender; the scored message itself may come later)"),
     ("not_in_thread", "1 when the thread is known, the message is not a forward, and the recipient was not one of the thread's participants"),
     ("has_attachment", "1 when the message has a named attachment"),
     ("attachment_to_rcpt", "1 when the sender sent an attachment of the same name to the recipient before"),

@@ -98,15 +98,7 @@ pub trait GraphView: Send + Sync {
     fn co_count(&self, sender: &str, a: &str, b: &str) -> u32;
     /// The most messages from `sender` that named `rcpt` together with one
     /// of the first `limit` addresses of `others` other than `sender`.
-    fn co_max(&self, sender: &str, rcpt: &str, others: &[String], limit: usize) -> u32 {
-        others
-            .iter()
-            .filter(|o| o.as_str() != sender)
-            .take(limit)
-            .map(|o| self.co_count(sender, rcpt, o))
-            .max()
-            .unwrap_or(0)
-    }
+    fn co_max(&self, sender: &str, rcpt: &str, others: &[String], limit: usize) -> u32;
     /// Mail from `sender` to anyone at `domain`.
     fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats>;
     /// Organisation-wide familiarity of a domain.

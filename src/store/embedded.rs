@@ -779,7 +779,9 @@ fn replace_file(tmp: &Path, path: &Path) -> Result<(), StoreError> {
 /// Apply writes grouped by table.
 fn apply_ops(wtx: &redb::WriteTransaction, mut ops: Vec<Op>) -> Result<(), StoreError> {
     // By table, then key: B-tree inserts in key order fill pages
-    // sequentially (a full rewrite then makes a compact file).
+    // sequentially within one commit. A rewrite commits in chunks of
+    // random pseudonym keys, so across chunks the inserts are not in order
+    // and its file is compact only when it fits one chunk.
     ops.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     let mut i = 0;
     while i < ops.len() {
