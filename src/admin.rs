@@ -81,19 +81,16 @@ pub async fn forget_live(
         .await
         .map_err(|e| ForgetError::Failed(e.to_string()))?;
     let spool = p.spool();
-    let same = |a: &str| norm.normalize(a).is_ok_and(|n| n == addr);
     let mut held = 0usize;
     let list = spool
-        .list()
+        .involving(&norm, &addr)
         .await
         .map_err(|e| ForgetError::Failed(e.to_string()))?;
-    for m in list {
-        if same(&m.envelope.mail_from) || m.envelope.rcpt_to.iter().any(|r| same(r)) {
-            match spool.remove(&m.id).await {
-                Ok(true) => held += 1,
-                Ok(false) => {}
-                Err(e) => return Err(ForgetError::Failed(e.to_string())),
-            }
+    for (m, _) in list {
+        match spool.remove(&m.id).await {
+            Ok(true) => held += 1,
+            Ok(false) => {}
+            Err(e) => return Err(ForgetError::Failed(e.to_string())),
         }
     }
     tracing::info!(

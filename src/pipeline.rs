@@ -31,12 +31,12 @@ use crate::hold::{Deliver, DeliverError, DeliverFuture, HoldService, ReplyOutcom
 use crate::message::{envelope_recipients, MessageMeta, Recipient};
 use crate::outbound::dsn::{self, DsnInput};
 use crate::outbound::relay::{Relay, RelayOutcome};
-use crate::outbound::spool::{new_id, Spool};
+use crate::outbound::spool::new_id;
 use crate::policy::{Context, FailAction, Policy};
 use crate::privacy::LogNames;
 use crate::scorer::{ScoreError, ScoreInput, Scorer};
 use crate::smtp::reply::Reply;
-use crate::store::pg_spool::{HoldSpool, PgSpool};
+use crate::store::pg_spool::HoldSpool;
 use crate::store::{GraphHandle, LearnEvent, LearnKind};
 use crate::telemetry;
 use crate::verdict::{Action, Verdict};
@@ -144,22 +144,13 @@ impl Pipeline {
             _ => None,
         };
         let spool = match (cfg.store.backend, previous) {
+            // A reload keeps the shared store's connections.
             (StoreBackend::Postgres, Some(HoldSpool::Postgres(p))) => {
                 HoldSpool::Postgres(p.clone())
             }
-            (StoreBackend::Postgres, _) => HoldSpool::Postgres(
-                PgSpool::connect(&cfg.store, shared.graph.keys().clone())
-                    .await
-                    .map_err(|e| BuildError::Spool("in the shared store".into(), e))?,
-            ),
-            (StoreBackend::Embedded, _) => {
-                let spool_dir = cfg.hold_spool_dir();
-                HoldSpool::Dir(
-                    Spool::open(&spool_dir, shared.graph.keys().clone())
-                        .await
-                        .map_err(|e| BuildError::Spool(spool_dir.display().to_string(), e))?,
-                )
-            }
+            _ => HoldSpool::open(&cfg, shared.graph.keys().clone())
+                .await
+                .map_err(|(at, e)| BuildError::Spool(at, e))?,
         };
         let relay = Relay::new(&cfg.relay, &cfg.server.hostname)?;
         let norm = Normalizer::new(cfg.addresses.clone());

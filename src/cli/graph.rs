@@ -595,30 +595,13 @@ fn held_involving(
         return Ok((None, Vec::new()));
     }
     let norm = Normalizer::new(cfg.addresses.clone());
-    let same = |a: &str| {
-        let n = norm
-            .normalize(a)
-            .unwrap_or_else(|_| a.trim().trim_matches(['<', '>']).to_lowercase());
-        n == addr
-    };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
         let keys = crate::cli::hold::load_keys(cfg).await?;
         let spool = crate::cli::hold::open_spool(cfg, keys).await?;
-        let mut out = Vec::new();
-        for m in spool.list().await? {
-            let from = same(&m.envelope.mail_from);
-            let to = m.envelope.rcpt_to.iter().any(|r| same(r));
-            let role = match (from, to) {
-                (true, true) => "sender and recipient",
-                (true, false) => "sender",
-                (false, true) => "recipient",
-                (false, false) => continue,
-            };
-            out.push((m, role));
-        }
+        let out = spool.involving(&norm, addr).await?;
         Ok((Some(spool), out))
     })
 }

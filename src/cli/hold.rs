@@ -10,7 +10,6 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::Subcommand;
 
 use crate::address::Normalizer;
-use crate::config::store::StoreBackend;
 use crate::config::Config;
 use crate::envelope::Envelope;
 use crate::graph::{Graph, LearnInput};
@@ -19,12 +18,12 @@ use crate::hold::{
     now, Actor, Deliver, DeliverError, DeliverFuture, HoldService, SmtpDeliver, TokenKey,
 };
 use crate::message::MessageMeta;
-use crate::outbound::spool::Spool;
+
 use crate::pipeline::{check_message, CheckReport};
 use crate::policy::Policy;
 use crate::privacy::Keys;
 use crate::scorer::ScoreInput;
-use crate::store::pg_spool::{HoldSpool, PgSpool};
+use crate::store::pg_spool::HoldSpool;
 
 /// Default configuration file.
 pub const DEFAULT_CONFIG: &str = "/etc/misdirect/misdirectd.toml";
@@ -81,21 +80,9 @@ pub async fn load_keys(cfg: &Config) -> anyhow::Result<Arc<Keys>> {
 /// The configuration's hold spool: the directory (created when missing), or
 /// the shared store's (schema migrated) with `store.backend = "postgres"`.
 pub async fn open_spool(cfg: &Config, keys: Arc<Keys>) -> anyhow::Result<HoldSpool> {
-    Ok(match cfg.store.backend {
-        StoreBackend::Embedded => {
-            let dir = cfg.hold_spool_dir();
-            HoldSpool::Dir(
-                Spool::open(&dir, keys)
-                    .await
-                    .with_context(|| format!("hold spool {}", dir.display()))?,
-            )
-        }
-        StoreBackend::Postgres => HoldSpool::Postgres(
-            PgSpool::connect(&cfg.store, keys)
-                .await
-                .context("hold spool in the shared store")?,
-        ),
-    })
+    HoldSpool::open(cfg, keys)
+        .await
+        .map_err(|(at, e)| anyhow::Error::new(e).context(format!("hold spool {at}")))
 }
 
 async fn service(cfg: &Config) -> anyhow::Result<HoldService> {

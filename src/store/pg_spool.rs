@@ -276,6 +276,58 @@ pub enum HoldSpool {
 }
 
 impl HoldSpool {
+    /// The configuration's hold spool: the directory (created when
+    /// missing), or the shared store's (schema migrated) with
+    /// `store.backend = "postgres"`. On failure, where it was and why.
+    pub async fn open(
+        cfg: &crate::config::Config,
+        keys: Arc<Keys>,
+    ) -> Result<HoldSpool, (String, SpoolError)> {
+        match cfg.store.backend {
+            crate::config::store::StoreBackend::Embedded => {
+                let dir = cfg.hold_spool_dir();
+                Spool::open(&dir, keys)
+                    .await
+                    .map(HoldSpool::Dir)
+                    .map_err(|e| (dir.display().to_string(), e))
+            }
+            crate::config::store::StoreBackend::Postgres => PgSpool::connect(&cfg.store, keys)
+                .await
+                .map(HoldSpool::Postgres)
+                .map_err(|e| ("in the shared store".to_string(), e)),
+        }
+    }
+
+    /// Held messages whose envelope sender or a recipient is `addr` (a
+    /// normalised address), with the role it has in each ("sender",
+    /// "recipient" or both). Spool addresses are compared after
+    /// normalisation, or lower-cased when they do not normalise.
+    pub async fn involving(
+        &self,
+        norm: &crate::address::Normalizer,
+        addr: &str,
+    ) -> Result<Vec<(HeldMeta, &'static str)>, SpoolError> {
+        let same = |a: &str| {
+            let n = norm
+                .normalize(a)
+                .unwrap_or_else(|_| a.trim().trim_matches(['<', '>']).to_lowercase());
+            n == addr
+        };
+        let mut out = Vec::new();
+        for m in self.list().await? {
+            let from = same(&m.envelope.mail_from);
+            let to = m.envelope.rcpt_to.iter().any(|r| same(r));
+            let role = match (from, to) {
+                (true, true) => "sender and recipient",
+                (true, false) => "sender",
+                (false, true) => "recipient",
+                (false, false) => continue,
+            };
+            out.push((m, role));
+        }
+        Ok(out)
+    }
+
     pub async fn put(&self, meta: &HeldMeta, raw: &[u8]) -> Result<(), SpoolError> {
         match self {
             HoldSpool::Dir(s) => s.put(meta, raw).await,
