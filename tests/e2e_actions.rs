@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::binary::{header, release_address, AdminDaemon, ADMIN_TOKEN};
-use common::{message, split_trace, Received, Sink};
+use common::binary::{assert_released, header, release_address, AdminDaemon, ADMIN_TOKEN};
+use common::{message, split_trace, Sink};
 
 const TOKEN: &str = ADMIN_TOKEN;
 const ALICE: &str = "alice@acme.test";
@@ -33,24 +33,6 @@ impl AdminDaemon {
         (m, id.unwrap_or_default().trim().to_string())
     }
 
-    /// `POST /check` until the verdict satisfies `ok` (the daemon learns
-    /// asynchronously); that verdict, or `None` after about six seconds.
-    async fn check_until(
-        &self,
-        msg: &[u8],
-        ok: impl Fn(&serde_json::Value) -> bool,
-    ) -> Option<serde_json::Value> {
-        for _ in 0..300 {
-            let (st, v) = self.http("POST", "/check", Some(TOKEN), msg).await;
-            assert_eq!(st, 200, "{v}");
-            if ok(&v["verdict"]) {
-                return Some(v["verdict"].clone());
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        None
-    }
-
     /// Teach the graph that alice writes to bob (delivered at once: alice
     /// has no history yet), and wait until the daemon scores a stranger
     /// from alice 0.9.
@@ -60,29 +42,8 @@ impl AdminDaemon {
 
     /// [`teach`](Self::teach) for any sender.
     async fn teach_from(&self, sender: &str, sink: &mut Sink) {
-        let r = self
-            .send(sender, &[BOB], &message(sender, BOB, "first"))
-            .await;
-        assert!(r.starts_with("250 "), "{r}");
-        sink.recv().await;
-        let probe = message(sender, STRANGER, "probe");
-        let learnt = self
-            .check_until(&probe, |v| v["score"].as_f64() == Some(0.9))
-            .await;
-        assert!(learnt.is_some(), "the delivered message was never learnt");
+        self.teach_pair(sender, BOB, STRANGER, sink).await
     }
-}
-
-/// What a released message must look like: our header, then the original.
-fn assert_released(got: &Received, original: &[u8], by: &str) {
-    let prefix = format!("X-Misdirect-Released: by {by}; ");
-    assert!(
-        got.data.starts_with(prefix.as_bytes()),
-        "{:?}",
-        String::from_utf8_lossy(&got.data)
-    );
-    let end = got.data.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-    assert_eq!(&got.data[end..], original);
 }
 
 const HOLD: &str = "[policy]\nhold_at = 0.8\n[hold]\nrelease_domain = \"confirm.acme.test\"\n";

@@ -13,12 +13,12 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::binary::{admin_http, free_port, release_address, DaemonProcess, Output};
-use common::{message, Client, Received, Sink};
+use common::binary::{assert_released, free_port, release_address, AdminDaemon, ADMIN_TOKEN};
+use common::{message, Received, Sink};
 use pg_support::PgCluster;
 use tokio::net::{TcpListener, TcpStream};
 
-const TOKEN: &str = "admin-token-0123456789";
+const TOKEN: &str = ADMIN_TOKEN;
 const ALICE: &str = "alice@acme.test";
 const BOB: &str = "bob@partner.test";
 const STRANGER: &str = "stranger@elsewhere.test";
@@ -40,15 +40,13 @@ fn common_sections(pg: &PgCluster, shared: &Path, hop: u16, hold_extra: &str) ->
     )
 }
 
-/// One relay process (killed when dropped) and its admin API port.
-struct Daemon {
-    process: DaemonProcess,
-    admin: u16,
-}
+/// One relay process (killed when dropped) with its admin API.
+type Daemon = AdminDaemon;
 
-impl Daemon {
-    /// `misdirectd serve` with its own state directory under `dir`.
-    async fn start(dir: &Path, common: &str) -> Daemon {
+impl AdminDaemon {
+    /// `misdirectd serve` with its own state directory under `dir` and the
+    /// deployment's `common` sections.
+    async fn start_relay(dir: &Path, common: &str) -> AdminDaemon {
         let (port, admin) = (free_port(), free_port());
         let data = dir.join("data");
         let text = format!(
@@ -59,57 +57,27 @@ impl Daemon {
         );
         let config = dir.join("misdirectd.toml");
         std::fs::write(&config, text).unwrap();
-        let process =
-            tokio::task::block_in_place(|| DaemonProcess::spawn(&config, port, Output::Inherit));
-        Daemon { process, admin }
+        AdminDaemon::spawn(config, port, admin).await
     }
 
-    async fn send(&self, from: &str, to: &[&str], msg: &[u8]) -> String {
-        let mut c = Client::greeted(self.process.addr()).await;
-        c.expect("EHLO client.test", "250").await;
-        let r = c.send_mail(from, to, msg).await;
-        c.cmd("QUIT").await;
-        r
-    }
-
-    /// An admin API request: (status, JSON body).
-    async fn http(&self, method: &str, path: &str, body: &[u8]) -> (u16, serde_json::Value) {
-        admin_http(self.admin, method, path, Some(TOKEN), body).await
-    }
-
-    async fn holds(&self) -> Vec<String> {
-        let (st, v) = self.http("GET", "/holds", b"").await;
-        assert_eq!(st, 200, "{v}");
-        v.as_array()
-            .unwrap()
+    /// The ids of the held messages (`GET /holds`).
+    async fn hold_ids(&self) -> Vec<String> {
+        self.holds()
+            .await
             .iter()
             .map(|h| h["id"].as_str().unwrap().to_string())
             .collect()
     }
 
     async fn release(&self, id: &str) -> (u16, serde_json::Value) {
-        self.http("POST", &format!("/holds/{id}/release"), b"")
+        self.http("POST", &format!("/holds/{id}/release"), Some(TOKEN), b"")
             .await
     }
 
     /// Alice writes to Bob (delivered: no history yet); wait until this
     /// relay scores a stranger from Alice 0.9.
     async fn teach(&self, sink: &mut Sink) {
-        let r = self
-            .send(ALICE, &[BOB], &message(ALICE, BOB, "first"))
-            .await;
-        assert!(r.starts_with("250 "), "{r}");
-        sink.recv().await;
-        let probe = message(ALICE, STRANGER, "probe");
-        for _ in 0..300 {
-            let (st, v) = self.http("POST", "/check", &probe).await;
-            assert_eq!(st, 200, "{v}");
-            if v["verdict"]["score"].as_f64() == Some(0.9) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("the delivered message was never learnt");
+        self.teach_pair(ALICE, BOB, STRANGER, sink).await
     }
 
     /// Send Alice -> `<subject>@elsewhere.test` (a new recipient each time:
@@ -134,16 +102,9 @@ fn stranger(subject: &str) -> String {
 
 /// A released message: to the stranger of `subject`, our header, then the
 /// original byte for byte.
-fn assert_released(got: &Received, original: &[u8], subject: &str, by: &str) {
+fn assert_released_to(got: &Received, original: &[u8], subject: &str, by: &str) {
     assert_eq!(got.rcpt_to, vec![stranger(subject)]);
-    let prefix = format!("X-Misdirect-Released: by {by}; ");
-    assert!(
-        got.data.starts_with(prefix.as_bytes()),
-        "{:?}",
-        String::from_utf8_lossy(&got.data)
-    );
-    let end = got.data.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
-    assert_eq!(&got.data[end..], original);
+    assert_released(got, original, by);
 }
 
 /// A TCP relay to `to` that waits `delay` before connecting each accepted
@@ -188,8 +149,8 @@ async fn two_relays_with(hop: u16, hold_extra: &str) -> Deployment {
     let shared = tempfile::tempdir().unwrap();
     let common = common_sections(&pg, shared.path(), hop, hold_extra);
     let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let a = Daemon::start(da.path(), &common).await;
-    let b = Daemon::start(db.path(), &common).await;
+    let a = Daemon::start_relay(da.path(), &common).await;
+    let b = Daemon::start_relay(db.path(), &common).await;
     Deployment {
         a,
         b,
@@ -209,17 +170,19 @@ async fn a_hold_made_on_relay_a_is_listed_and_released_on_relay_b() {
     // Held at A: B's admin API lists it, and B's release delivers it once.
     let (id, _, m1) = d.a.hold("one", &mut sink).await;
     assert!(sink.nothing_more().await, "the held message must not leave");
-    assert_eq!(d.b.holds().await, vec![id.clone()]);
-    assert_eq!(d.a.holds().await, vec![id.clone()]);
-    let (st, v) = d.b.http("GET", &format!("/holds/{id}"), b"").await;
+    assert_eq!(d.b.hold_ids().await, vec![id.clone()]);
+    assert_eq!(d.a.hold_ids().await, vec![id.clone()]);
+    let (st, v) =
+        d.b.http("GET", &format!("/holds/{id}"), Some(TOKEN), b"")
+            .await;
     assert_eq!(st, 200, "{v}");
     assert!(v["headers"].as_str().unwrap().contains("Subject: one\r\n"));
     let (st, v) = d.b.release(&id).await;
     assert_eq!(st, 200, "{v}");
-    assert_released(&sink.recv().await, &m1, "one", "admin");
+    assert_released_to(&sink.recv().await, &m1, "one", "admin");
     assert!(sink.nothing_more().await, "released more than once");
-    assert!(d.a.holds().await.is_empty());
-    assert!(d.b.holds().await.is_empty());
+    assert!(d.a.hold_ids().await.is_empty());
+    assert!(d.b.hold_ids().await.is_empty());
     // Gone for every relay.
     assert_eq!(d.a.release(&id).await.0, 404);
     assert_eq!(d.b.release(&id).await.0, 404);
@@ -228,19 +191,19 @@ async fn a_hold_made_on_relay_a_is_listed_and_released_on_relay_b() {
     // B: B releases it (delivered once) and swallows the reply.
     let (id2, release, m2) = d.a.hold("two", &mut sink).await;
     assert!(release.ends_with("@confirm.acme.test"), "{release}");
-    assert_eq!(d.b.holds().await, vec![id2.clone()]);
+    assert_eq!(d.b.hold_ids().await, vec![id2.clone()]);
     let reply = format!("From: <{ALICE}>\r\nTo: <{release}>\r\nSubject: Re: Held\r\n\r\nyes\r\n");
     let r = d.b.send(ALICE, &[&release], reply.as_bytes()).await;
     assert!(r.starts_with("250 "), "{r}");
     let got = sink.recv().await;
     assert_eq!(got.mail_from, ALICE);
-    assert_released(&got, &m2, "two", "sender");
+    assert_released_to(&got, &m2, "two", "sender");
     assert!(
         sink.nothing_more().await,
         "the reply must be swallowed and the hold released once"
     );
-    assert!(d.a.holds().await.is_empty());
-    assert!(d.b.holds().await.is_empty());
+    assert!(d.a.hold_ids().await.is_empty());
+    assert!(d.b.hold_ids().await.is_empty());
     // The same reply again (through A this time) releases nothing.
     let r = d.a.send(ALICE, &[&release], reply.as_bytes()).await;
     assert!(r.starts_with("250 "), "{r}");
@@ -259,7 +222,7 @@ async fn concurrent_releases_from_two_relays_deliver_once() {
         let subject = format!("race{round}");
         let (id, _, m) = d.a.hold(&subject, &mut sink).await;
         // B lists it (same table) before both race for it.
-        assert_eq!(d.b.holds().await, vec![id.clone()]);
+        assert_eq!(d.b.hold_ids().await, vec![id.clone()]);
         let ((sa, va), (sb, vb)) = tokio::join!(d.a.release(&id), d.b.release(&id));
         let mut statuses = [sa, sb];
         statuses.sort();
@@ -269,30 +232,33 @@ async fn concurrent_releases_from_two_relays_deliver_once() {
             statuses == [200, 409] || statuses == [200, 404],
             "A: {sa} {va}, B: {sb} {vb}"
         );
-        assert_released(&sink.recv().await, &m, &subject, "admin");
+        assert_released_to(&sink.recv().await, &m, &subject, "admin");
         assert!(
             sink.nothing_more().await,
             "round {round}: the hold was delivered twice"
         );
-        assert!(d.a.holds().await.is_empty());
+        assert!(d.a.hold_ids().await.is_empty());
     }
     // A discard on A racing a release on B: one of them acts; the message
     // leaves once if the release won, never if the discard did.
     let (id, _, m) = d.a.hold("race-discard", &mut sink).await;
     let discard = format!("/holds/{id}/discard");
-    let ((sa, va), (sb, vb)) = tokio::join!(d.a.http("POST", &discard, b""), d.b.release(&id));
+    let ((sa, va), (sb, vb)) = tokio::join!(
+        d.a.http("POST", &discard, Some(TOKEN), b""),
+        d.b.release(&id)
+    );
     assert!(
         (sa == 200) != (sb == 200) && [409, 404].contains(&sa.max(sb)),
         "A discard: {sa} {va}, B release: {sb} {vb}"
     );
     if sb == 200 {
-        assert_released(&sink.recv().await, &m, "race-discard", "admin");
+        assert_released_to(&sink.recv().await, &m, "race-discard", "admin");
     }
     assert!(
         sink.nothing_more().await,
         "delivered after a discard or twice"
     );
-    assert!(d.b.holds().await.is_empty());
+    assert!(d.b.hold_ids().await.is_empty());
 }
 
 /// The hold CLI on the postgres configuration (no daemon involved in the
@@ -358,19 +324,19 @@ async fn hold_cli_lists_and_releases_from_the_shared_store() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(d.b.holds().await, vec![id.clone()]);
+    assert_eq!(d.b.hold_ids().await, vec![id.clone()]);
     let (st, v) = d.b.release(&id).await;
     assert_eq!(st, 200, "{v}");
-    assert_released(&sink.recv().await, &m, "cli", "admin");
+    assert_released_to(&sink.recv().await, &m, "cli", "admin");
     // Another hold for the CLI release itself.
     let (id, _, m) = d.a.hold("cli2", &mut sink).await;
     let (ok, out, err) = tokio::task::block_in_place(|| run(&["hold", "release", &id]));
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("released {id}"));
-    assert_released(&sink.recv().await, &m, "cli2", "admin");
+    assert_released_to(&sink.recv().await, &m, "cli2", "admin");
     assert!(sink.nothing_more().await);
-    assert!(d.a.holds().await.is_empty());
-    assert!(d.b.holds().await.is_empty());
+    assert!(d.a.hold_ids().await.is_empty());
+    assert!(d.b.hold_ids().await.is_empty());
     let (ok, out, _) = tokio::task::block_in_place(|| run(&["hold", "list"]));
     assert!(ok);
     assert!(out.contains("0 held"), "{out}");
@@ -389,7 +355,7 @@ async fn hold_cli_lists_and_releases_from_the_shared_store() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), format!("discarded {id}"));
     assert!(sink.nothing_more().await, "a discarded message left");
-    assert!(d.b.holds().await.is_empty());
+    assert!(d.b.hold_ids().await.is_empty());
     // No directory spool was made: the holds live in the database only.
     assert!(!cli_dir.path().join("data/spool").exists());
     assert!(d.shared.path().join("keys.json").exists());
@@ -409,11 +375,11 @@ async fn an_expired_hold_is_released_once_by_the_two_relays_expiry_tasks() {
     for round in 0..3 {
         let subject = format!("expiry{round}");
         let (id, _, m) = d.a.hold(&subject, &mut sink).await;
-        assert_released(&sink.recv().await, &m, &subject, "expiry");
+        assert_released_to(&sink.recv().await, &m, &subject, "expiry");
         assert!(
             sink.nothing_more().await,
             "round {round}: the expired hold was released twice"
         );
-        assert!(!d.b.holds().await.contains(&id));
+        assert!(!d.b.hold_ids().await.contains(&id));
     }
 }

@@ -261,4 +261,57 @@ impl AdminDaemon {
         assert_eq!(st, 200, "{v}");
         v.as_array().unwrap().clone()
     }
+
+    /// `POST /check` until the verdict satisfies `ok` (the daemon learns
+    /// asynchronously); that verdict, or `None` after about six seconds.
+    pub async fn check_until(
+        &self,
+        msg: &[u8],
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> Option<serde_json::Value> {
+        for _ in 0..300 {
+            let (st, v) = self.http("POST", "/check", Some(ADMIN_TOKEN), msg).await;
+            assert_eq!(st, 200, "{v}");
+            if ok(&v["verdict"]) {
+                return Some(v["verdict"].clone());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// `sender` writes to `known` (delivered: a daemon scoring with the
+    /// never-seen baseline holds nothing for a sender without history),
+    /// then wait until it scores mail from `sender` to `stranger` 0.9.
+    pub async fn teach_pair(
+        &self,
+        sender: &str,
+        known: &str,
+        stranger: &str,
+        sink: &mut super::Sink,
+    ) {
+        let r = self
+            .send(sender, &[known], &super::message(sender, known, "first"))
+            .await;
+        assert!(r.starts_with("250 "), "{r}");
+        sink.recv().await;
+        let probe = super::message(sender, stranger, "probe");
+        let learnt = self
+            .check_until(&probe, |v| v["score"].as_f64() == Some(0.9))
+            .await;
+        assert!(learnt.is_some(), "the delivered message was never learnt");
+    }
+}
+
+/// A released message: the `X-Misdirect-Released: by <by>` header, then
+/// the original byte for byte.
+pub fn assert_released(got: &super::Received, original: &[u8], by: &str) {
+    let prefix = format!("X-Misdirect-Released: by {by}; ");
+    assert!(
+        got.data.starts_with(prefix.as_bytes()),
+        "{:?}",
+        String::from_utf8_lossy(&got.data)
+    );
+    let end = got.data.windows(2).position(|w| w == b"\r\n").unwrap() + 2;
+    assert_eq!(&got.data[end..], original);
 }
