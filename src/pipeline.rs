@@ -699,18 +699,28 @@ impl Pipeline {
 
     /// Learn the message for the recipients of `env` (those it went to).
     fn learn(&self, tx: &Transaction<'_>, env: &Envelope) {
-        // Each envelope address normalised once, not once per recipient.
-        let delivered: Vec<String> = env
-            .rcpt_to
-            .iter()
-            .filter_map(|a| self.norm.normalize(a).ok())
-            .collect();
-        let recipients: Vec<Recipient> = tx
-            .recipients
-            .iter()
-            .filter(|r| delivered.contains(&r.address))
-            .cloned()
-            .collect();
+        let recipients: Vec<Recipient> = if env.rcpt_to == tx.env.rcpt_to {
+            // The whole envelope: `tx.recipients` are its addresses,
+            // normalised when the message was parsed.
+            tx.recipients.clone()
+        } else {
+            // A part of it (an encryption split): normalised as
+            // `envelope_recipients` does, to find them in `tx.recipients`.
+            let delivered: Vec<String> = env
+                .rcpt_to
+                .iter()
+                .map(|a| {
+                    self.norm
+                        .normalize(a)
+                        .unwrap_or_else(|_| a.trim().to_lowercase())
+                })
+                .collect();
+            tx.recipients
+                .iter()
+                .filter(|r| delivered.contains(&r.address))
+                .cloned()
+                .collect()
+        };
         if recipients.is_empty() {
             return;
         }
