@@ -127,51 +127,40 @@ pub trait GraphView: Send + Sync {
     fn discarded(&self, sender: &str, rcpt: &str) -> Option<Ts>;
 }
 
+/// The reply or forward prefix at the start of `s` (`RE:`, `Re[2]:`,
+/// `FW:`, `Fwd:`, `AW:`, `WG:`, `TR:`, `SV:`, `VS:`; any case): which one,
+/// lower-case, and how many bytes it takes up to and with its `:`.
+fn subject_prefix(s: &str) -> Option<(&'static str, usize)> {
+    for p in ["re", "fw", "fwd", "aw", "wg", "tr", "sv", "vs"] {
+        if !s.get(..p.len()).is_some_and(|h| h.eq_ignore_ascii_case(p)) {
+            continue;
+        }
+        let rest = s[p.len()..].trim_start();
+        // Optional "[n]" counter.
+        let rest = match rest.strip_prefix('[') {
+            Some(r) => r.find(']').map_or(rest, |i| &r[i + 1..]),
+            None => rest,
+        };
+        if let Some(after) = rest.strip_prefix(':') {
+            return Some((p, s.len() - after.len()));
+        }
+    }
+    None
+}
+
 /// Whether the subject's outermost prefix is a forward (`FW:`, `Fwd:`,
 /// `WG:`, `TR:`): forwarding to people outside the thread is its point.
 pub fn is_forward(subject: &str) -> bool {
-    let lower = subject.trim_start().to_ascii_lowercase();
-    ["fw", "fwd", "wg", "tr"].iter().any(|p| {
-        lower.strip_prefix(p).is_some_and(|rest| {
-            let rest = rest.trim_start();
-            let rest = match rest.strip_prefix('[') {
-                Some(r) => r.find(']').map_or(rest, |i| &r[i + 1..]),
-                None => rest,
-            };
-            rest.starts_with(':')
-        })
-    })
+    subject_prefix(subject.trim_start())
+        .is_some_and(|(p, _)| matches!(p, "fw" | "fwd" | "wg" | "tr"))
 }
 
-/// Strip reply and forward prefixes (`RE:`, `Re[2]:`, `FW:`, `Fwd:`, `AW:`,
-/// `WG:`, `TR:`) and white space; lower-cased. Empty for an empty subject.
+/// Strip reply and forward prefixes (see [`subject_prefix`]) and white
+/// space; lower-cased. Empty for an empty subject.
 pub fn thread_subject(subject: &str) -> String {
     let mut s = subject.trim();
-    loop {
-        let lower = s.to_ascii_lowercase();
-        let mut stripped = None;
-        for p in ["re", "fw", "fwd", "aw", "wg", "tr", "sv", "vs"] {
-            if let Some(rest) = lower.strip_prefix(p) {
-                let rest_trim = rest.trim_start();
-                // Optional "[n]" counter.
-                let rest_trim = if rest_trim.starts_with('[') {
-                    match rest_trim.find(']') {
-                        Some(i) => &rest_trim[i + 1..],
-                        None => rest_trim,
-                    }
-                } else {
-                    rest_trim
-                };
-                if let Some(after) = rest_trim.strip_prefix(':') {
-                    stripped = Some(s.len() - after.len());
-                    break;
-                }
-            }
-        }
-        match stripped {
-            Some(cut) => s = s[cut..].trim_start(),
-            None => break,
-        }
+    while let Some((_, cut)) = subject_prefix(s) {
+        s = s[cut..].trim_start();
     }
     s.trim().to_lowercase()
 }
