@@ -207,23 +207,27 @@ impl std::fmt::Display for Raw<'_> {
 
 /// The DATA payload: `msg` (see [`wire_body`]) dot-stuffed as lettre does it
 /// (a `.` at the start of the message or after CRLF is doubled), then
-/// `CRLF.CRLF`.
-fn data_payload(msg: &str) -> String {
-    let b = msg.as_bytes();
-    let mut out = String::with_capacity(msg.len() + msg.len() / 64 + 8);
-    let mut last = 0;
-    if b.first() == Some(&b'.') {
-        out.push('.');
+/// `CRLF.CRLF`. Written straight into the one string lettre's `command`
+/// makes of it, so the message is copied once.
+struct Stuffed<'a>(&'a str);
+
+impl std::fmt::Display for Stuffed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let msg = self.0;
+        let b = msg.as_bytes();
+        let mut last = 0;
+        if b.first() == Some(&b'.') {
+            f.write_str(".")?;
+        }
+        for hit in memchr::memmem::find_iter(b, b"\r\n.") {
+            // `hit + 2` is the ASCII dot, so a char boundary.
+            f.write_str(&msg[last..hit + 2])?;
+            f.write_str(".")?;
+            last = hit + 2;
+        }
+        f.write_str(&msg[last..])?;
+        f.write_str("\r\n.\r\n")
     }
-    for hit in memchr::memmem::find_iter(b, b"\r\n.") {
-        // `hit + 2` is the ASCII dot, so a char boundary.
-        out.push_str(&msg[last..hit + 2]);
-        out.push('.');
-        last = hit + 2;
-    }
-    out.push_str(&msg[last..]);
-    out.push_str("\r\n.\r\n");
-    out
 }
 
 /// True when an EHLO reply offers PIPELINING.
@@ -539,7 +543,7 @@ impl Relay {
         data.map_err(|e| (e, false))?;
         let body = wire_body(msg);
         let resp = match std::str::from_utf8(body) {
-            Ok(text) => self.step(conn.command(Raw(&data_payload(text)))).await,
+            Ok(text) => self.step(conn.command(Stuffed(text))).await,
             Err(_) => self.step(conn.message(body)).await,
         }
         .map_err(|e| (e, false))?;
@@ -559,18 +563,22 @@ impl Relay {
 mod tests {
     use super::*;
 
+    fn stuffed(msg: &str) -> String {
+        Stuffed(msg).to_string()
+    }
+
     #[test]
     fn data_payload_stuffs_dots_at_line_starts_only() {
-        assert_eq!(data_payload(""), "\r\n.\r\n");
-        assert_eq!(data_payload(".a"), "..a\r\n.\r\n");
+        assert_eq!(stuffed(""), "\r\n.\r\n");
+        assert_eq!(stuffed(".a"), "..a\r\n.\r\n");
         assert_eq!(
-            data_payload("x\r\n.\r\n..y\r\nz.w\r\n."),
+            stuffed("x\r\n.\r\n..y\r\nz.w\r\n."),
             "x\r\n..\r\n...y\r\nz.w\r\n..\r\n.\r\n"
         );
         // Only CRLF starts a line (as lettre stuffs): bare LF and CR do not.
-        assert_eq!(data_payload("a\n.b\r.c"), "a\n.b\r.c\r\n.\r\n");
+        assert_eq!(stuffed("a\n.b\r.c"), "a\n.b\r.c\r\n.\r\n");
         assert_eq!(
-            data_payload("caf\u{e9}\r\n.\u{20ac}"),
+            stuffed("caf\u{e9}\r\n.\u{20ac}"),
             "caf\u{e9}\r\n..\u{20ac}\r\n.\r\n"
         );
     }
