@@ -429,21 +429,16 @@ fn latency(port: u16, conc: usize, per_conn: usize, size: usize) -> Res<(f64, f6
     Ok((q(0.50), q(0.99)))
 }
 
-/// Clock ticks per second of /proc's CPU times (`getconf CLK_TCK`; 100 on
+/// Clock ticks per second of /proc's CPU times (`sysconf(_SC_CLK_TCK)`; 100 on
 /// Linux unless told otherwise).
 fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .trim()
-                .parse::<f64>()
-                .ok()
-        })
-        .filter(|t| *t > 0.0)
-        .unwrap_or(100.0)
+    // SAFETY: sysconf only reads a configuration value.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 {
+        t as f64
+    } else {
+        100.0
+    }
 }
 
 /// CPU seconds (user + system, all threads, including ones that have
