@@ -1492,11 +1492,7 @@ impl Graph {
             .addrs
             .iter()
             .map(|a| {
-                let s = if a.address.is_empty() {
-                    0
-                } else {
-                    a.address.len()
-                };
+                let s = a.address.len();
                 let adj = a.adj.as_ref().map_or(0, |j| {
                     std::mem::size_of::<Adjacency>()
                         + j.out.capacity() * std::mem::size_of::<(Id, Edge)>()
