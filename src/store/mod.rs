@@ -12,6 +12,7 @@ pub mod postgres;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use tokio::sync::mpsc;
@@ -352,11 +353,51 @@ impl LearnEvent {
     }
 }
 
+/// How far the learning task has got: events queued and events applied
+/// to the graph in memory, so that an erasure can first wait for what was
+/// queued before it (see [`GraphHandle::forget`]).
+#[derive(Default)]
+pub(crate) struct LearnProgress {
+    queued: AtomicU64,
+    applied: AtomicU64,
+    advanced: tokio::sync::Notify,
+}
+
+/// How long an erasure waits for the learning queued before it.
+const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl LearnProgress {
+    /// The learning task applied `n` more events.
+    pub(crate) fn applied(&self, n: usize) {
+        self.applied.fetch_add(n as u64, Ordering::AcqRel);
+        self.advanced.notify_waiters();
+    }
+
+    /// Wait until every event queued before this call has been applied;
+    /// false when that took longer than `limit` (a stopped task).
+    async fn settle(&self, limit: std::time::Duration) -> bool {
+        let target = self.queued.load(Ordering::Acquire);
+        let wait = async {
+            loop {
+                let advanced = self.advanced.notified();
+                tokio::pin!(advanced);
+                advanced.as_mut().enable();
+                if self.applied.load(Ordering::Acquire) >= target {
+                    return;
+                }
+                advanced.await;
+            }
+        };
+        tokio::time::timeout(limit, wait).await.is_ok()
+    }
+}
+
 /// Shared, cheaply clonable handle on every tenant's graph.
 #[derive(Clone)]
 pub struct GraphHandle {
     graphs: Arc<RwLock<HashMap<String, Graph>>>,
     tx: mpsc::Sender<LearnEvent>,
+    progress: Arc<LearnProgress>,
     tenants: Arc<TenantsConfig>,
     persist: Option<Arc<Persist>>,
     /// The shared PostgreSQL store, when configured.
@@ -398,21 +439,26 @@ impl GraphHandle {
         let graphs: Arc<RwLock<HashMap<String, Graph>>> = Arc::default();
         let (tx, mut rx) = mpsc::channel::<LearnEvent>(queue.max(1));
         let g = graphs.clone();
+        let progress = Arc::new(LearnProgress::default());
+        let p = progress.clone();
         let task = tokio::spawn(async move {
             let mut batch = Vec::with_capacity(256);
             while rx.recv_many(&mut batch, 256).await > 0 {
+                let n = batch.len();
                 if let Ok(mut map) = g.write() {
                     for ev in batch.drain(..) {
                         ev.apply(&mut map, &cfg);
                     }
                 }
                 batch.clear();
+                p.applied(n);
             }
         });
         (
             GraphHandle {
                 graphs,
                 tx,
+                progress,
                 tenants: Arc::new(tenants),
                 persist: None,
                 shared: None,
@@ -458,8 +504,9 @@ impl GraphHandle {
             flush_lock: tokio::sync::Mutex::new(()),
         });
         let (tx, rx) = mpsc::channel::<LearnEvent>(cfg.store.queue.max(1));
+        let progress = Arc::new(LearnProgress::default());
         let task = tokio::spawn(learn_task(
-            rx,
+            (rx, progress.clone()),
             graphs.clone(),
             persist.clone(),
             cfg.graph.clone(),
@@ -471,6 +518,7 @@ impl GraphHandle {
             GraphHandle {
                 graphs,
                 tx,
+                progress,
                 tenants: Arc::new(cfg.tenants.clone()),
                 persist: Some(persist),
                 shared: None,
@@ -481,12 +529,15 @@ impl GraphHandle {
     }
 
     /// Erase every association of `addr` in every tenant, in memory and
-    /// durably in the store, before returning; when the address was known,
+    /// durably in the store, before returning. Learning queued before the
+    /// call (mail delivered just before the request) is applied first and
+    /// erased with the rest, not learnt again afterwards. When the address was known,
     /// the store file is then rewritten with only the live records (as
     /// `misdirectd forget` does), so no freed page keeps the erased ones.
     /// Learning goes on in memory meanwhile and is committed afterwards.
     /// Logs an audit line that does not name the address.
     pub async fn forget(&self, addr: &str) -> Result<ForgetReport, StoreError> {
+        self.settle_learning().await;
         if let Some(pg) = &self.shared {
             return Ok(pg.forget(self, addr).await?);
         }
@@ -557,13 +608,28 @@ impl GraphHandle {
         self.tx.try_send(ev).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => LearnError::Full,
             mpsc::error::TrySendError::Closed(_) => LearnError::Closed,
-        })
+        })?;
+        self.progress.queued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
     }
 
     /// Queue a message for learning, waiting while the queue is full (for
     /// bulk learning such as `import`; the relay uses [`Self::learn`]).
     pub async fn learn_wait(&self, ev: LearnEvent) -> Result<(), LearnError> {
-        self.tx.send(ev).await.map_err(|_| LearnError::Closed)
+        self.tx.send(ev).await.map_err(|_| LearnError::Closed)?;
+        self.progress.queued.fetch_add(1, Ordering::AcqRel);
+        Ok(())
+    }
+
+    /// Wait (up to [`SETTLE_TIMEOUT`]) until the learning queued so far is
+    /// in the graph, so that an erasure also removes what was delivered
+    /// just before it instead of having it learnt again afterwards.
+    async fn settle_learning(&self) {
+        if !self.progress.settle(SETTLE_TIMEOUT).await {
+            tracing::warn!(
+                "Learning queued before an erasure was not applied within {SETTLE_TIMEOUT:?}; erasing without waiting for it."
+            );
+        }
     }
 
     /// The shared PostgreSQL store behind this handle, if any.
@@ -634,8 +700,11 @@ async fn flush(
     }
 }
 
+/// The learning task's queue and where it reports its progress.
+type Inbox = (mpsc::Receiver<LearnEvent>, Arc<LearnProgress>);
+
 async fn learn_task(
-    mut rx: mpsc::Receiver<LearnEvent>,
+    (mut rx, progress): Inbox,
     graphs: Arc<RwLock<HashMap<String, Graph>>>,
     persist: Arc<Persist>,
     cfg: GraphConfig,
@@ -656,13 +725,16 @@ async fn learn_task(
                     flush(&graphs, &persist, &mut pending, true).await;
                     break;
                 }
-                let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
-                for ev in batch.drain(..) {
-                    ev.apply(&mut map, &cfg);
-                    if let Some(g) = map.get(&ev.tenant) {
-                        ev.touched(g, pending.entry(ev.tenant.clone()).or_default());
+                {
+                    let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
+                    for ev in batch.drain(..) {
+                        ev.apply(&mut map, &cfg);
+                        if let Some(g) = map.get(&ev.tenant) {
+                            ev.touched(g, pending.entry(ev.tenant.clone()).or_default());
+                        }
                     }
                 }
+                progress.applied(n);
             }
             _ = tick.tick() => flush(&graphs, &persist, &mut pending, false).await,
             _ = retention.tick() => {
@@ -688,6 +760,70 @@ async fn learn_task(
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    fn delivered(h: &GraphHandle, raw: &str) -> LearnEvent {
+        let norm = crate::address::Normalizer::new(Default::default());
+        let meta = MessageMeta::parse(raw.as_bytes(), &norm);
+        LearnEvent {
+            tenant: h.tenant_for(meta.sender().unwrap()),
+            recipients: meta.recipients.clone(),
+            meta,
+            ts: 1_700_000_000,
+            kind: LearnKind::Delivered,
+        }
+    }
+
+    /// Mail delivered just before an erasure is still waiting in the
+    /// learning queue when the erasure starts (here: the task is kept busy
+    /// with an earlier message by a writer holding the graph). The erasure
+    /// waits for it and erases it too, instead of the task learning it
+    /// again afterwards.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_erasure_also_erases_learning_queued_before_it() {
+        let (h, _task) =
+            GraphHandle::in_memory(GraphConfig::default(), TenantsConfig::default(), 16);
+        let tenant = h.tenant_for("alice@x.test");
+        let (locked_tx, locked_rx) = std::sync::mpsc::channel();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let graphs = h.graphs.clone();
+        let writer = std::thread::spawn(move || {
+            let _guard = graphs.write().unwrap();
+            locked_tx.send(()).unwrap();
+            go_rx.recv().unwrap();
+        });
+        locked_rx.recv().unwrap();
+        let msg =
+            |to: &str| format!("From: alice@x.test\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n");
+        // The task takes the first message and waits for the graph...
+        h.learn(delivered(&h, &msg("carol@y.test"))).unwrap();
+        while h.tx.capacity() < h.tx.max_capacity() {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        // ...so the second one stays in the queue.
+        h.learn(delivered(&h, &msg("bob@y.test"))).unwrap();
+        let forget = tokio::spawn({
+            let h = h.clone();
+            async move { h.forget("bob@y.test").await }
+        });
+        // Let the erasure start, then free the graph. (A blocking sleep:
+        // an erasure that went straight for the lock would hold up a
+        // worker, and the timers might not run.)
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        go_tx.send(()).unwrap();
+        writer.join().unwrap();
+        let report = forget.await.unwrap().unwrap();
+        assert!(h.progress.settle(SETTLE_TIMEOUT).await);
+        assert_eq!(
+            report.tenants, 1,
+            "the queued mail was not in the graph when erased"
+        );
+        h.with_view(&tenant, |g| {
+            assert!(g.edge("alice@x.test", "bob@y.test").is_none());
+            assert_eq!(g.address("bob@y.test").senders, 0);
+            // The rest of the sender's history stays.
+            assert!(g.edge("alice@x.test", "carol@y.test").is_some());
+        });
+    }
 
     /// The async workers' view never waits: while a writer holds the graph
     /// it declines, and it reads as usual once the writer is done.

@@ -55,7 +55,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, Semaphore};
 use tokio_postgres::{Client, IsolationLevel, NoTls};
 
-use super::{log_purge, purge_all, retention_cutoff, unix_now, ForgetReport, GraphHandle};
+use super::{
+    log_purge, purge_all, retention_cutoff, unix_now, ForgetReport, GraphHandle, LearnProgress,
+};
 use crate::config::store::{PgTls, StoreConfig};
 use crate::config::Config;
 use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, ThreadEntry};
@@ -707,8 +709,10 @@ pub async fn open_handle(
     });
     let graphs = Arc::new(RwLock::new(loaded.graphs));
     let (tx, rx) = mpsc::channel(cfg.store.queue.max(1));
+    let progress = Arc::new(LearnProgress::default());
     let task = tokio::spawn(learn_task(
         rx,
+        progress.clone(),
         graphs.clone(),
         pg.clone(),
         Timers {
@@ -722,6 +726,7 @@ pub async fn open_handle(
         GraphHandle {
             graphs,
             tx,
+            progress,
             tenants: Arc::new(cfg.tenants.clone()),
             persist: None,
             shared: Some(pg),
@@ -742,6 +747,7 @@ type Graphs = Arc<RwLock<HashMap<String, Graph>>>;
 
 async fn learn_task(
     mut rx: mpsc::Receiver<super::LearnEvent>,
+    progress: Arc<LearnProgress>,
     graphs: Graphs,
     pg: Arc<PgGraph>,
     t: Timers,
@@ -769,6 +775,7 @@ async fn learn_task(
                     }
                 }
                 pg.lock_local().current.extend(evs);
+                progress.applied(n);
             }
             _ = batch_tick.tick() => {
                 pg.form_batch();
