@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 
 use crate::hold::{now, Actor, HoldError, HoldService};
 use crate::outbound::spool::SpoolError;
+use crate::store::pg_spool::{Erased, ERASE_WAIT};
 
 /// Gives the hold service in force (the daemon's changes on reload).
 pub type HoldSource = Arc<dyn Fn() -> HoldService + Send + Sync>;
@@ -57,14 +58,18 @@ pub enum ForgetError {
     /// The address does not parse (400).
     #[error("invalid address: {0}")]
     BadAddress(String),
-    /// The store or the spool failed (500); nothing is reported as erased.
+    /// The store or the spool failed, or a held message was still being
+    /// released after [`ERASE_WAIT`] (500): nothing is reported as erased,
+    /// and repeating the request finishes the erasure.
     #[error("erasure failed: {0}")]
     Failed(String),
 }
 
-/// Erase `address` from the daemon running `p`: every tenant's graph in
-/// memory and in its store (committed durably before this returns), then
-/// every held message whose envelope sender or a recipient is the address.
+/// Erase `address` from the daemon running `p`: every held message whose
+/// envelope sender or a recipient is the address (each under the release
+/// claim, so that a release in progress finishes first; see
+/// [`HoldService::erase`]), then every tenant's graph in memory and in its
+/// store (committed durably before this returns).
 /// Addresses are compared after normalisation (as in `misdirectd forget`).
 pub async fn forget_live(
     p: &crate::pipeline::Pipeline,
@@ -74,24 +79,35 @@ pub async fn forget_live(
     let addr = norm
         .normalize(address)
         .map_err(|e| ForgetError::BadAddress(e.to_string()))?;
+    // Held messages first, each under the release claim: a release in
+    // progress finishes before its message is erased, and the learning it
+    // queues is then erased with the graph below.
+    let mut held = 0usize;
+    let mut busy = 0usize;
+    let list = p
+        .spool()
+        .involving(&norm, &addr)
+        .await
+        .map_err(|e| ForgetError::Failed(e.to_string()))?;
+    for (m, _) in list {
+        match p.hold().erase(&m.id).await {
+            Ok(Erased::Removed) => held += 1,
+            Ok(Erased::Gone) => {}
+            Ok(Erased::Busy) => busy += 1,
+            Err(e) => return Err(ForgetError::Failed(e.to_string())),
+        }
+    }
     let report = p
         .shared()
         .graph
         .forget(&addr)
         .await
         .map_err(|e| ForgetError::Failed(e.to_string()))?;
-    let spool = p.spool();
-    let mut held = 0usize;
-    let list = spool
-        .involving(&norm, &addr)
-        .await
-        .map_err(|e| ForgetError::Failed(e.to_string()))?;
-    for (m, _) in list {
-        match spool.remove(&m.id).await {
-            Ok(true) => held += 1,
-            Ok(false) => {}
-            Err(e) => return Err(ForgetError::Failed(e.to_string())),
-        }
+    if busy > 0 {
+        return Err(ForgetError::Failed(format!(
+            "{busy} held message(s) involving the address were still being released or discarded after {}s; the graph is erased, repeat the request",
+            ERASE_WAIT.as_secs()
+        )));
     }
     tracing::info!(
         target: "audit",

@@ -10,6 +10,7 @@ use actions_common::*;
 use misdirect::config::{ExpiryAction, TenantsConfig};
 use misdirect::graph::GraphConfig;
 use misdirect::hold::{Actor, HoldError, Refusal, ReplyOutcome, TokenError, RELEASED_HEADER};
+use misdirect::store::pg_spool::Erased;
 use misdirect::store::GraphHandle;
 
 const T0: i64 = 1_795_900_000;
@@ -314,6 +315,66 @@ async fn concurrent_releases_deliver_once() {
         delivered += 1;
     }
     assert!(delivered <= 1, "delivered {delivered} times");
+}
+
+/// An erasure of a held message that a release is delivering waits for
+/// the release (under the same claim) instead of removing the file under
+/// it: the release delivers once and the erasure finds the message gone.
+/// The next hop is a gate in front of the sink that holds the release's
+/// connection until the erasure is known to be waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_waits_for_a_release_in_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = sink().await;
+    let gate = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gate_addr = gate.local_addr().unwrap();
+    let (accepted_tx, accepted_rx) = tokio::sync::oneshot::channel::<()>();
+    let (open_tx, open_rx) = tokio::sync::oneshot::channel::<()>();
+    let sink_addr = sink.addr;
+    tokio::spawn(async move {
+        let (mut inbound, _) = gate.accept().await.unwrap();
+        accepted_tx.send(()).unwrap();
+        open_rx.await.unwrap();
+        let mut out = tokio::net::TcpStream::connect(sink_addr).await.unwrap();
+        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut out).await;
+    });
+    let svc = service(hold_config(dir.path(), gate_addr), None).await;
+    let held = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), T0)
+        .await
+        .unwrap();
+    let release = tokio::spawn({
+        let (svc, id) = (svc.clone(), held.id.clone());
+        async move { svc.release(&id, Actor::Admin, T0 + 1).await }
+    });
+    accepted_rx.await.unwrap();
+    let erase = tokio::spawn({
+        let (svc, id) = (svc.clone(), held.id.clone());
+        async move { svc.erase(&id).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert!(
+        !erase.is_finished(),
+        "the erasure did not wait for the release"
+    );
+    assert_eq!(
+        svc.list().await.unwrap().len(),
+        1,
+        "removed under the release"
+    );
+    open_tx.send(()).unwrap();
+    release.await.unwrap().unwrap();
+    assert_eq!(erase.await.unwrap().unwrap(), Erased::Gone);
+    assert!(header(&sink.next().await.raw, RELEASED_HEADER).is_some());
+    assert!(svc.list().await.unwrap().is_empty());
+    // A hold nobody is releasing is removed at once.
+    let held = svc
+        .hold("default", &envelope(), ORIGINAL, &verdict(), T0)
+        .await
+        .unwrap();
+    assert_eq!(svc.erase(&held.id).await.unwrap(), Erased::Removed);
+    assert!(svc.list().await.unwrap().is_empty());
+    assert_eq!(svc.erase(&held.id).await.unwrap(), Erased::Gone);
 }
 
 /// Which discards teach the graph: an admin's discard of a suspected

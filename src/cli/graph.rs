@@ -21,6 +21,7 @@ use crate::policy::Policy;
 use crate::privacy::Keys;
 use crate::replay::{Replay, ReplaySummary};
 use crate::scorer::Scorer;
+use crate::store::pg_spool::{Erased, ERASE_WAIT};
 use crate::store::{self, Batch, GraphHandle, Store};
 
 /// `--config FILE`, shared by the graph commands.
@@ -606,23 +607,48 @@ fn held_involving(
     })
 }
 
-/// Remove the held messages involving `addr` durably; returns how many.
-fn forget_held(cfg: &Config, addr: &str) -> anyhow::Result<usize> {
+/// Held messages an erasure removed, and those a relay was still
+/// releasing or discarding after [`ERASE_WAIT`].
+#[derive(Default)]
+struct HeldErased {
+    removed: usize,
+    busy: usize,
+}
+
+impl HeldErased {
+    /// An error when some held message could not be erased.
+    fn check(&self) -> anyhow::Result<()> {
+        if self.busy > 0 {
+            anyhow::bail!(
+                "{} held message(s) involving the address were still being released or discarded by a relay after {}s; run `misdirectd forget` again",
+                self.busy,
+                ERASE_WAIT.as_secs()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Remove the held messages involving `addr` durably, each under a claim
+/// (see [`HoldSpool::erase`](crate::store::pg_spool::HoldSpool::erase)).
+fn forget_held(cfg: &Config, addr: &str) -> anyhow::Result<HeldErased> {
     let (spool, held) = held_involving(cfg, addr)?;
     let Some(spool) = spool else {
-        return Ok(0);
+        return Ok(HeldErased::default());
     };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let mut n = 0;
+        let mut out = HeldErased::default();
         for (m, _) in &held {
-            if spool.remove(&m.id).await? {
-                n += 1;
+            match spool.erase(&m.id, ERASE_WAIT).await? {
+                Erased::Removed => out.removed += 1,
+                Erased::Gone => {}
+                Erased::Busy => out.busy += 1,
             }
         }
-        Ok(n)
+        Ok(out)
     })
 }
 
@@ -638,9 +664,10 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
         let r = crate::cli::postgres::forget(cfg, &addr)?;
         let mut v = serde_json::to_value(r)?;
         if let Some(o) = v.as_object_mut() {
-            o.insert("held".into(), held.into());
+            o.insert("held".into(), held.removed.into());
         }
-        return emit(&serde_json::to_string(&v)?);
+        emit(&serde_json::to_string(&v)?)?;
+        return held.check();
     }
     let mut o = open(cfg)?;
     let addr = normalise_arg(&o.cfg, &a.address)?;
@@ -656,15 +683,15 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
         target: "audit",
         tenants = report.tenants,
         records = report.records,
-        held,
+        held = held.removed,
         "Erasure of one address performed."
     );
     let mut v = serde_json::to_value(&report)?;
     if let Some(obj) = v.as_object_mut() {
-        obj.insert("held".into(), held.into());
+        obj.insert("held".into(), held.removed.into());
     }
     emit(&serde_json::to_string(&v)?)?;
-    Ok(())
+    held.check()
 }
 
 /// `misdirectd export ADDRESS`: everything stored about the address, per

@@ -33,7 +33,9 @@ use crate::envelope::Envelope;
 use crate::graph::Ts;
 use crate::message::{Field, MessageMeta, Recipient};
 use crate::outbound::spool::{new_id, HeldMeta, SpoolError};
-use crate::store::pg_spool::{ClaimOutcome, HoldSpool, SpoolClaim, CLAIM_LEASE};
+use crate::store::pg_spool::{
+    ClaimOutcome, Erased, HoldSpool, SpoolClaim, CLAIM_LEASE, ERASE_RETRY, ERASE_WAIT,
+};
 use crate::store::{GraphHandle, LearnEvent, LearnKind};
 use crate::verdict::Verdict;
 
@@ -531,6 +533,24 @@ impl HoldService {
             self.learn_discard(&meta, &raw, now());
         }
         Ok(())
+    }
+
+    /// Remove a held message for an erasure (teaching nothing), under
+    /// the same claims as a release or discard: a release already
+    /// delivering it, here or on another relay of a shared spool, finishes
+    /// first, and its learning is queued before the erasure erases the
+    /// graph. Waits up to [`ERASE_WAIT`] for such a release.
+    pub async fn erase(&self, id: &str) -> Result<Erased, HoldError> {
+        let deadline = tokio::time::Instant::now() + ERASE_WAIT;
+        let _local = loop {
+            match Claim::take(id) {
+                Ok(c) => break c,
+                Err(_) if tokio::time::Instant::now() >= deadline => return Ok(Erased::Busy),
+                Err(_) => tokio::time::sleep(ERASE_RETRY).await,
+            }
+        };
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        Ok(self.spool.erase(id, left).await?)
     }
 
     fn learn_discard(&self, meta: &HeldMeta, raw: &[u8], now: Ts) {

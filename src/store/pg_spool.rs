@@ -36,6 +36,24 @@ fn valid_id(id: &str) -> bool {
 /// step), so a live relay does not lose its claim mid-delivery.
 pub const CLAIM_LEASE: Duration = Duration::from_secs(600);
 
+/// How long an erasure waits for a release or discard of a held message
+/// in progress before it gives up on that message.
+pub const ERASE_WAIT: Duration = Duration::from_secs(60);
+
+/// Pause between an erasure's claims on a busy held message.
+pub(crate) const ERASE_RETRY: Duration = Duration::from_millis(20);
+
+/// What an erasure did with one held message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Erased {
+    /// Removed by this erasure.
+    Removed,
+    /// Not there (any more): released, discarded or expired meanwhile.
+    Gone,
+    /// Still claimed by a release or discard after [`ERASE_WAIT`].
+    Busy,
+}
+
 /// The right to release or discard one held message, from
 /// [`HoldSpool::claim`]. For the directory spool it carries no token (the
 /// process-wide claim in `hold` is all there is: one relay per directory).
@@ -380,6 +398,30 @@ impl HoldSpool {
         match self {
             HoldSpool::Dir(s) => s.remove(&claim.id).await,
             HoldSpool::Postgres(s) => s.remove_claimed(claim).await,
+        }
+    }
+
+    /// Remove a message for an erasure under a claim, so that a release
+    /// of it in progress on any relay finishes first: while the message is
+    /// claimed, try again until `wait` has passed (then `Busy`). True when
+    /// this call removed it, false when it was not there.
+    pub async fn erase(&self, id: &str, wait: Duration) -> Result<Erased, SpoolError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            match self.claim(id, CLAIM_LEASE).await? {
+                ClaimOutcome::Claimed(c) => {
+                    return Ok(if self.remove_claimed(&c).await? {
+                        Erased::Removed
+                    } else {
+                        Erased::Gone
+                    })
+                }
+                ClaimOutcome::Missing => return Ok(Erased::Gone),
+                ClaimOutcome::Busy if tokio::time::Instant::now() >= deadline => {
+                    return Ok(Erased::Busy)
+                }
+                ClaimOutcome::Busy => tokio::time::sleep(ERASE_RETRY).await,
+            }
         }
     }
 
