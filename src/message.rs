@@ -504,13 +504,18 @@ impl<'b> Delimiters<'b> {
 /// Decoded length of a base64 body, without decoding it (see
 /// [`MessageMeta::parse`]).
 fn base64_decoded_len(b: &[u8]) -> usize {
-    // Branch-free so that the compiler vectorises the count.
+    // Branch-free, with a byte-wide counter per chunk of at most 255 bytes,
+    // so that the compiler vectorises the count 16 or 32 bytes at a time (a
+    // `usize` counter per byte kept it to a few bytes per cycle).
     let n: usize = b
-        .iter()
-        .map(|&c| {
-            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
-            let digit = c.wrapping_sub(b'0') < 10;
-            usize::from(alpha | digit | (c == b'+') | (c == b'/'))
+        .chunks(255)
+        .map(|chunk| {
+            let k = chunk.iter().fold(0u8, |k, &c| {
+                let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+                let digit = c.wrapping_sub(b'0') < 10;
+                k + u8::from(alpha | digit | (c == b'+') | (c == b'/'))
+            });
+            usize::from(k)
         })
         .sum();
     n / 4 * 3
