@@ -580,7 +580,13 @@ fn qp_decoded_len(b: &[u8]) -> usize {
 }
 
 fn clean_name(n: Option<&str>) -> Option<String> {
-    let n = n?.trim().trim_matches('"').trim();
+    // `trim_matches('"')` by bytes: a quote is one byte and never part of
+    // another character, so the cut is on a character boundary.
+    let t = n?.trim();
+    let b = t.as_bytes();
+    let start = b.iter().position(|&c| c != b'"').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b'"').map_or(start, |e| e + 1);
+    let n = t.get(start..end).unwrap_or("").trim();
     if n.is_empty() {
         None
     } else {
