@@ -241,7 +241,16 @@ impl Pipeline {
             // A sender's reply to a hold notice is swallowed whatever the
             // outcome (refusals are logged by the hold service); only other
             // recipients of the same message go on.
-            let env = match self.hold.handle_reply(&env, &raw, now).await {
+            // Futures of steps most messages do not take (or take rarely)
+            // are boxed, so that this future stays small: it is moved
+            // whole when the session awaits it (it was 57 KB). Only a
+            // message to a release address builds the hold service's.
+            let outcome = if self.hold.is_release_reply(&env) {
+                Box::pin(self.hold.handle_reply(&env, &raw, now)).await
+            } else {
+                Ok(ReplyOutcome::NotRelease)
+            };
+            let env = match outcome {
                 Ok(ReplyOutcome::NotRelease) => env,
                 Ok(ReplyOutcome::Handled { other_rcpts, .. }) if other_rcpts.is_empty() => {
                     return (
@@ -286,7 +295,7 @@ impl Pipeline {
             let scores = match scores {
                 Ok(sc) => sc,
                 Err(e) => {
-                    let (reply, action, hop) = self.on_score_error(tx, &e).await;
+                    let (reply, action, hop) = Box::pin(self.on_score_error(tx, &e)).await;
                     return (reply, action, None, hop);
                 }
             };
@@ -415,8 +424,9 @@ impl Pipeline {
                 let env = tx.env.clone();
                 self.relay_out(&mut tx, &env, &out, "deliver", true).await
             }
-            Action::Encrypt => self.encrypt(tx, verdict).await,
-            Action::Hold => self.hold_message(tx, verdict).await,
+            // Boxed: rare, and their futures would make this one large.
+            Action::Encrypt => Box::pin(self.encrypt(tx, verdict)).await,
+            Action::Hold => Box::pin(self.hold_message(tx, verdict)).await,
             Action::Reject => (
                 parse_reply(&Policy::reject_reply(&verdict)),
                 "reject",
@@ -577,7 +587,6 @@ impl Pipeline {
     pub fn received_header(&self, tx: &Transaction<'_>, extra: usize) -> Vec<u8> {
         use std::io::Write as _;
         let host = &self.cfg.server.hostname;
-        let date = mail_parser::DateTime::from_timestamp(tx.now).to_rfc822();
         let one = match tx.env.rcpt_to.as_slice() {
             [one] => Some(one.as_str()),
             _ => None,
@@ -606,7 +615,7 @@ impl Pipeline {
             h.push(b'>');
         }
         h.extend_from_slice(b"; ");
-        h.extend_from_slice(date.as_bytes());
+        push_rfc822_date(&mut h, tx.now);
         h.extend_from_slice(b"\r\n");
         h
     }
@@ -637,7 +646,7 @@ impl Pipeline {
                 for f in &rejected {
                     warn!(queue_id = tx.queue_id, recipient = %self.logs.addr(&tx.tenant, &f.address), code = f.code, text = %self.logs.text(&f.text), "Next hop refused recipient; DSN to sender.");
                 }
-                let dsn = self.send_dsn(tx, &rejected).await;
+                let dsn = Box::pin(self.send_dsn(tx, &rejected)).await;
                 (
                     Reply::new(
                         250,
@@ -769,6 +778,26 @@ impl Pipeline {
             warn!(queue_id = tx.queue_id, error = %e, "Learn event dropped.");
         }
     }
+}
+
+/// `now` as an RFC 822 date (UTC), as mail-parser writes it. Each worker
+/// thread keeps the last second's text: messages in the same second share
+/// it instead of formatting it again.
+fn push_rfc822_date(out: &mut Vec<u8>, now: Ts) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Ts, String)> =
+            const { std::cell::RefCell::new((Ts::MIN, String::new())) };
+    }
+    let format = |now| mail_parser::DateTime::from_timestamp(now).to_rfc822();
+    LAST.with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => {
+            if last.0 != now || last.1.is_empty() {
+                *last = (now, format(now));
+            }
+            out.extend_from_slice(last.1.as_bytes());
+        }
+        Err(_) => out.extend_from_slice(format(now).as_bytes()),
+    });
 }
 
 /// Messages with at most this many envelope recipients are scored on the

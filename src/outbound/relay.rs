@@ -396,7 +396,9 @@ impl Relay {
             let was_reused = reused.is_some();
             let mut conn = match reused.take() {
                 Some(c) => c,
-                None => match self.connect().await {
+                // Boxed: a new connection is rare (pooled), and its future
+                // (TLS, EHLO, AUTH) would make every send's future large.
+                None => match Box::pin(self.connect()).await {
                     Ok(c) => c,
                     Err(e) => return e.outcome(),
                 },
@@ -405,7 +407,7 @@ impl Relay {
                 Ok((outcome, after)) => {
                     match after {
                         After::Reuse => self.put_idle(conn),
-                        After::Quit => self.quit(conn).await,
+                        After::Quit => Box::pin(self.quit(conn)).await,
                         // Mid-DATA: QUIT would be read as message text.
                         After::Drop => drop(conn),
                     }
@@ -418,7 +420,7 @@ impl Relay {
                         // said 354): a QUIT now could be misread. Just close.
                         drop(conn);
                     } else {
-                        self.quit(conn).await;
+                        Box::pin(self.quit(conn)).await;
                     }
                     let stale = first && (e.is_network() || e.code() == Some(421));
                     if was_reused && stale {
