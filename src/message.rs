@@ -504,13 +504,18 @@ impl<'b> Delimiters<'b> {
 /// Decoded length of a base64 body, without decoding it (see
 /// [`MessageMeta::parse`]).
 fn base64_decoded_len(b: &[u8]) -> usize {
-    // Branch-free so that the compiler vectorises the count.
+    // Branch-free, with a byte-wide counter per chunk of at most 255 bytes,
+    // so that the compiler vectorises the count 16 or 32 bytes at a time (a
+    // `usize` counter per byte kept it to a few bytes per cycle).
     let n: usize = b
-        .iter()
-        .map(|&c| {
-            let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
-            let digit = c.wrapping_sub(b'0') < 10;
-            usize::from(alpha | digit | (c == b'+') | (c == b'/'))
+        .chunks(255)
+        .map(|chunk| {
+            let k = chunk.iter().fold(0u8, |k, &c| {
+                let alpha = (c | 0x20).wrapping_sub(b'a') < 26;
+                let digit = c.wrapping_sub(b'0') < 10;
+                k + u8::from(alpha | digit | (c == b'+') | (c == b'/'))
+            });
+            usize::from(k)
         })
         .sum();
     n / 4 * 3
@@ -575,7 +580,13 @@ fn qp_decoded_len(b: &[u8]) -> usize {
 }
 
 fn clean_name(n: Option<&str>) -> Option<String> {
-    let n = n?.trim().trim_matches('"').trim();
+    // `trim_matches('"')` by bytes: a quote is one byte and never part of
+    // another character, so the cut is on a character boundary.
+    let t = n?.trim();
+    let b = t.as_bytes();
+    let start = b.iter().position(|&c| c != b'"').unwrap_or(b.len());
+    let end = b.iter().rposition(|&c| c != b'"').map_or(start, |e| e + 1);
+    let n = t.get(start..end).unwrap_or("").trim();
     if n.is_empty() {
         None
     } else {

@@ -241,7 +241,16 @@ impl Pipeline {
             // A sender's reply to a hold notice is swallowed whatever the
             // outcome (refusals are logged by the hold service); only other
             // recipients of the same message go on.
-            let env = match self.hold.handle_reply(&env, &raw, now).await {
+            // Futures of steps most messages do not take (or take rarely)
+            // are boxed, so that this future stays small: it is moved
+            // whole when the session awaits it (it was 57 KB). Only a
+            // message to a release address builds the hold service's.
+            let outcome = if self.hold.is_release_reply(&env) {
+                Box::pin(self.hold.handle_reply(&env, &raw, now)).await
+            } else {
+                Ok(ReplyOutcome::NotRelease)
+            };
+            let env = match outcome {
                 Ok(ReplyOutcome::NotRelease) => env,
                 Ok(ReplyOutcome::Handled { other_rcpts, .. }) if other_rcpts.is_empty() => {
                     return (
@@ -286,7 +295,7 @@ impl Pipeline {
             let scores = match scores {
                 Ok(sc) => sc,
                 Err(e) => {
-                    let (reply, action, hop) = self.on_score_error(tx, &e).await;
+                    let (reply, action, hop) = Box::pin(self.on_score_error(tx, &e)).await;
                     return (reply, action, None, hop);
                 }
             };
@@ -386,18 +395,18 @@ impl Pipeline {
     /// the warning header (and no score header); fail-closed answers 451.
     async fn on_score_error(
         &self,
-        tx: Transaction<'_>,
+        mut tx: Transaction<'_>,
         e: &ScoreError,
     ) -> (Reply, &'static str, String) {
         // Logged (with the fail mode) by the policy, inside this message's span.
         match self.policy.on_score_error(e) {
             FailAction::TempFail { reply } => (parse_reply(&reply), "tempfail", String::new()),
             FailAction::Deliver { header } => {
-                let mut out = self.received_header(&tx);
+                let mut out = self.received_header(&tx, tx.raw.len() + 64);
                 out.extend_from_slice(format!("{}: {}\r\n", header.0, header.1).as_bytes());
                 out.extend_from_slice(&tx.raw);
                 let env = tx.env.clone();
-                self.relay_out(&tx, &env, &out, "unchecked").await
+                self.relay_out(&mut tx, &env, &out, "unchecked", true).await
             }
         }
     }
@@ -406,18 +415,18 @@ impl Pipeline {
     /// metrics, and the next hop's reply (if it was asked).
     pub async fn dispatch(
         &self,
-        tx: Transaction<'_>,
+        mut tx: Transaction<'_>,
         verdict: Verdict,
     ) -> (Reply, &'static str, String) {
         match verdict.action {
             Action::Deliver => {
-                let mut out = self.trace_headers(&tx, &verdict);
-                out.extend_from_slice(&tx.raw);
+                let out = self.with_trace_headers(&tx, &verdict, &tx.raw);
                 let env = tx.env.clone();
-                self.relay_out(&tx, &env, &out, "deliver").await
+                self.relay_out(&mut tx, &env, &out, "deliver", true).await
             }
-            Action::Encrypt => self.encrypt(tx, verdict).await,
-            Action::Hold => self.hold_message(tx, verdict).await,
+            // Boxed: rare, and their futures would make this one large.
+            Action::Encrypt => Box::pin(self.encrypt(tx, verdict)).await,
+            Action::Hold => Box::pin(self.hold_message(tx, verdict)).await,
             Action::Reject => (
                 parse_reply(&Policy::reject_reply(&verdict)),
                 "reject",
@@ -460,7 +469,7 @@ impl Pipeline {
     /// encrypted copy left) or delivered tagged `X-Misdirect-Encryption: none`.
     async fn encrypt(
         &self,
-        tx: Transaction<'_>,
+        mut tx: Transaction<'_>,
         verdict: Verdict,
     ) -> (Reply, &'static str, String) {
         let tempfail = |msg: &str| {
@@ -488,9 +497,8 @@ impl Pipeline {
                     self.hold_message(tx, held_verdict).await
                 }
                 (Some((env, msg)), EncryptFallback::Tag) => {
-                    let mut out = self.trace_headers(&tx, &verdict);
-                    out.extend_from_slice(&msg);
-                    self.relay_out(&tx, &env, &out, "encrypt").await
+                    let out = self.with_trace_headers(&tx, &verdict, &msg);
+                    self.relay_out(&mut tx, &env, &out, "encrypt", true).await
                 }
                 (None, _) => tempfail("Temporary local problem, try again later"),
             };
@@ -511,9 +519,10 @@ impl Pipeline {
                 }
             }
         }
-        let mut out = self.trace_headers(&tx, &verdict);
-        out.extend_from_slice(&enc_raw);
-        let (reply, action, hop) = self.relay_out(&tx, &enc_env, &out, "encrypt").await;
+        let out = self.with_trace_headers(&tx, &verdict, &enc_raw);
+        let (reply, action, hop) = self
+            .relay_out(&mut tx, &enc_env, &out, "encrypt", false)
+            .await;
         if !(200..300).contains(&reply.code) {
             if let Some(m) = &held {
                 if let Err(e) = self.hold.discard(&m.id, crate::hold::Actor::Admin).await {
@@ -533,9 +542,8 @@ impl Pipeline {
             }
         }
         if let (Some((env, msg)), EncryptFallback::Tag) = (&plan.fallback, plan.fallback_action) {
-            let mut out = self.trace_headers(&tx, &verdict);
-            out.extend_from_slice(msg);
-            let (r2, _, _) = self.relay_out(&tx, env, &out, "encrypt").await;
+            let out = self.with_trace_headers(&tx, &verdict, msg);
+            let (r2, _, _) = self.relay_out(&mut tx, env, &out, "encrypt", false).await;
             if !(200..300).contains(&r2.code) {
                 // The encrypted copy is gone already: keep the tagged copy
                 // in the hold spool for an admin rather than lose it or
@@ -558,48 +566,74 @@ impl Pipeline {
         (reply, action, hop)
     }
 
-    /// The trace and score headers prepended to a relayed message.
-    pub fn trace_headers(&self, tx: &Transaction<'_>, verdict: &Verdict) -> Vec<u8> {
-        let mut h = self.received_header(tx);
-        h.extend_from_slice(
-            format!("X-Misdirect-Score: {}\r\n", verdict.header_value()).as_bytes(),
-        );
+    /// The trace and score headers, then `body`: the relayed message, built
+    /// in one buffer of the right size.
+    pub fn with_trace_headers(
+        &self,
+        tx: &Transaction<'_>,
+        verdict: &Verdict,
+        body: &[u8],
+    ) -> Vec<u8> {
+        let mut h = self.received_header(tx, body.len() + 128);
+        h.extend_from_slice(b"X-Misdirect-Score: ");
+        h.extend_from_slice(verdict.header_value().as_bytes());
+        h.extend_from_slice(b"\r\n");
+        h.extend_from_slice(body);
         h
     }
 
-    /// The `Received:` trace header.
-    pub fn received_header(&self, tx: &Transaction<'_>) -> Vec<u8> {
+    /// The `Received:` trace header, in a buffer with room for `extra`
+    /// more bytes.
+    pub fn received_header(&self, tx: &Transaction<'_>, extra: usize) -> Vec<u8> {
+        use std::io::Write as _;
         let host = &self.cfg.server.hostname;
-        let helo: String = tx
-            .ctx
-            .helo
-            .chars()
-            .filter(|c| c.is_ascii_graphic())
-            .take(255)
-            .collect();
-        let date = mail_parser::DateTime::from_timestamp(tx.now).to_rfc822();
-        let mut h = format!(
-            "Received: from {helo} ([{}])\r\n\tby {host} (misdirectd) with {} id {}",
+        let one = match tx.env.rcpt_to.as_slice() {
+            [one] => Some(one.as_str()),
+            _ => None,
+        };
+        let mut h = Vec::with_capacity(
+            160 + tx.ctx.helo.len().min(255) + host.len() + one.map_or(0, str::len) + extra,
+        );
+        h.extend_from_slice(b"Received: from ");
+        // Printable ASCII only (each such character is one byte).
+        h.extend(
+            tx.ctx
+                .helo
+                .bytes()
+                .filter(|b| b.is_ascii_graphic())
+                .take(255),
+        );
+        // Writing to a Vec cannot fail.
+        let _ = write!(
+            h,
+            " ([{}])\r\n\tby {host} (misdirectd) with {} id {}",
             tx.ctx.peer, tx.ctx.protocol, tx.queue_id
         );
-        if let [one] = tx.env.rcpt_to.as_slice() {
-            h.push_str(&format!("\r\n\tfor <{one}>"));
+        if let Some(one) = one {
+            h.extend_from_slice(b"\r\n\tfor <");
+            h.extend_from_slice(one.as_bytes());
+            h.push(b'>');
         }
-        h.push_str(&format!("; {date}\r\n"));
-        h.into_bytes()
+        h.extend_from_slice(b"; ");
+        push_rfc822_date(&mut h, tx.now);
+        h.extend_from_slice(b"\r\n");
+        h
     }
 
-    /// Relay `out` to `env`'s recipients; learn them once delivered.
+    /// Relay `out` to `env`'s recipients; learn them once delivered. `last`:
+    /// nothing relays for `tx` after this, so the learn event takes its
+    /// metadata instead of a copy.
     async fn relay_out(
         &self,
-        tx: &Transaction<'_>,
+        tx: &mut Transaction<'_>,
         env: &Envelope,
         out: &[u8],
         action: &'static str,
+        last: bool,
     ) -> (Reply, &'static str, String) {
         match self.relay.send_raw(env, out).await {
             RelayOutcome::Delivered { reply } => {
-                self.learn(tx, env);
+                self.learn(tx, env, last);
                 (
                     Reply::new(250, "2.0.0", format!("Ok: queued as {}", tx.queue_id)),
                     action,
@@ -607,12 +641,12 @@ impl Pipeline {
                 )
             }
             RelayOutcome::Partial { reply, rejected } => {
-                self.learn(tx, env);
+                self.learn(tx, env, last);
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "partial").increment(1);
                 for f in &rejected {
                     warn!(queue_id = tx.queue_id, recipient = %self.logs.addr(&tx.tenant, &f.address), code = f.code, text = %self.logs.text(&f.text), "Next hop refused recipient; DSN to sender.");
                 }
-                let dsn = self.send_dsn(tx, &rejected).await;
+                let dsn = Box::pin(self.send_dsn(tx, &rejected)).await;
                 (
                     Reply::new(
                         250,
@@ -698,11 +732,15 @@ impl Pipeline {
     }
 
     /// Learn the message for the recipients of `env` (those it went to).
-    fn learn(&self, tx: &Transaction<'_>, env: &Envelope) {
+    fn learn(&self, tx: &mut Transaction<'_>, env: &Envelope, last: bool) {
         let recipients: Vec<Recipient> = if env.rcpt_to == tx.env.rcpt_to {
             // The whole envelope: `tx.recipients` are its addresses,
             // normalised when the message was parsed.
-            tx.recipients.clone()
+            if last {
+                std::mem::take(&mut tx.recipients)
+            } else {
+                tx.recipients.clone()
+            }
         } else {
             // A part of it (an encryption split): normalised as
             // `envelope_recipients` does, to find them in `tx.recipients`.
@@ -726,7 +764,11 @@ impl Pipeline {
         }
         let ev = LearnEvent {
             tenant: tx.tenant.clone(),
-            meta: tx.meta.clone(),
+            meta: if last {
+                std::mem::take(&mut tx.meta)
+            } else {
+                tx.meta.clone()
+            },
             recipients,
             ts: tx.now,
             kind: LearnKind::Delivered,
@@ -736,6 +778,26 @@ impl Pipeline {
             warn!(queue_id = tx.queue_id, error = %e, "Learn event dropped.");
         }
     }
+}
+
+/// `now` as an RFC 822 date (UTC), as mail-parser writes it. Each worker
+/// thread keeps the last second's text: messages in the same second share
+/// it instead of formatting it again.
+fn push_rfc822_date(out: &mut Vec<u8>, now: Ts) {
+    thread_local! {
+        static LAST: std::cell::RefCell<(Ts, String)> =
+            const { std::cell::RefCell::new((Ts::MIN, String::new())) };
+    }
+    let format = |now| mail_parser::DateTime::from_timestamp(now).to_rfc822();
+    LAST.with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => {
+            if last.0 != now || last.1.is_empty() {
+                *last = (now, format(now));
+            }
+            out.extend_from_slice(last.1.as_bytes());
+        }
+        Err(_) => out.extend_from_slice(format(now).as_bytes()),
+    });
 }
 
 /// Messages with at most this many envelope recipients are scored on the

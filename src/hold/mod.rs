@@ -387,6 +387,16 @@ impl HoldService {
         )
     }
 
+    /// Whether any envelope recipient is a release address: the first thing
+    /// [`HoldService::handle_reply`] looks for, so that a caller can skip
+    /// that call for every other message.
+    pub fn is_release_reply(&self, envelope: &Envelope) -> bool {
+        envelope
+            .rcpt_to
+            .iter()
+            .any(|r| self.release_token(r).is_some())
+    }
+
     /// A message on its way out: if it goes to a release address it is a
     /// sender's reply to a notice. The token is checked, and that the reply
     /// comes from the original sender (envelope sender, and header From when

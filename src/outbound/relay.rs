@@ -27,11 +27,10 @@ use std::time::{Duration, Instant};
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Tls, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Rset};
-use lettre::transport::smtp::extension::{ClientId, Extension, MailBodyParameter, MailParameter};
+use lettre::transport::smtp::commands::{Data, Ehlo, Rset};
+use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::response::Response;
 use lettre::transport::smtp::Error as SmtpError;
-use lettre::Address;
 use tokio::sync::Semaphore;
 
 use crate::config::server::RelayTls;
@@ -172,21 +171,27 @@ impl std::fmt::Debug for Relay {
     }
 }
 
-/// Split a reverse/forward path into a lettre address without lettre's
-/// stricter syntax checks (the SMTP parser already accepted it).
-fn to_address(a: &str) -> Result<Address, RelayError> {
-    let (user, domain) = a
-        .rsplit_once('@')
-        .ok_or_else(|| RelayError::Address(a.to_string()))?;
-    if user.is_empty() || domain.is_empty() {
-        return Err(RelayError::Address(a.to_string()));
+/// Check a reverse/forward path as the relay sends it: a user part and a
+/// domain around the last `@`, without lettre's stricter syntax checks (the
+/// SMTP parser already accepted it). The path goes out as it is, in
+/// `MAIL FROM:<..>` / `RCPT TO:<..>`.
+fn to_address(a: &str) -> Result<&str, RelayError> {
+    match a.rsplit_once('@') {
+        Some((user, domain)) if !user.is_empty() && !domain.is_empty() => Ok(a),
+        _ => Err(RelayError::Address(a.to_string())),
     }
-    Ok(Address::new_dangerous(user, domain))
 }
 
 /// True when `a` can be relayed (used at MAIL/RCPT time).
 pub fn relayable_address(a: &str) -> bool {
     to_address(a).is_ok() && !a.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>')
+}
+
+/// `RCPT TO:<rcpt>` CRLF, as lettre's `Rcpt` writes it without parameters.
+fn push_rcpt(cmds: &mut String, rcpt: &str) {
+    cmds.push_str("RCPT TO:<");
+    cmds.push_str(rcpt);
+    cmds.push_str(">\r\n");
 }
 
 /// lettre appends `CRLF.CRLF` itself; drop the message's own final CRLF so
@@ -240,7 +245,17 @@ fn offers_pipelining(r: &Response) -> bool {
 }
 
 fn reply_text(r: &Response) -> String {
-    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(64);
+    // Writing to a String cannot fail.
+    let _ = write!(s, "{} ", r.code());
+    for (i, line) in r.message().enumerate() {
+        if i > 0 {
+            s.push(' ');
+        }
+        s.push_str(line);
+    }
+    s
 }
 
 impl Relay {
@@ -381,16 +396,18 @@ impl Relay {
             let was_reused = reused.is_some();
             let mut conn = match reused.take() {
                 Some(c) => c,
-                None => match self.connect().await {
+                // Boxed: a new connection is rare (pooled), and its future
+                // (TLS, EHLO, AUTH) would make every send's future large.
+                None => match Box::pin(self.connect()).await {
                     Ok(c) => c,
                     Err(e) => return e.outcome(),
                 },
             };
-            match self.transaction(&mut conn, from.clone(), env, msg).await {
+            match self.transaction(&mut conn, from, env, msg).await {
                 Ok((outcome, after)) => {
                     match after {
                         After::Reuse => self.put_idle(conn),
-                        After::Quit => self.quit(conn).await,
+                        After::Quit => Box::pin(self.quit(conn)).await,
                         // Mid-DATA: QUIT would be read as message text.
                         After::Drop => drop(conn),
                     }
@@ -403,7 +420,7 @@ impl Relay {
                         // said 354): a QUIT now could be misread. Just close.
                         drop(conn);
                     } else {
-                        self.quit(conn).await;
+                        Box::pin(self.quit(conn)).await;
                     }
                     let stale = first && (e.is_network() || e.code() == Some(421));
                     if was_reused && stale {
@@ -424,12 +441,16 @@ impl Relay {
     async fn transaction(
         &self,
         c: &mut Conn,
-        from: Option<Address>,
+        from: Option<&str>,
         env: &Envelope,
         msg: &[u8],
     ) -> Result<(RelayOutcome, After), (StepError, bool)> {
         let conn = &mut c.conn;
-        let mut params = Vec::new();
+        // MAIL as lettre's `Mail` writes it, parameters in the same order.
+        let mut cmds = String::with_capacity(64 + 48 * env.rcpt_to.len());
+        cmds.push_str("MAIL FROM:<");
+        cmds.push_str(from.unwrap_or(""));
+        cmds.push('>');
         if !msg.is_ascii() {
             if !conn.server_info().supports_feature(Extension::EightBitMime) {
                 return Ok((
@@ -440,7 +461,7 @@ impl Relay {
                     After::Reuse,
                 ));
             }
-            params.push(MailParameter::Body(MailBodyParameter::EightBitMime));
+            cmds.push_str(" BODY=8BITMIME");
         }
         let utf8 =
             env.smtputf8 || !env.mail_from.is_ascii() || env.rcpt_to.iter().any(|r| !r.is_ascii());
@@ -454,7 +475,7 @@ impl Relay {
                     After::Reuse,
                 ));
             }
-            params.push(MailParameter::SmtpUtfEight);
+            cmds.push_str(" SMTPUTF8");
         }
         let mut rejected = Vec::new();
         let mut rcpts = Vec::with_capacity(env.rcpt_to.len());
@@ -468,18 +489,17 @@ impl Relay {
                 }),
             }
         }
-        let mail = Mail::new(from, params);
+        cmds.push_str("\r\n");
         // With PIPELINING, MAIL, the RCPTs and DATA (when there is a
         // recipient to send it for) go out in one write.
         let pipelined = c.pipelining;
         let data_sent = pipelined && !rcpts.is_empty();
-        let mut cmds = mail.to_string();
         if pipelined {
             for (_, a) in &rcpts {
-                cmds.push_str(&Rcpt::new(a.clone(), vec![]).to_string());
+                push_rcpt(&mut cmds, a);
             }
             if data_sent {
-                cmds.push_str(&Data.to_string());
+                cmds.push_str("DATA\r\n");
             }
         }
         // A failed MAIL leaves unread replies behind when pipelined: the
@@ -492,7 +512,9 @@ impl Relay {
             let reply = if pipelined {
                 self.step(conn.read_response()).await
             } else {
-                self.step(conn.command(Rcpt::new(a, vec![]))).await
+                let mut cmd = String::with_capacity(a.len() + 12);
+                push_rcpt(&mut cmd, a);
+                self.step(conn.command(Raw(&cmd))).await
             };
             match reply {
                 Ok(_) => accepted += 1,

@@ -42,19 +42,8 @@ impl Reply {
         let n = self.lines.len().max(1);
         for i in 0..n {
             let text = self.lines.get(i).map(|l| l.as_ref()).unwrap_or("");
-            let sep = if i + 1 == n { ' ' } else { '-' };
-            out.extend_from_slice(self.code.to_string().as_bytes());
-            out.push(sep as u8);
-            if !self.enhanced.is_empty() {
-                out.extend_from_slice(self.enhanced.as_bytes());
-                out.push(b' ');
-            }
-            for ch in text.chars() {
-                let ch = if ch == '\r' || ch == '\n' { ' ' } else { ch };
-                let mut b = [0u8; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut b).as_bytes());
-            }
-            out.extend_from_slice(b"\r\n");
+            let sep = if i + 1 == n { b' ' } else { b'-' };
+            write_line(out, self.code, sep, &self.enhanced, text);
         }
     }
 
@@ -74,6 +63,45 @@ impl Reply {
             format!("{} {} {text}", self.code, self.enhanced)
         }
     }
+}
+
+/// One line of a reply in wire form: code, `sep` (`b' '` on the last line,
+/// `b'-'` before), the enhanced code if any, the text with CR and LF
+/// replaced by spaces, CRLF. [`Reply::write_to`] writes each line with it;
+/// a session writes fixed one-line replies with it directly.
+pub fn write_line(out: &mut Vec<u8>, code: u16, sep: u8, enhanced: &str, text: &str) {
+    push_code(out, code);
+    out.push(sep);
+    if !enhanced.is_empty() {
+        out.extend_from_slice(enhanced.as_bytes());
+        out.push(b' ');
+    }
+    // CR and LF are single bytes in UTF-8 (never part of another
+    // character), so replacing them byte-wise keeps the text valid.
+    let start = out.len();
+    out.extend_from_slice(text.as_bytes());
+    for b in &mut out[start..] {
+        if *b == b'\r' || *b == b'\n' {
+            *b = b' ';
+        }
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The reply code in decimal, without a temporary string.
+fn push_code(out: &mut Vec<u8>, code: u16) {
+    let mut digits = [0u8; 5];
+    let mut i = digits.len();
+    let mut n = code;
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
 }
 
 impl std::fmt::Display for Reply {
@@ -98,5 +126,10 @@ mod tests {
             lines: vec!["host".into(), "PIPELINING".into()],
         };
         assert_eq!(r.to_wire(), "250-host\r\n250 PIPELINING\r\n");
+        // Non-ASCII text stays intact around a replaced line break.
+        assert_eq!(
+            Reply::new(421, "", "Grüße\naus Köln\r").to_wire(),
+            "421 Grüße aus Köln \r\n"
+        );
     }
 }

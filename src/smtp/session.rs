@@ -21,7 +21,7 @@ use crate::outbound::relay::relayable_address;
 use crate::pipeline::{Pipeline, TxContext};
 use crate::shutdown::Shutdown;
 use crate::smtp::data::DataDecoder;
-use crate::smtp::reply::Reply;
+use crate::smtp::reply::{write_line, Reply};
 
 /// Any byte stream a session can run on (TCP, TLS over TCP, test pipes).
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -47,6 +47,9 @@ enum Line {
 
 enum Next {
     Reply(Reply),
+    /// A fixed `250` reply (enhanced code, text): written without building
+    /// a [`Reply`].
+    Ok(&'static str, &'static str),
     Data,
     StartTls,
     Quit,
@@ -63,6 +66,9 @@ pub struct Session {
     tx: Option<Tx>,
     bad: u32,
     out: Vec<u8>,
+    /// The command line being read, kept between commands so that reading
+    /// one does not allocate.
+    line: Vec<u8>,
 }
 
 fn r(code: u16, enh: &'static str, text: &'static str) -> Reply {
@@ -81,6 +87,7 @@ impl Session {
             tx: None,
             bad: 0,
             out: Vec::with_capacity(512),
+            line: Vec::with_capacity(128),
         }
     }
 
@@ -125,7 +132,9 @@ impl Session {
                     return;
                 }
             };
-            match self.command(&line) {
+            let next = self.command(&line);
+            self.line = line;
+            match next {
                 Next::Reply(reply) => {
                     if reply.is_client_error() {
                         self.bad_command(reply);
@@ -136,6 +145,7 @@ impl Session {
                         self.push(&reply);
                     }
                 }
+                Next::Ok(enhanced, text) => write_line(&mut self.out, 250, b' ', enhanced, text),
                 Next::Quit => {
                     self.close_with(&mut io, r(221, "2.0.0", "Bye")).await;
                     return;
@@ -230,8 +240,9 @@ impl Session {
         // Commands already buffered (pipelined) are served even during
         // shutdown; only waiting for new input is interrupted.
         let buffered = !io.buffer().is_empty();
+        let mut line = std::mem::take(&mut self.line);
+        line.clear();
         let read = async {
-            let mut line = Vec::new();
             let mut too_long = false;
             loop {
                 let buf = match io.fill_buf().await {
@@ -248,7 +259,7 @@ impl Session {
                 if !too_long {
                     if line.len() + take > max {
                         too_long = true;
-                        line = Vec::new();
+                        line.clear();
                     } else {
                         line.extend_from_slice(&buf[..take]);
                     }
@@ -343,7 +354,7 @@ impl Session {
                     body_8bit: from.flags & MAIL_BODY_8BITMIME != 0,
                     smtputf8: from.flags & MAIL_SMTPUTF8 != 0,
                 });
-                Next::Reply(r(250, "2.1.0", "Sender OK"))
+                Next::Ok("2.1.0", "Sender OK")
             }
             Request::Rcpt { to } => {
                 let max = cfg.max_recipients;
@@ -358,7 +369,7 @@ impl Session {
                     return Next::Reply(r(501, "5.1.3", "Bad recipient address syntax"));
                 }
                 tx.rcpt_to.push(addr);
-                Next::Reply(r(250, "2.1.5", "Recipient OK"))
+                Next::Ok("2.1.5", "Recipient OK")
             }
             Request::Data => match &self.tx {
                 None => Next::Reply(r(503, "5.5.1", "Need MAIL command first")),
@@ -370,9 +381,9 @@ impl Session {
             Request::Bdat { .. } => Next::Reply(r(502, "5.5.1", "BDAT is not supported")),
             Request::Rset => {
                 self.tx = None;
-                Next::Reply(r(250, "2.0.0", "OK"))
+                Next::Ok("2.0.0", "OK")
             }
-            Request::Noop { .. } => Next::Reply(r(250, "2.0.0", "OK")),
+            Request::Noop { .. } => Next::Ok("2.0.0", "OK"),
             Request::Vrfy { .. } => Next::Reply(r(
                 252,
                 "2.5.0",

@@ -730,7 +730,13 @@ async fn learn_task(
                     for ev in batch.drain(..) {
                         ev.apply(&mut map, &cfg);
                         if let Some(g) = map.get(&ev.tenant) {
-                            ev.touched(g, pending.entry(ev.tenant.clone()).or_default());
+                            // The tenant's name is copied only for its first event.
+                            if !pending.contains_key(&ev.tenant) {
+                                pending.insert(ev.tenant.clone(), HashSet::new());
+                            }
+                            if let Some(set) = pending.get_mut(&ev.tenant) {
+                                ev.touched(g, set);
+                            }
                         }
                     }
                 }
