@@ -173,18 +173,27 @@ impl std::fmt::Debug for Relay {
 
 /// Check a reverse/forward path as the relay sends it: a user part and a
 /// domain around the last `@`, without lettre's stricter syntax checks (the
-/// SMTP parser already accepted it). The path goes out as it is, in
-/// `MAIL FROM:<..>` / `RCPT TO:<..>`.
+/// SMTP parser already accepted it), and no space, control character
+/// (CR, LF) or angle bracket, since the path goes out as it is, in
+/// `MAIL FROM:<..>` / `RCPT TO:<..>`: nothing can end the command early.
 fn to_address(a: &str) -> Result<&str, RelayError> {
     match a.rsplit_once('@') {
-        Some((user, domain)) if !user.is_empty() && !domain.is_empty() => Ok(a),
+        Some((user, domain))
+            if !user.is_empty()
+                && !domain.is_empty()
+                && !a
+                    .bytes()
+                    .any(|b| b <= b' ' || b == b'<' || b == b'>' || b == 0x7f) =>
+        {
+            Ok(a)
+        }
         _ => Err(RelayError::Address(a.to_string())),
     }
 }
 
 /// True when `a` can be relayed (used at MAIL/RCPT time).
 pub fn relayable_address(a: &str) -> bool {
-    to_address(a).is_ok() && !a.bytes().any(|b| b <= b' ' || b == b'<' || b == b'>')
+    to_address(a).is_ok()
 }
 
 /// `RCPT TO:<rcpt>` CRLF, as lettre's `Rcpt` writes it without parameters.
@@ -587,6 +596,33 @@ mod tests {
 
     fn stuffed(msg: &str) -> String {
         Stuffed(msg).to_string()
+    }
+
+    /// A path goes into MAIL/RCPT as it is, so nothing in it may end the
+    /// command or the path early.
+    #[test]
+    fn paths_that_could_inject_commands_are_not_relayable() {
+        for ok in [
+            "a@b.test",
+            "\"odd local\"@b.test".replace(' ', "_").as_str(),
+            "a+b@c.test",
+        ] {
+            assert!(relayable_address(ok), "{ok}");
+        }
+        for bad in [
+            "a@b.test\r\nRCPT TO:<c@d.test>",
+            "a@b.test>",
+            "<a@b.test",
+            "a b@c.test",
+            "a@b.test\n",
+            "a\u{7f}@b.test",
+            "@b.test",
+            "a@",
+            "ab.test",
+        ] {
+            assert!(!relayable_address(bad), "{bad:?}");
+            assert!(to_address(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]
