@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::address::{domain_of, local_of};
-use crate::graph::{is_forward, thread_subject, AddressStats, EdgeStats, GraphView, Ts};
+use crate::graph::{is_forward, thread_subject, AddressStats, EdgeStats, GraphView, Id, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Contacts examined per message in the lookalike scan. A sender with more
@@ -432,6 +432,9 @@ fn is_freemail(domain: &str) -> bool {
     FREEMAIL.contains(&domain)
 }
 
+/// The first (up to) three bytes of a string: the reference extractor's
+/// sibling comparison (see [`pack3`] for the one used here).
+#[cfg(test)]
 fn prefix3(s: &str) -> &[u8] {
     let b = s.as_bytes();
     &b[..b.len().min(3)]
@@ -440,20 +443,43 @@ fn prefix3(s: &str) -> &[u8] {
 /// Half-life (seconds) used for the decayed weight feature.
 pub const HALF_LIFE_SECS: f64 = 90.0 * 86400.0;
 
-/// Per-recipient scan state for the lookalike search.
+/// Per-recipient scan state for the lookalike search. Contacts found are
+/// borrowed from the graph and copied out only into the evidence.
 #[derive(Default, Clone)]
-struct Scan {
+struct Scan<'g> {
+    /// The recipient's id in the graph, resolved once per message.
+    id: Option<Id>,
     known: Option<EdgeStats>,
     best_dist: usize,
-    best: Option<(String, u32)>,
-    same_local: Option<(String, u32)>,
-    sibling: Option<(String, u32)>,
+    best: Option<(&'g str, u32)>,
+    same_local: Option<(&'g str, u32)>,
+    sibling: Option<(&'g str, u32)>,
     skel: String,
     hist: Option<Histogram>,
     /// Organisation-wide familiarity of the recipient (looked up once).
     org: AddressStats,
     neighbours: u32,
     local_len: usize,
+    /// The first three bytes of the local part, packed ([`pack3`]).
+    pre3: u32,
+}
+
+/// The first three bytes of a local part packed into one word (with a
+/// marker bit), or 0 when it is shorter than three bytes: two non-zero
+/// words are equal exactly when both parts have three bytes or more and
+/// the same first three (what the sibling feature compares).
+fn pack3(local: &[u8]) -> u32 {
+    match local {
+        [a, b, c, ..] => 1 << 24 | u32::from(*a) | u32::from(*b) << 8 | u32::from(*c) << 16,
+        _ => 0,
+    }
+}
+
+/// Length of the local part of an address (as [`local_of`]: up to the last
+/// `@`, or all of it without one). `@` is ASCII, so a byte search finds
+/// the same position as a char search.
+fn local_len(addr: &str) -> usize {
+    addr.bytes().rposition(|c| c == b'@').unwrap_or(addr.len())
 }
 
 /// Extract the features of every recipient in `recipients` of `meta`, sent by
@@ -466,18 +492,23 @@ pub fn extract(
     now: Ts,
 ) -> Vec<RecipientFeatures> {
     let sstats = g.sender(sender);
+    // Every address is resolved to its id once; the lookups below go by id.
+    let sid = g.id_of(sender);
     let sender_domain = domain_of(sender);
     let n = recipients.len();
 
     // Thread context.
     let subject = meta.subject.as_deref().unwrap_or("");
     let is_reply = !subject.is_empty() && thread_subject(subject) != subject.trim().to_lowercase();
-    let mut ids: Vec<String> = meta.in_reply_to.clone();
-    ids.extend(meta.references.iter().cloned());
-    let mut thread: Vec<String> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        g.thread_participants(&ids)
+    let mut thread: Vec<String> = match (meta.in_reply_to.is_empty(), meta.references.is_empty()) {
+        (true, true) => Vec::new(),
+        (false, true) => g.thread_participants(&meta.in_reply_to),
+        (true, false) => g.thread_participants(&meta.references),
+        (false, false) => {
+            let mut ids: Vec<String> = meta.in_reply_to.clone();
+            ids.extend(meta.references.iter().cloned());
+            g.thread_participants(&ids)
+        }
     };
     if thread.is_empty() && is_reply {
         thread = g.subject_participants(sender, subject);
@@ -507,12 +538,18 @@ pub fn extract(
     }
 
     // Edges and the lookalike/sibling scan over the sender's contacts.
-    let mut scans: Vec<Scan> = recipients
+    let mut scans: Vec<Scan<'_>> = recipients
         .iter()
         .map(|r| {
-            let known = g.edge(sender, &r.address);
-            let org = g.address(&r.address);
+            let id = g.id_of(&r.address);
+            let known = match (sid, id) {
+                (Some(s), Some(i)) => g.edge_by_id(s, i),
+                _ => None,
+            };
+            let org = id.map(|i| g.address_by_id(i)).unwrap_or_default();
+            let local_len = local_len(&r.address);
             Scan {
+                id,
                 known,
                 best_dist: 3,
                 skel: if known.is_none() {
@@ -522,44 +559,63 @@ pub fn extract(
                 },
                 hist: known.is_none().then(|| Histogram::of(r.address.as_bytes())),
                 org,
-                local_len: local_of(&r.address).len(),
+                local_len,
+                pre3: pack3(&r.address.as_bytes()[..local_len]),
                 ..Default::default()
             }
         })
         .collect();
-    if sstats.contacts > 0 {
+    // Recipients the scan can change: known ones with a 3-byte local part
+    // (siblings), and every unknown one (lookalikes, same local part).
+    let siblings: Vec<usize> = (0..n)
+        .filter(|&i| scans[i].known.is_some() && scans[i].pre3 != 0)
+        .collect();
+    let strangers: Vec<usize> = (0..n).filter(|&i| scans[i].known.is_none()).collect();
+    if let Some(s) = sid.filter(|_| sstats.contacts > 0) {
         let mut seen = 0usize;
-        g.for_each_contact(sender, &mut |addr: &str, e: &EdgeStats| {
+        g.for_each_contact_by_id(s, &mut |cid: Id, addr: &str, e: &EdgeStats| {
             seen += 1;
             if seen > MAX_CONTACT_SCAN {
                 return;
             }
             let total = e.total();
-            let mut chist: Option<Histogram> = None;
-            let cl = local_of(addr);
-            for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
-                if addr == r.address {
-                    continue;
-                }
-                let rl = &r.address[..sc.local_len];
-                if sc.known.is_some() {
-                    // Autocomplete sibling: a more-written contact sharing
-                    // the first letters.
-                    if rl.len() >= 3 && prefix3(rl) == prefix3(cl) {
-                        let better = sc.sibling.as_ref().is_none_or(|(_, c)| total > *c);
-                        if better {
-                            sc.sibling = Some((addr.to_string(), total));
-                        }
+            let cl_len = local_len(addr);
+            let cl = &addr.as_bytes()[..cl_len];
+            // The contact is the recipient itself: by id when the graph
+            // knows the recipient, else (never equal to an interned
+            // contact but for an empty address) by the strings.
+            let is_self = |sc: &Scan<'_>, r: &Recipient| match sc.id {
+                Some(rid) => rid == cid,
+                None => addr == r.address,
+            };
+            if !siblings.is_empty() {
+                // Autocomplete sibling: a more-written contact sharing
+                // the first letters.
+                let cpre = pack3(cl);
+                for &i in &siblings {
+                    let sc = &mut scans[i];
+                    if sc.pre3 == cpre
+                        && !is_self(sc, &recipients[i])
+                        && sc.sibling.is_none_or(|(_, c)| total > c)
+                    {
+                        sc.sibling = Some((addr, total));
                     }
+                }
+            }
+            let mut chist: Option<Histogram> = None;
+            for &i in &strangers {
+                let (r, sc) = (&recipients[i], &mut scans[i]);
+                if is_self(sc, r) {
                     continue;
                 }
-                if rl == cl && sc.same_local.as_ref().is_none_or(|(_, c)| total > *c) {
-                    sc.same_local = Some((addr.to_string(), total));
+                let ra = r.address.as_bytes();
+                let rl = &ra[..sc.local_len];
+                if rl == cl && sc.same_local.is_none_or(|(_, c)| total > c) {
+                    sc.same_local = Some((addr, total));
                 }
                 // Homoglyph and punctuation skeletons differ by at most a
                 // few edits; both checks are skipped when the histograms
                 // already rule that out.
-                let ra = r.address.as_bytes();
                 if ra.len().abs_diff(addr.len()) > 4 {
                     continue;
                 }
@@ -583,12 +639,10 @@ pub fn extract(
                     d
                 };
                 if d < sc.best_dist
-                    || (d == sc.best_dist
-                        && d <= 2
-                        && sc.best.as_ref().is_some_and(|(_, c)| total > *c))
+                    || (d == sc.best_dist && d <= 2 && sc.best.is_some_and(|(_, c)| total > c))
                 {
                     sc.best_dist = d;
-                    sc.best = Some((addr.to_string(), total));
+                    sc.best = Some((addr, total));
                 }
             }
         });
@@ -597,14 +651,16 @@ pub fn extract(
     // Neighbourhood of a recipient the sender never wrote to: which of the
     // sender's first contacts have mail with it. Mail to it needs someone
     // who wrote to it, mail from it needs it to have sent some.
-    if sstats.contacts > 0 {
-        for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
-            if sc.known.is_none() && (sc.org.senders > 0 || sc.org.sent > 0) {
-                sc.neighbours = g.contacts_with_mail(sender, &r.address, MAX_NEIGHBOUR_CHECKS);
+    if let Some(s) = sid.filter(|_| sstats.contacts > 0) {
+        for &i in &strangers {
+            let sc = &mut scans[i];
+            if let Some(x) = sc.id.filter(|_| sc.org.senders > 0 || sc.org.sent > 0) {
+                sc.neighbours = g.contacts_with_mail_by_id(s, x, MAX_NEIGHBOUR_CHECKS);
             }
         }
     }
     let others_known: Vec<bool> = scans.iter().map(|s| s.known.is_some()).collect();
+    let ids: Vec<Option<Id>> = scans.iter().map(|s| s.id).collect();
     // Pair lookups are symmetric (co-recipient counts, mail in either
     // direction): each pair is looked up once and used for both of its
     // recipients (for the first PAIR_CACHE recipients).
@@ -641,7 +697,11 @@ pub fn extract(
                 v[idx::LOG_DAYS_SINCE] = ln1p(NEVER_DAYS);
             }
         }
-        let replies = g.edge(&r.address, sender).map(|e| e.total()).unwrap_or(0);
+        let rid = sc.id;
+        let replies = match (rid, sid) {
+            (Some(r), Some(s)) => g.edge_by_id(r, s).map(|e| e.total()).unwrap_or(0),
+            _ => 0,
+        };
         ev.replies = replies;
         v[idx::LOG_REPLY_COUNT] = ln1p(replies as f64);
         v[idx::LOG_SENDER_MSGS] = ln1p(sstats.messages as f64);
@@ -663,14 +723,17 @@ pub fn extract(
             let mut co_max = 0u32;
             let mut co_n = 0usize;
             if !never {
-                for (j, o) in recipients.iter().enumerate() {
-                    if j == i || !others_known[j] {
+                for (j, (&known_j, &oid)) in others_known.iter().zip(&ids).enumerate() {
+                    if j == i || !known_j {
                         continue;
                     }
+                    let co = || match (sid, rid, oid) {
+                        (Some(s), Some(a), Some(b)) => g.co_count_by_id(s, a, b),
+                        _ => 0,
+                    };
                     let c = match pair(i, j) {
-                        Some(k) => *co_cache[k]
-                            .get_or_insert_with(|| g.co_count(sender, &r.address, &o.address)),
-                        None => g.co_count(sender, &r.address, &o.address),
+                        Some(k) => *co_cache[k].get_or_insert_with(co),
+                        None => co(),
                     };
                     co_max = co_max.max(c);
                     co_n += usize::from(c > 0);
@@ -681,7 +744,7 @@ pub fn extract(
             v[idx::CO_FRAC] = co_n as f32 / others as f32;
             let mut checked = 0usize;
             let mut linked = 0usize;
-            for (j, o) in recipients.iter().enumerate() {
+            for (j, &oid) in ids.iter().enumerate() {
                 if j == i {
                     continue;
                 }
@@ -689,9 +752,11 @@ pub fn extract(
                     break;
                 }
                 checked += 1;
-                let link = || {
-                    g.edge(&o.address, &r.address).is_some()
-                        || g.edge(&r.address, &o.address).is_some()
+                let link = || match (oid, rid) {
+                    (Some(o), Some(r)) => {
+                        g.edge_by_id(o, r).is_some() || g.edge_by_id(r, o).is_some()
+                    }
+                    _ => false,
                 };
                 let is_linked = match pair(i, j) {
                     Some(k) => *link_cache[k].get_or_insert_with(link),
@@ -705,7 +770,11 @@ pub fn extract(
             ev.others_checked = checked;
             v[idx::OTHERS_LINKED_FRAC] = linked as f32 / checked.max(1) as f32;
         }
-        let dstats = g.sender_domain(sender, dom);
+        let did = g.domain_id_of(dom);
+        let dstats = match (sid, did) {
+            (Some(s), Some(d)) => g.sender_domain_by_id(s, d),
+            _ => None,
+        };
         let dcount = dstats.map(|d| d.total()).unwrap_or(0);
         ev.domain_count = dcount;
         v[idx::LOG_DOMAIN_COUNT] = ln1p(dcount as f64);
@@ -718,7 +787,8 @@ pub fn extract(
         ev.rcpt_sent = org.sent;
         v[idx::LOG_RCPT_SENT] = ln1p(org.sent as f64);
         v[idx::LOG_ORG_SENDERS] = ln1p(org.senders as f64);
-        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p(g.domain(dom).senders as f64);
+        let dom_senders = did.map(|d| g.domain_by_id(d).senders).unwrap_or(0);
+        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p(dom_senders as f64);
         if never {
             if let Some((addr, c)) = &sc.best {
                 if sc.best_dist <= 1 {
@@ -727,14 +797,14 @@ pub fn extract(
                     v[idx::LOOKALIKE2] = 1.0;
                 }
                 v[idx::LOG_LOOKALIKE_COUNT] = ln1p(*c as f64);
-                ev.lookalike = Some((addr.clone(), sc.best_dist as u32, *c));
+                ev.lookalike = Some((addr.to_string(), sc.best_dist as u32, *c));
             }
             ev.neighbour_links = sc.neighbours;
             v[idx::LOG_NEIGHBOUR_LINKS] = ln1p(sc.neighbours as f64);
             v[idx::NEW_NO_NEIGHBOURS] = f32::from(u8::from(sc.neighbours == 0));
-            if let Some(sl) = &sc.same_local {
+            if let Some((addr, c)) = sc.same_local {
                 v[idx::SAME_LOCAL_OTHER_DOMAIN] = 1.0;
-                ev.same_local = Some(sl.clone());
+                ev.same_local = Some((addr.to_string(), c));
             }
         }
         if let Some((addr, c)) = &sc.sibling {
@@ -742,7 +812,7 @@ pub fn extract(
             let dom_ratio = ((1.0 + *c as f64) / (1.0 + own as f64)).ln().max(0.0);
             v[idx::SIBLING_DOMINANCE] = dom_ratio as f32;
             if *c > own {
-                ev.sibling = Some((addr.clone(), *c));
+                ev.sibling = Some((addr.to_string(), *c));
             }
         }
         v[idx::IS_REPLY] = f32::from(u8::from(is_reply));
