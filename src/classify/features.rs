@@ -243,8 +243,23 @@ pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     if n == 0 || m == 0 {
         return n.max(m).min(max + 1);
     }
-    // Three small rows on the stack (cells fit in a byte: < CAP).
-    let mut rows = [[0u8; CAP]; 3];
+    // Rows as wide as needed (what differs is mostly a few bytes; zeroing
+    // three full-width rows cost more than the table itself).
+    if m < 16 {
+        osa_rows::<16>(a, b, max)
+    } else if m < 32 {
+        osa_rows::<32>(a, b, max)
+    } else {
+        osa_rows::<CAP>(a, b, max)
+    }
+}
+
+/// The distance table of [`bounded_distance`] in three rows of `W` cells
+/// on the stack (`b.len() < W`, `a` and `b` non-empty and shorter than
+/// 96 bytes, so cells fit in a byte).
+fn osa_rows<const W: usize>(a: &[u8], b: &[u8], max: usize) -> usize {
+    let (n, m) = (a.len(), b.len());
+    let mut rows = [[0u8; W]; 3];
     for (j, v) in rows[1].iter_mut().enumerate().take(m + 1) {
         *v = j as u8;
     }
@@ -321,6 +336,10 @@ fn histogram_bound(a: &[u8], b: &[u8]) -> usize {
         .take_while(|(x, y)| x == y)
         .count();
     let (a, b) = (&a[..a.len() - suf], &b[..b.len() - suf]);
+    if a.len() + b.len() > 16 {
+        // Longer middles: two byte histograms and the vectorised bound.
+        return Histogram::of(a).lower_bound(&Histogram::of(b));
+    }
     let mut h = [0i16; 64];
     for &c in a {
         h[(c & 63) as usize] += 1;
@@ -336,6 +355,37 @@ fn histogram_bound(a: &[u8], b: &[u8]) -> usize {
         h[k] = 0;
     }
     diff.div_ceil(2)
+}
+
+/// Which of the 64 histogram buckets ([`Histogram`]) occur in `s`, one bit
+/// each.
+fn bucket_mask(s: &[u8]) -> u64 {
+    s.iter().fold(0u64, |m, &c| m | 1 << (c & 63))
+}
+
+/// A lower bound on [`histogram_bound`] from two [`bucket_mask`]s: a bucket
+/// present in one string only differs by at least 1 between the
+/// histograms.
+fn mask_bound(a: u64, b: u64) -> usize {
+    ((a ^ b).count_ones() as usize).div_ceil(2)
+}
+
+/// Which of 64 hash buckets the byte pairs (bigrams) of `s` fall in, one
+/// bit each.
+fn bigram_mask(s: &[u8]) -> u64 {
+    s.windows(2).fold(0u64, |m, w| {
+        let h = u32::from(u16::from_le_bytes([w[0], w[1]])).wrapping_mul(0x9E37_79B1);
+        m | 1 << (h >> 26)
+    })
+}
+
+/// Whether two [`bigram_mask`]s show an edit distance above 2: one edit
+/// changes at most 6 bigrams (a transposition `pabq` -> `pbaq` removes 3
+/// and adds 3; a substitution 4; an insertion or deletion 3), so two
+/// strings within 2 edits differ in at most 12 bigrams, and every bit set
+/// in one mask only comes from one of those.
+fn bigrams_rule_out_2(a: u64, b: u64) -> bool {
+    (a ^ b).count_ones() > 12
 }
 
 /// The packed 3-byte local-part prefix ([`pack3`]) of an address: the
@@ -401,12 +451,11 @@ fn skeleton_ascii(b: &[u8]) -> String {
 /// Whether `skeleton(addr) == skel`, without building the skeleton of an
 /// ASCII `addr` (stops at the first byte that differs).
 fn skeleton_is(addr: &str, skel: &str) -> bool {
-    if !addr.is_ascii() {
-        return skeleton(addr) == skel;
-    }
     let b = addr.as_bytes();
     let want = skel.as_bytes();
-    let at = b.iter().rposition(|&c| c == b'@').unwrap_or(b.len());
+    // Where the local part ends (the last `@`), found only when a
+    // punctuation byte needs it: most comparisons end at the first bytes.
+    let mut at: Option<usize> = None;
     // The last output byte is held back while the next input byte may
     // still merge with it (`rn` -> `m`, `vv` -> `w`), as in skeleton_ascii.
     let mut held: Option<u8> = None;
@@ -417,13 +466,20 @@ fn skeleton_is(addr: &str, skel: &str) -> bool {
         ok
     };
     for (i, &c) in b.iter().enumerate() {
+        if !c.is_ascii() {
+            // Bytes emitted so far are the ASCII fold's, which the full
+            // (Unicode) skeleton shares; from here on it differs.
+            return skeleton(addr) == skel;
+        }
         let c = match c.to_ascii_lowercase() {
             b'0' => b'o',
             b'1' | b'i' | b'|' => b'l',
             b'5' => b's',
             c => c,
         };
-        if i < at && matches!(c, b'.' | b'_' | b'-') {
+        if matches!(c, b'.' | b'_' | b'-')
+            && i < *at.get_or_insert_with(|| b.iter().rposition(|&c| c == b'@').unwrap_or(b.len()))
+        {
             continue;
         }
         held = match (held, c) {
@@ -510,6 +566,9 @@ struct Scan<'g> {
     local_len: usize,
     /// The first three bytes of the local part, packed ([`pack3`]).
     pre3: u32,
+    /// The address's [`bucket_mask`] and [`bigram_mask`].
+    mask: u64,
+    bigrams: u64,
 }
 
 /// The first three bytes of a local part packed into one word (with a
@@ -608,6 +667,16 @@ pub fn extract(
                 org,
                 local_len,
                 pre3: pack3(&r.address.as_bytes()[..local_len]),
+                mask: if known.is_none() {
+                    bucket_mask(r.address.as_bytes())
+                } else {
+                    0
+                },
+                bigrams: if known.is_none() {
+                    bigram_mask(r.address.as_bytes())
+                } else {
+                    0
+                },
                 ..Default::default()
             }
         })
@@ -627,6 +696,8 @@ pub fn extract(
             }
             let total = e.total();
             let ab = addr.as_bytes();
+            let mut cmask: Option<u64> = None;
+            let mut cbigrams: Option<u64> = None;
             // The contact is the recipient itself: by id when the graph
             // knows the recipient, else (never equal to an interned
             // contact but for an empty address) by the strings.
@@ -657,7 +728,12 @@ pub fn extract(
                 let rl = &ra[..sc.local_len];
                 // Same local part: the contact starts with it and its own
                 // local part (up to its last `@`) is as long.
-                if ab.starts_with(rl)
+                // (An `@` right after it, or nothing at all, first.)
+                let ends_there = ab
+                    .get(rl.len())
+                    .map_or(ab.len() == rl.len(), |&c| c == b'@');
+                if ends_there
+                    && ab.starts_with(rl)
                     && local_len(addr) == rl.len()
                     && sc.same_local.is_none_or(|(_, c)| total > c)
                 {
@@ -669,16 +745,36 @@ pub fn extract(
                 if ra.len().abs_diff(addr.len()) > 4 {
                     continue;
                 }
-                let lb = histogram_bound(ra, ab);
-                if lb > 4 {
+                // The bucket masks bound the histograms' bound from below:
+                // most contacts are ruled out without building either.
+                if mask_bound(sc.mask, *cmask.get_or_insert_with(|| bucket_mask(ab))) > 4 {
                     continue;
                 }
-                let d = if lb <= 2 {
-                    bounded_distance(ra, addr.as_bytes(), 2)
-                } else {
+                // As the histogram bound (lb) with the distance (d) capped
+                // at 3: skipped when lb > 4; else d, or 1 when the
+                // skeletons match. d is never below lb, so lb is needed
+                // only when d is 3 and the skeletons match; and d is 3
+                // without computing it when the bigrams rule 2 out.
+                let cb = *cbigrams.get_or_insert_with(|| bigram_mask(ab));
+                let mut lb: Option<usize> = None;
+                let d = if bigrams_rule_out_2(sc.bigrams, cb) {
                     3
+                } else {
+                    let l = histogram_bound(ra, ab);
+                    if l > 4 {
+                        continue;
+                    }
+                    lb = Some(l);
+                    if l <= 2 {
+                        bounded_distance(ra, ab, 2)
+                    } else {
+                        3
+                    }
                 };
                 let d = if d > 1 && skeleton_is(addr, &sc.skel) {
+                    if d > 2 && lb.unwrap_or_else(|| histogram_bound(ra, ab)) > 4 {
+                        continue;
+                    }
                     1
                 } else {
                     d
@@ -1186,6 +1282,48 @@ mod tests {
         }
     }
 
+    /// Two edits never move more than 12 bigram bits, whatever the edits
+    /// (transpositions included) and wherever they fall; and the distance
+    /// agrees with the reference at every row width (up to 90 bytes).
+    #[test]
+    fn bigrams_never_rule_out_two_edits() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz.@-_0123456789";
+        for _ in 0..60_000 {
+            let len = rng.gen_range(0..90);
+            let a: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let mut b = a.clone();
+            for _ in 0..rng.gen_range(1..=2) {
+                let k = rng.gen_range(0..=b.len());
+                let c = alphabet[rng.gen_range(0..alphabet.len())];
+                match rng.gen_range(0..4) {
+                    0 => b.insert(k, c),
+                    1 if k < b.len() => {
+                        b.remove(k);
+                    }
+                    2 if k + 1 < b.len() => b.swap(k, k + 1),
+                    _ if k < b.len() => b[k] = c,
+                    _ => b.push(c),
+                }
+            }
+            // Longer strings than the distance test's: every row width.
+            assert_eq!(
+                bounded_distance(&a, &b, 2),
+                reference::reference_distance(&a, &b, 2)
+            );
+            if bounded_distance(&a, &b, 2) <= 2 {
+                assert!(
+                    !bigrams_rule_out_2(bigram_mask(&a), bigram_mask(&b)),
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b)
+                );
+            }
+        }
+    }
+
     #[test]
     fn histogram_bound_and_packed_prefix_match_the_full_forms() {
         let mut rng = StdRng::seed_from_u64(13);
@@ -1210,6 +1348,15 @@ mod tests {
                 "{a:?}"
             );
             assert_eq!(local_len(&a), local_of(&a).len(), "{a:?}");
+            let (ma, mb) = (bucket_mask(a.as_bytes()), bucket_mask(b.as_bytes()));
+            assert!(mask_bound(ma, mb) <= full, "{a:?} {b:?}");
+            if bigrams_rule_out_2(bigram_mask(a.as_bytes()), bigram_mask(b.as_bytes())) {
+                assert_eq!(
+                    bounded_distance(a.as_bytes(), b.as_bytes(), 2),
+                    3,
+                    "{a:?} {b:?}"
+                );
+            }
         }
         // Saturating buckets: the long path.
         let (a, b) = ("a".repeat(300), "a".repeat(298));
