@@ -2046,3 +2046,76 @@ mod discard_tests {
             .any(|k| matches!(k, RecordKey::Discard(..))));
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod id_view_tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// The neighbourhood count by sorted-list merge (or binary search when
+    /// the address's own list is far longer) equals counting the first
+    /// `limit` contacts one by one with edge lookups in both directions,
+    /// for every sender, address and limit; and the id lookups equal the
+    /// string ones.
+    #[test]
+    fn contacts_with_mail_by_id_counts_as_edge_lookups_do() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut g = Graph::new(GraphConfig::default());
+        let people: Vec<String> = (0..120).map(|i| format!("p{i}@corp.test")).collect();
+        for t in 0..3000 {
+            // A few heavy senders, so that some lists are 8 times longer
+            // than others.
+            let s = if rng.gen_bool(0.3) {
+                rng.gen_range(0..3)
+            } else {
+                rng.gen_range(0..people.len())
+            };
+            let k = rng.gen_range(1..4);
+            let rcpts: Vec<Recipient> = (0..k)
+                .map(|_| Recipient {
+                    address: people[rng.gen_range(0..people.len())].clone(),
+                    name: None,
+                    field: Field::To,
+                })
+                .collect();
+            g.learn(&LearnInput {
+                sender: &people[s],
+                sender_name: None,
+                recipients: &rcpts,
+                message_id: None,
+                subject: None,
+                attachments: vec![],
+                ts: 1_700_000_000 + t,
+            });
+        }
+        g.forget(&people[7]).unwrap();
+        let mut checked = 0;
+        for s in &people {
+            for x in people.iter().step_by(3) {
+                for limit in [0, 1, 5, 40, 512] {
+                    let mut want = 0u32;
+                    let mut seen = 0usize;
+                    g.for_each_contact(s, &mut |c, _| {
+                        seen += 1;
+                        if seen <= limit
+                            && c != x
+                            && (g.edge(c, x).is_some() || g.edge(x, c).is_some())
+                        {
+                            want += 1;
+                        }
+                    });
+                    assert_eq!(g.contacts_with_mail(s, x, limit), want, "{s} {x} {limit}");
+                    if let (Some(si), Some(xi)) = (g.id_of(s), g.id_of(x)) {
+                        assert_eq!(g.contacts_with_mail_by_id(si, xi, limit), want);
+                        assert_eq!(g.edge_by_id(si, xi), g.edge(s, x));
+                        assert_eq!(g.address_by_id(xi), g.address(x));
+                        checked += usize::from(want > 0);
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
+    }
+}
