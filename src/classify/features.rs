@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::address::{domain_of, local_of};
-use crate::graph::{is_forward, thread_subject, AddressStats, EdgeStats, GraphView, Ts};
+use crate::graph::{is_forward, thread_subject, AddressStats, EdgeStats, GraphView, Id, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Contacts examined per message in the lookalike scan. A sender with more
@@ -243,8 +243,23 @@ pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     if n == 0 || m == 0 {
         return n.max(m).min(max + 1);
     }
-    // Three small rows on the stack (cells fit in a byte: < CAP).
-    let mut rows = [[0u8; CAP]; 3];
+    // Rows as wide as needed (what differs is mostly a few bytes; zeroing
+    // three full-width rows cost more than the table itself).
+    if m < 16 {
+        osa_rows::<16>(a, b, max)
+    } else if m < 32 {
+        osa_rows::<32>(a, b, max)
+    } else {
+        osa_rows::<CAP>(a, b, max)
+    }
+}
+
+/// The distance table of [`bounded_distance`] in three rows of `W` cells
+/// on the stack (`b.len() < W`, `a` and `b` non-empty and shorter than
+/// 96 bytes, so cells fit in a byte).
+fn osa_rows<const W: usize>(a: &[u8], b: &[u8], max: usize) -> usize {
+    let (n, m) = (a.len(), b.len());
+    let mut rows = [[0u8; W]; 3];
     for (j, v) in rows[1].iter_mut().enumerate().take(m + 1) {
         *v = j as u8;
     }
@@ -302,6 +317,90 @@ impl Histogram {
     }
 }
 
+/// [`Histogram::lower_bound`] of `a` and `b`, from the part between their
+/// common prefix and suffix only: those bytes are in both histograms and
+/// cancel out, so the bound is the same; addresses at one domain differ in
+/// a few bytes, so this touches a few bytes instead of two full
+/// histograms. Strings of 255 bytes or more (where a histogram bucket may
+/// saturate) take the full histograms.
+fn histogram_bound(a: &[u8], b: &[u8]) -> usize {
+    if a.len() >= 255 || b.len() >= 255 {
+        return Histogram::of(a).lower_bound(&Histogram::of(b));
+    }
+    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (a, b) = (&a[pre..], &b[pre..]);
+    let suf = a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count();
+    let (a, b) = (&a[..a.len() - suf], &b[..b.len() - suf]);
+    if a.len() + b.len() > 16 {
+        // Longer middles: two byte histograms and the vectorised bound.
+        return Histogram::of(a).lower_bound(&Histogram::of(b));
+    }
+    let mut h = [0i16; 64];
+    for &c in a {
+        h[(c & 63) as usize] += 1;
+    }
+    for &c in b {
+        h[(c & 63) as usize] -= 1;
+    }
+    // Each bucket counted once: read it at its first byte, then clear it.
+    let mut diff = 0usize;
+    for &c in a.iter().chain(b) {
+        let k = (c & 63) as usize;
+        diff += usize::from(h[k].unsigned_abs());
+        h[k] = 0;
+    }
+    diff.div_ceil(2)
+}
+
+/// Which of the 64 histogram buckets ([`Histogram`]) occur in `s`, one bit
+/// each.
+fn bucket_mask(s: &[u8]) -> u64 {
+    s.iter().fold(0u64, |m, &c| m | 1 << (c & 63))
+}
+
+/// A lower bound on [`histogram_bound`] from two [`bucket_mask`]s: a bucket
+/// present in one string only differs by at least 1 between the
+/// histograms.
+fn mask_bound(a: u64, b: u64) -> usize {
+    ((a ^ b).count_ones() as usize).div_ceil(2)
+}
+
+/// Which of 64 hash buckets the byte pairs (bigrams) of `s` fall in, one
+/// bit each.
+fn bigram_mask(s: &[u8]) -> u64 {
+    s.windows(2).fold(0u64, |m, w| {
+        let h = u32::from(u16::from_le_bytes([w[0], w[1]])).wrapping_mul(0x9E37_79B1);
+        m | 1 << (h >> 26)
+    })
+}
+
+/// Whether two [`bigram_mask`]s show an edit distance above 2: one edit
+/// changes at most 6 bigrams (a transposition `pabq` -> `pbaq` removes 3
+/// and adds 3; a substitution 4; an insertion or deletion 3), so two
+/// strings within 2 edits differ in at most 12 bigrams, and every bit set
+/// in one mask only comes from one of those.
+fn bigrams_rule_out_2(a: u64, b: u64) -> bool {
+    (a ^ b).count_ones() > 12
+}
+
+/// The packed 3-byte local-part prefix ([`pack3`]) of an address: the
+/// first three bytes when none of them is `@` (the local part, up to the
+/// last `@`, is then at least that long), else from the local part.
+fn address_pack3(addr: &[u8]) -> u32 {
+    match addr {
+        [a, b, c, ..] if *a != b'@' && *b != b'@' && *c != b'@' => pack3(addr),
+        _ => {
+            let l = addr.iter().rposition(|&c| c == b'@').unwrap_or(addr.len());
+            pack3(&addr[..l])
+        }
+    }
+}
+
 /// Skeleton of an address for homoglyph comparison: lower-case, common
 /// look-alike characters folded (`0`->`o`, `1`/`i`->`l`, `rn`->`m`, `vv`->`w`,
 /// Cyrillic and Greek look-alikes to Latin), and `.`, `_`, `-` dropped from
@@ -352,12 +451,11 @@ fn skeleton_ascii(b: &[u8]) -> String {
 /// Whether `skeleton(addr) == skel`, without building the skeleton of an
 /// ASCII `addr` (stops at the first byte that differs).
 fn skeleton_is(addr: &str, skel: &str) -> bool {
-    if !addr.is_ascii() {
-        return skeleton(addr) == skel;
-    }
     let b = addr.as_bytes();
     let want = skel.as_bytes();
-    let at = b.iter().rposition(|&c| c == b'@').unwrap_or(b.len());
+    // Where the local part ends (the last `@`), found only when a
+    // punctuation byte needs it: most comparisons end at the first bytes.
+    let mut at: Option<usize> = None;
     // The last output byte is held back while the next input byte may
     // still merge with it (`rn` -> `m`, `vv` -> `w`), as in skeleton_ascii.
     let mut held: Option<u8> = None;
@@ -368,13 +466,20 @@ fn skeleton_is(addr: &str, skel: &str) -> bool {
         ok
     };
     for (i, &c) in b.iter().enumerate() {
+        if !c.is_ascii() {
+            // Bytes emitted so far are the ASCII fold's, which the full
+            // (Unicode) skeleton shares; from here on it differs.
+            return skeleton(addr) == skel;
+        }
         let c = match c.to_ascii_lowercase() {
             b'0' => b'o',
             b'1' | b'i' | b'|' => b'l',
             b'5' => b's',
             c => c,
         };
-        if i < at && matches!(c, b'.' | b'_' | b'-') {
+        if matches!(c, b'.' | b'_' | b'-')
+            && i < *at.get_or_insert_with(|| b.iter().rposition(|&c| c == b'@').unwrap_or(b.len()))
+        {
             continue;
         }
         held = match (held, c) {
@@ -432,6 +537,9 @@ fn is_freemail(domain: &str) -> bool {
     FREEMAIL.contains(&domain)
 }
 
+/// The first (up to) three bytes of a string: the reference extractor's
+/// sibling comparison (see [`pack3`] for the one used here).
+#[cfg(test)]
 fn prefix3(s: &str) -> &[u8] {
     let b = s.as_bytes();
     &b[..b.len().min(3)]
@@ -440,20 +548,45 @@ fn prefix3(s: &str) -> &[u8] {
 /// Half-life (seconds) used for the decayed weight feature.
 pub const HALF_LIFE_SECS: f64 = 90.0 * 86400.0;
 
-/// Per-recipient scan state for the lookalike search.
+/// Per-recipient scan state for the lookalike search. Contacts found are
+/// borrowed from the graph and copied out only into the evidence.
 #[derive(Default, Clone)]
-struct Scan {
+struct Scan<'g> {
+    /// The recipient's id in the graph, resolved once per message.
+    id: Option<Id>,
     known: Option<EdgeStats>,
     best_dist: usize,
-    best: Option<(String, u32)>,
-    same_local: Option<(String, u32)>,
-    sibling: Option<(String, u32)>,
+    best: Option<(&'g str, u32)>,
+    same_local: Option<(&'g str, u32)>,
+    sibling: Option<(&'g str, u32)>,
     skel: String,
-    hist: Option<Histogram>,
     /// Organisation-wide familiarity of the recipient (looked up once).
     org: AddressStats,
     neighbours: u32,
     local_len: usize,
+    /// The first three bytes of the local part, packed ([`pack3`]).
+    pre3: u32,
+    /// The address's [`bucket_mask`] and [`bigram_mask`].
+    mask: u64,
+    bigrams: u64,
+}
+
+/// The first three bytes of a local part packed into one word (with a
+/// marker bit), or 0 when it is shorter than three bytes: two non-zero
+/// words are equal exactly when both parts have three bytes or more and
+/// the same first three (what the sibling feature compares).
+fn pack3(local: &[u8]) -> u32 {
+    match local {
+        [a, b, c, ..] => 1 << 24 | u32::from(*a) | u32::from(*b) << 8 | u32::from(*c) << 16,
+        _ => 0,
+    }
+}
+
+/// Length of the local part of an address (as [`local_of`]: up to the last
+/// `@`, or all of it without one). `@` is ASCII, so a byte search finds
+/// the same position as a char search.
+fn local_len(addr: &str) -> usize {
+    addr.bytes().rposition(|c| c == b'@').unwrap_or(addr.len())
 }
 
 /// Extract the features of every recipient in `recipients` of `meta`, sent by
@@ -466,18 +599,23 @@ pub fn extract(
     now: Ts,
 ) -> Vec<RecipientFeatures> {
     let sstats = g.sender(sender);
+    // Every address is resolved to its id once; the lookups below go by id.
+    let sid = g.id_of(sender);
     let sender_domain = domain_of(sender);
     let n = recipients.len();
 
     // Thread context.
     let subject = meta.subject.as_deref().unwrap_or("");
     let is_reply = !subject.is_empty() && thread_subject(subject) != subject.trim().to_lowercase();
-    let mut ids: Vec<String> = meta.in_reply_to.clone();
-    ids.extend(meta.references.iter().cloned());
-    let mut thread: Vec<String> = if ids.is_empty() {
-        Vec::new()
-    } else {
-        g.thread_participants(&ids)
+    let mut thread: Vec<String> = match (meta.in_reply_to.is_empty(), meta.references.is_empty()) {
+        (true, true) => Vec::new(),
+        (false, true) => g.thread_participants(&meta.in_reply_to),
+        (true, false) => g.thread_participants(&meta.references),
+        (false, false) => {
+            let mut ids: Vec<String> = meta.in_reply_to.clone();
+            ids.extend(meta.references.iter().cloned());
+            g.thread_participants(&ids)
+        }
     };
     if thread.is_empty() && is_reply {
         thread = g.subject_participants(sender, subject);
@@ -507,12 +645,18 @@ pub fn extract(
     }
 
     // Edges and the lookalike/sibling scan over the sender's contacts.
-    let mut scans: Vec<Scan> = recipients
+    let mut scans: Vec<Scan<'_>> = recipients
         .iter()
         .map(|r| {
-            let known = g.edge(sender, &r.address);
-            let org = g.address(&r.address);
+            let id = g.id_of(&r.address);
+            let known = match (sid, id) {
+                (Some(s), Some(i)) => g.edge_by_id(s, i),
+                _ => None,
+            };
+            let org = id.map(|i| g.address_by_id(i)).unwrap_or_default();
+            let local_len = local_len(&r.address);
             Scan {
+                id,
                 known,
                 best_dist: 3,
                 skel: if known.is_none() {
@@ -520,75 +664,126 @@ pub fn extract(
                 } else {
                     String::new()
                 },
-                hist: known.is_none().then(|| Histogram::of(r.address.as_bytes())),
                 org,
-                local_len: local_of(&r.address).len(),
+                local_len,
+                pre3: pack3(&r.address.as_bytes()[..local_len]),
+                mask: if known.is_none() {
+                    bucket_mask(r.address.as_bytes())
+                } else {
+                    0
+                },
+                bigrams: if known.is_none() {
+                    bigram_mask(r.address.as_bytes())
+                } else {
+                    0
+                },
                 ..Default::default()
             }
         })
         .collect();
-    if sstats.contacts > 0 {
+    // Recipients the scan can change: known ones with a 3-byte local part
+    // (siblings), and every unknown one (lookalikes, same local part).
+    let siblings: Vec<usize> = (0..n)
+        .filter(|&i| scans[i].known.is_some() && scans[i].pre3 != 0)
+        .collect();
+    let strangers: Vec<usize> = (0..n).filter(|&i| scans[i].known.is_none()).collect();
+    if let Some(s) = sid.filter(|_| sstats.contacts > 0) {
         let mut seen = 0usize;
-        g.for_each_contact(sender, &mut |addr: &str, e: &EdgeStats| {
+        g.for_each_contact_by_id(s, &mut |cid: Id, addr: &str, e: &EdgeStats| {
             seen += 1;
             if seen > MAX_CONTACT_SCAN {
                 return;
             }
             let total = e.total();
-            let mut chist: Option<Histogram> = None;
-            let cl = local_of(addr);
-            for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
-                if addr == r.address {
-                    continue;
-                }
-                let rl = &r.address[..sc.local_len];
-                if sc.known.is_some() {
-                    // Autocomplete sibling: a more-written contact sharing
-                    // the first letters.
-                    if rl.len() >= 3 && prefix3(rl) == prefix3(cl) {
-                        let better = sc.sibling.as_ref().is_none_or(|(_, c)| total > *c);
-                        if better {
-                            sc.sibling = Some((addr.to_string(), total));
-                        }
+            let ab = addr.as_bytes();
+            let mut cmask: Option<u64> = None;
+            let mut cbigrams: Option<u64> = None;
+            // The contact is the recipient itself: by id when the graph
+            // knows the recipient, else (never equal to an interned
+            // contact but for an empty address) by the strings.
+            let is_self = |sc: &Scan<'_>, r: &Recipient| match sc.id {
+                Some(rid) => rid == cid,
+                None => addr == r.address,
+            };
+            if !siblings.is_empty() {
+                // Autocomplete sibling: a more-written contact sharing
+                // the first letters.
+                let cpre = address_pack3(ab);
+                for &i in &siblings {
+                    let sc = &mut scans[i];
+                    if sc.pre3 == cpre
+                        && !is_self(sc, &recipients[i])
+                        && sc.sibling.is_none_or(|(_, c)| total > c)
+                    {
+                        sc.sibling = Some((addr, total));
                     }
+                }
+            }
+            for &i in &strangers {
+                let (r, sc) = (&recipients[i], &mut scans[i]);
+                if is_self(sc, r) {
                     continue;
                 }
-                if rl == cl && sc.same_local.as_ref().is_none_or(|(_, c)| total > *c) {
-                    sc.same_local = Some((addr.to_string(), total));
+                let ra = r.address.as_bytes();
+                let rl = &ra[..sc.local_len];
+                // Same local part: the contact starts with it and its own
+                // local part (up to its last `@`) is as long.
+                // (An `@` right after it, or nothing at all, first.)
+                let ends_there = ab
+                    .get(rl.len())
+                    .map_or(ab.len() == rl.len(), |&c| c == b'@');
+                if ends_there
+                    && ab.starts_with(rl)
+                    && local_len(addr) == rl.len()
+                    && sc.same_local.is_none_or(|(_, c)| total > c)
+                {
+                    sc.same_local = Some((addr, total));
                 }
                 // Homoglyph and punctuation skeletons differ by at most a
                 // few edits; both checks are skipped when the histograms
                 // already rule that out.
-                let ra = r.address.as_bytes();
                 if ra.len().abs_diff(addr.len()) > 4 {
                     continue;
                 }
-                let lb = match &sc.hist {
-                    Some(h) => {
-                        h.lower_bound(chist.get_or_insert_with(|| Histogram::of(addr.as_bytes())))
-                    }
-                    None => 0,
-                };
-                if lb > 4 {
+                // The bucket masks bound the histograms' bound from below:
+                // most contacts are ruled out without building either.
+                if mask_bound(sc.mask, *cmask.get_or_insert_with(|| bucket_mask(ab))) > 4 {
                     continue;
                 }
-                let d = if lb <= 2 {
-                    bounded_distance(ra, addr.as_bytes(), 2)
-                } else {
+                // As the histogram bound (lb) with the distance (d) capped
+                // at 3: skipped when lb > 4; else d, or 1 when the
+                // skeletons match. d is never below lb, so lb is needed
+                // only when d is 3 and the skeletons match; and d is 3
+                // without computing it when the bigrams rule 2 out.
+                let cb = *cbigrams.get_or_insert_with(|| bigram_mask(ab));
+                let mut lb: Option<usize> = None;
+                let d = if bigrams_rule_out_2(sc.bigrams, cb) {
                     3
+                } else {
+                    let l = histogram_bound(ra, ab);
+                    if l > 4 {
+                        continue;
+                    }
+                    lb = Some(l);
+                    if l <= 2 {
+                        bounded_distance(ra, ab, 2)
+                    } else {
+                        3
+                    }
                 };
                 let d = if d > 1 && skeleton_is(addr, &sc.skel) {
+                    if d > 2 && lb.unwrap_or_else(|| histogram_bound(ra, ab)) > 4 {
+                        continue;
+                    }
                     1
                 } else {
                     d
                 };
                 if d < sc.best_dist
-                    || (d == sc.best_dist
-                        && d <= 2
-                        && sc.best.as_ref().is_some_and(|(_, c)| total > *c))
+                    || (d == sc.best_dist && d <= 2 && sc.best.is_some_and(|(_, c)| total > c))
                 {
                     sc.best_dist = d;
-                    sc.best = Some((addr.to_string(), total));
+                    sc.best = Some((addr, total));
                 }
             }
         });
@@ -597,14 +792,16 @@ pub fn extract(
     // Neighbourhood of a recipient the sender never wrote to: which of the
     // sender's first contacts have mail with it. Mail to it needs someone
     // who wrote to it, mail from it needs it to have sent some.
-    if sstats.contacts > 0 {
-        for (r, sc) in recipients.iter().zip(scans.iter_mut()) {
-            if sc.known.is_none() && (sc.org.senders > 0 || sc.org.sent > 0) {
-                sc.neighbours = g.contacts_with_mail(sender, &r.address, MAX_NEIGHBOUR_CHECKS);
+    if let Some(s) = sid.filter(|_| sstats.contacts > 0) {
+        for &i in &strangers {
+            let sc = &mut scans[i];
+            if let Some(x) = sc.id.filter(|_| sc.org.senders > 0 || sc.org.sent > 0) {
+                sc.neighbours = g.contacts_with_mail_by_id(s, x, MAX_NEIGHBOUR_CHECKS);
             }
         }
     }
     let others_known: Vec<bool> = scans.iter().map(|s| s.known.is_some()).collect();
+    let ids: Vec<Option<Id>> = scans.iter().map(|s| s.id).collect();
     // Pair lookups are symmetric (co-recipient counts, mail in either
     // direction): each pair is looked up once and used for both of its
     // recipients (for the first PAIR_CACHE recipients).
@@ -641,7 +838,11 @@ pub fn extract(
                 v[idx::LOG_DAYS_SINCE] = ln1p(NEVER_DAYS);
             }
         }
-        let replies = g.edge(&r.address, sender).map(|e| e.total()).unwrap_or(0);
+        let rid = sc.id;
+        let replies = match (rid, sid) {
+            (Some(r), Some(s)) => g.edge_by_id(r, s).map(|e| e.total()).unwrap_or(0),
+            _ => 0,
+        };
         ev.replies = replies;
         v[idx::LOG_REPLY_COUNT] = ln1p(replies as f64);
         v[idx::LOG_SENDER_MSGS] = ln1p(sstats.messages as f64);
@@ -663,14 +864,17 @@ pub fn extract(
             let mut co_max = 0u32;
             let mut co_n = 0usize;
             if !never {
-                for (j, o) in recipients.iter().enumerate() {
-                    if j == i || !others_known[j] {
+                for (j, (&known_j, &oid)) in others_known.iter().zip(&ids).enumerate() {
+                    if j == i || !known_j {
                         continue;
                     }
+                    let co = || match (sid, rid, oid) {
+                        (Some(s), Some(a), Some(b)) => g.co_count_by_id(s, a, b),
+                        _ => 0,
+                    };
                     let c = match pair(i, j) {
-                        Some(k) => *co_cache[k]
-                            .get_or_insert_with(|| g.co_count(sender, &r.address, &o.address)),
-                        None => g.co_count(sender, &r.address, &o.address),
+                        Some(k) => *co_cache[k].get_or_insert_with(co),
+                        None => co(),
                     };
                     co_max = co_max.max(c);
                     co_n += usize::from(c > 0);
@@ -681,7 +885,7 @@ pub fn extract(
             v[idx::CO_FRAC] = co_n as f32 / others as f32;
             let mut checked = 0usize;
             let mut linked = 0usize;
-            for (j, o) in recipients.iter().enumerate() {
+            for (j, &oid) in ids.iter().enumerate() {
                 if j == i {
                     continue;
                 }
@@ -689,9 +893,11 @@ pub fn extract(
                     break;
                 }
                 checked += 1;
-                let link = || {
-                    g.edge(&o.address, &r.address).is_some()
-                        || g.edge(&r.address, &o.address).is_some()
+                let link = || match (oid, rid) {
+                    (Some(o), Some(r)) => {
+                        g.edge_by_id(o, r).is_some() || g.edge_by_id(r, o).is_some()
+                    }
+                    _ => false,
                 };
                 let is_linked = match pair(i, j) {
                     Some(k) => *link_cache[k].get_or_insert_with(link),
@@ -705,7 +911,11 @@ pub fn extract(
             ev.others_checked = checked;
             v[idx::OTHERS_LINKED_FRAC] = linked as f32 / checked.max(1) as f32;
         }
-        let dstats = g.sender_domain(sender, dom);
+        let did = g.domain_id_of(dom);
+        let dstats = match (sid, did) {
+            (Some(s), Some(d)) => g.sender_domain_by_id(s, d),
+            _ => None,
+        };
         let dcount = dstats.map(|d| d.total()).unwrap_or(0);
         ev.domain_count = dcount;
         v[idx::LOG_DOMAIN_COUNT] = ln1p(dcount as f64);
@@ -718,7 +928,8 @@ pub fn extract(
         ev.rcpt_sent = org.sent;
         v[idx::LOG_RCPT_SENT] = ln1p(org.sent as f64);
         v[idx::LOG_ORG_SENDERS] = ln1p(org.senders as f64);
-        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p(g.domain(dom).senders as f64);
+        let dom_senders = did.map(|d| g.domain_by_id(d).senders).unwrap_or(0);
+        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p(dom_senders as f64);
         if never {
             if let Some((addr, c)) = &sc.best {
                 if sc.best_dist <= 1 {
@@ -727,14 +938,14 @@ pub fn extract(
                     v[idx::LOOKALIKE2] = 1.0;
                 }
                 v[idx::LOG_LOOKALIKE_COUNT] = ln1p(*c as f64);
-                ev.lookalike = Some((addr.clone(), sc.best_dist as u32, *c));
+                ev.lookalike = Some((addr.to_string(), sc.best_dist as u32, *c));
             }
             ev.neighbour_links = sc.neighbours;
             v[idx::LOG_NEIGHBOUR_LINKS] = ln1p(sc.neighbours as f64);
             v[idx::NEW_NO_NEIGHBOURS] = f32::from(u8::from(sc.neighbours == 0));
-            if let Some(sl) = &sc.same_local {
+            if let Some((addr, c)) = sc.same_local {
                 v[idx::SAME_LOCAL_OTHER_DOMAIN] = 1.0;
-                ev.same_local = Some(sl.clone());
+                ev.same_local = Some((addr.to_string(), c));
             }
         }
         if let Some((addr, c)) = &sc.sibling {
@@ -742,7 +953,7 @@ pub fn extract(
             let dom_ratio = ((1.0 + *c as f64) / (1.0 + own as f64)).ln().max(0.0);
             v[idx::SIBLING_DOMINANCE] = dom_ratio as f32;
             if *c > own {
-                ev.sibling = Some((addr.clone(), *c));
+                ev.sibling = Some((addr.to_string(), *c));
             }
         }
         v[idx::IS_REPLY] = f32::from(u8::from(is_reply));
@@ -1069,6 +1280,235 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// Two edits never move more than 12 bigram bits, whatever the edits
+    /// (transpositions included) and wherever they fall; and the distance
+    /// agrees with the reference at every row width (up to 90 bytes).
+    #[test]
+    fn bigrams_never_rule_out_two_edits() {
+        let mut rng = StdRng::seed_from_u64(14);
+        let alphabet = b"abcdefghijklmnopqrstuvwxyz.@-_0123456789";
+        for _ in 0..60_000 {
+            let len = rng.gen_range(0..90);
+            let a: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let mut b = a.clone();
+            for _ in 0..rng.gen_range(1..=2) {
+                let k = rng.gen_range(0..=b.len());
+                let c = alphabet[rng.gen_range(0..alphabet.len())];
+                match rng.gen_range(0..4) {
+                    0 => b.insert(k, c),
+                    1 if k < b.len() => {
+                        b.remove(k);
+                    }
+                    2 if k + 1 < b.len() => b.swap(k, k + 1),
+                    _ if k < b.len() => b[k] = c,
+                    _ => b.push(c),
+                }
+            }
+            // Longer strings than the distance test's: every row width.
+            assert_eq!(
+                bounded_distance(&a, &b, 2),
+                reference::reference_distance(&a, &b, 2)
+            );
+            if bounded_distance(&a, &b, 2) <= 2 {
+                assert!(
+                    !bigrams_rule_out_2(bigram_mask(&a), bigram_mask(&b)),
+                    "{:?} {:?}",
+                    String::from_utf8_lossy(&a),
+                    String::from_utf8_lossy(&b)
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn histogram_bound_and_packed_prefix_match_the_full_forms() {
+        let mut rng = StdRng::seed_from_u64(13);
+        let alphabet = ["a", "b", "@", ".", "c", "A", "é", "1", "q"];
+        for _ in 0..100_000 {
+            let a = random_string(&mut rng, &alphabet, 12);
+            let b = if rng.gen_bool(0.5) {
+                let half: String = a.chars().take(a.chars().count() / 2).collect();
+                format!("{half}{}", random_string(&mut rng, &alphabet, 4))
+            } else {
+                random_string(&mut rng, &alphabet, 12)
+            };
+            let full = Histogram::of(a.as_bytes()).lower_bound(&Histogram::of(b.as_bytes()));
+            assert_eq!(
+                histogram_bound(a.as_bytes(), b.as_bytes()),
+                full,
+                "{a:?} {b:?}"
+            );
+            assert_eq!(
+                address_pack3(a.as_bytes()),
+                pack3(local_of(&a).as_bytes()),
+                "{a:?}"
+            );
+            assert_eq!(local_len(&a), local_of(&a).len(), "{a:?}");
+            let (ma, mb) = (bucket_mask(a.as_bytes()), bucket_mask(b.as_bytes()));
+            assert!(mask_bound(ma, mb) <= full, "{a:?} {b:?}");
+            if bigrams_rule_out_2(bigram_mask(a.as_bytes()), bigram_mask(b.as_bytes())) {
+                assert_eq!(
+                    bounded_distance(a.as_bytes(), b.as_bytes(), 2),
+                    3,
+                    "{a:?} {b:?}"
+                );
+            }
+        }
+        // Saturating buckets: the long path.
+        let (a, b) = ("a".repeat(300), "a".repeat(298));
+        assert_eq!(histogram_bound(a.as_bytes(), b.as_bytes()), 0);
+        assert_eq!(
+            histogram_bound(a.as_bytes(), b.as_bytes()),
+            Histogram::of(a.as_bytes()).lower_bound(&Histogram::of(b.as_bytes()))
+        );
+    }
+
+    /// Crafted contact sets for the contact scan: ties in distance and in
+    /// count (the first contact in the graph's order wins), skeleton-only
+    /// matches (homoglyphs, Cyrillic letters, punctuation), local parts of
+    /// 0 to 3 bytes, addresses with no or two `@`, and contacts removed by
+    /// erasure and by retention; each compared with the reference.
+    #[test]
+    fn contact_scan_matches_the_reference_on_crafted_contact_sets() {
+        let sender = "boss@corp.com";
+        let contacts: &[(&str, usize)] = &[
+            // Ties: the same distance and the same count.
+            ("anna@corp.com", 3),
+            ("anne@corp.com", 3),
+            ("anni@corp.com", 3),
+            // Skeletons: homoglyphs and punctuation.
+            ("j.smith@corp.com", 2),
+            ("bill@rnicrosoft.com", 4),
+            ("jоhn@corp.com", 1),
+            ("vvendy@corp.com", 2),
+            // Short local parts.
+            ("@corp.com", 1),
+            ("a@corp.com", 2),
+            ("ab@corp.com", 2),
+            ("abc@corp.com", 5),
+            ("abd@corp.com", 5),
+            // Odd shapes.
+            ("noatsign", 1),
+            ("x@y@corp.com", 1),
+            ("sales@corp.co", 6),
+            ("sales@partner.org", 6),
+        ];
+        let rcpts: &[&str] = &[
+            "anny@corp.com",
+            "ann@corp.com",
+            "jsmith@corp.com",
+            "j_smith@corp.com",
+            "bill@microsoft.com",
+            "john@corp.com",
+            "wendy@corp.com",
+            "b@corp.com",
+            "ab@corp.co",
+            "abc@corp.com",
+            "abx@corp.com",
+            "noatsig",
+            "x@y@corp.co",
+            "sales@corp.com",
+            "@corp.co",
+            "",
+            "stranger@elsewhere.net",
+        ];
+        let mut g = Graph::new(GraphConfig::default());
+        let mut t = 1_700_000_000i64;
+        for _ in 0..25 {
+            g.learn(&LearnInput {
+                sender,
+                sender_name: None,
+                recipients: &[rcpt("abc@corp.com", Field::To)],
+                message_id: None,
+                subject: None,
+                attachments: vec![],
+                ts: t,
+            });
+            t += 60;
+        }
+        for (a, k) in contacts {
+            for _ in 0..*k {
+                g.learn(&LearnInput {
+                    sender,
+                    sender_name: None,
+                    recipients: &[rcpt(a, Field::To)],
+                    message_id: None,
+                    subject: None,
+                    attachments: vec![],
+                    ts: t,
+                });
+                t += 60;
+            }
+        }
+        // One recipient the organisation knows from elsewhere.
+        g.learn(&LearnInput {
+            sender: "other@corp.com",
+            sender_name: None,
+            recipients: &[rcpt("anny@corp.com", Field::To)],
+            message_id: None,
+            subject: None,
+            attachments: vec![],
+            ts: t,
+        });
+        let compare = |g: &Graph, label: &str, t: i64| {
+            let rs: Vec<Recipient> = rcpts.iter().map(|a| rcpt(a, Field::To)).collect();
+            let meta = MessageMeta {
+                from: Some(Mailbox {
+                    address: sender.to_string(),
+                    name: None,
+                }),
+                recipients: rs.clone(),
+                ..Default::default()
+            };
+            let now = t + 3600;
+            // Each recipient alone and all together.
+            let mut sets: Vec<Vec<Recipient>> = rs.iter().map(|r| vec![r.clone()]).collect();
+            sets.push(rs.clone());
+            let mut lookalikes = 0;
+            for set in &sets {
+                let got = extract(g, sender, &meta, set, now);
+                let want = reference::reference_extract(g, sender, &meta, set, now);
+                for (r, (a, b)) in set.iter().zip(got.iter().zip(want.iter())) {
+                    assert_eq!(
+                        a.values.map(f32::to_bits),
+                        b.values.map(f32::to_bits),
+                        "{label}: {}",
+                        r.address
+                    );
+                    assert_eq!(a.evidence, b.evidence, "{label}: {}", r.address);
+                    lookalikes += usize::from(a.evidence.lookalike.is_some());
+                }
+            }
+            lookalikes
+        };
+        let before = compare(&g, "as learned", t);
+        assert!(before > 10, "only {before} lookalikes found");
+        // A tie's first contact erased: the next one in order takes over.
+        assert!(g.forget("anna@corp.com").is_some());
+        assert!(g.forget("jоhn@corp.com").is_some());
+        compare(&g, "after forget", t);
+        // Contacts added later, then retention dropping the oldest.
+        for a in ["anna@corp.com", "johm@corp.com"] {
+            g.learn(&LearnInput {
+                sender,
+                sender_name: None,
+                recipients: &[rcpt(a, Field::Cc)],
+                message_id: None,
+                subject: None,
+                attachments: vec![],
+                ts: t,
+            });
+            t += 60;
+        }
+        compare(&g, "re-learned", t);
+        let edges = g.edge_count();
+        g.purge_older_than(1_700_000_000 + 25 * 60 + 10 * 60);
+        assert!(g.edge_count() < edges);
+        compare(&g, "after retention", t);
     }
 
     #[test]

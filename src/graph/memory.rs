@@ -816,7 +816,7 @@ impl GraphView for Graph {
     fn edge(&self, sender: &str, rcpt: &str) -> Option<EdgeStats> {
         let s = self.id(sender)?;
         let r = self.id(rcpt)?;
-        self.edge_ids(s, r).map(Edge::stats)
+        self.edge_by_id(s, r)
     }
 
     fn sender(&self, sender: &str) -> SenderStats {
@@ -832,12 +832,8 @@ impl GraphView for Graph {
     }
 
     fn address(&self, addr: &str) -> AddressStats {
-        match self.id(addr).and_then(|s| self.addrs.get(s as usize)) {
-            Some(e) => AddressStats {
-                senders: e.senders,
-                received: e.received,
-                sent: e.sent,
-            },
+        match self.id(addr) {
+            Some(a) => self.address_by_id(a),
             None => AddressStats::default(),
         }
     }
@@ -846,7 +842,7 @@ impl GraphView for Graph {
         let (Some(s), Some(a), Some(b)) = (self.id(sender), self.id(a), self.id(b)) else {
             return 0;
         };
-        self.co_ids(s, a, b).map(|c| c.count).unwrap_or(0)
+        self.co_count_by_id(s, a, b)
     }
 
     fn co_max(&self, sender: &str, rcpt: &str, others: &[String], limit: usize) -> u32 {
@@ -865,41 +861,99 @@ impl GraphView for Graph {
 
     fn sender_domain(&self, sender: &str, domain: &str) -> Option<EdgeStats> {
         let s = self.id(sender)?;
-        let d = self.domain_ids.get(domain)?;
-        self.sdom_ids(s, *d).map(Edge::stats)
+        let d = self.domain_id_of(domain)?;
+        self.sender_domain_by_id(s, d)
     }
 
     fn domain(&self, domain: &str) -> DomainStats {
-        self.domain_ids
-            .get(domain)
-            .and_then(|d| self.domains.get(*d as usize))
-            .map(|d| d.1)
+        self.domain_id_of(domain)
+            .map(|d| self.domain_by_id(d))
             .unwrap_or_default()
     }
 
     fn for_each_contact(&self, sender: &str, f: &mut dyn FnMut(&str, &EdgeStats)) {
         let Some(s) = self.id(sender) else { return };
-        let Some(adj) = self.adj(s) else { return };
-        for (rid, edge) in &adj.out {
-            if let Some(addr) = self.address_of(*rid) {
-                f(addr, &edge.stats());
-            }
-        }
+        self.for_each_contact_by_id(s, &mut |_, addr, e| f(addr, e));
     }
 
     fn contacts_with_mail(&self, sender: &str, addr: &str, limit: usize) -> u32 {
         let (Some(s), Some(x)) = (self.id(sender), self.id(addr)) else {
             return 0;
         };
-        let Some(adj) = self.adj(s) else { return 0 };
-        // Ids all the way: no address string is hashed per contact.
-        let x_out = self.adj(x);
+        self.contacts_with_mail_by_id(s, x, limit)
+    }
+
+    fn id_of(&self, addr: &str) -> Option<Id> {
+        self.id(addr)
+    }
+
+    fn edge_by_id(&self, sender: Id, rcpt: Id) -> Option<EdgeStats> {
+        self.edge_ids(sender, rcpt).map(Edge::stats)
+    }
+
+    fn address_by_id(&self, addr: Id) -> AddressStats {
+        match self.addrs.get(addr as usize) {
+            Some(e) => AddressStats {
+                senders: e.senders,
+                received: e.received,
+                sent: e.sent,
+            },
+            None => AddressStats::default(),
+        }
+    }
+
+    fn co_count_by_id(&self, sender: Id, a: Id, b: Id) -> u32 {
+        self.co_ids(sender, a, b).map(|c| c.count).unwrap_or(0)
+    }
+
+    fn domain_id_of(&self, domain: &str) -> Option<Id> {
+        self.domain_ids.get(domain).copied()
+    }
+
+    fn sender_domain_by_id(&self, sender: Id, domain: Id) -> Option<EdgeStats> {
+        self.sdom_ids(sender, domain).map(Edge::stats)
+    }
+
+    fn domain_by_id(&self, domain: Id) -> DomainStats {
+        self.domains
+            .get(domain as usize)
+            .map(|d| d.1)
+            .unwrap_or_default()
+    }
+
+    fn for_each_contact_by_id<'a>(
+        &'a self,
+        sender: Id,
+        f: &mut dyn FnMut(Id, &'a str, &EdgeStats),
+    ) {
+        let Some(adj) = self.adj(sender) else { return };
+        for (rid, edge) in &adj.out {
+            if let Some(addr) = self.address_of(*rid) {
+                f(*rid, addr, &edge.stats());
+            }
+        }
+    }
+
+    fn contacts_with_mail_by_id(&self, sender: Id, addr: Id, limit: usize) -> u32 {
+        let x = addr;
+        if self.addrs.get(x as usize).is_none() {
+            return 0;
+        }
+        let Some(adj) = self.adj(sender) else {
+            return 0;
+        };
+        // Mail from `x` to a contact: both lists are sorted by id, so one
+        // forward pass over x's list answers it for every contact (a
+        // binary search per contact when x's list is far longer).
+        let x_out: &[(Id, Edge)] = self.adj(x).map_or(&[], |a| &a.out);
+        let merge = x_out.len() <= 8 * adj.out.len().min(limit).max(1);
+        let mut xi = 0usize;
         let mut seen = 0usize;
         let mut linked = 0u32;
         for (c, _) in &adj.out {
-            if self.address_of(*c).is_none() {
+            let Some(ce) = self.addrs.get(*c as usize) else {
                 continue;
-            }
+            };
             seen += 1;
             if seen > limit {
                 break;
@@ -907,8 +961,15 @@ impl GraphView for Graph {
             if *c == x {
                 continue;
             }
-            let from_x = x_out.is_some_and(|a| find(&a.out, *c).is_ok());
-            if from_x || self.edge_ids(*c, x).is_some() {
+            let from_x = if merge {
+                while x_out.get(xi).is_some_and(|e| e.0 < *c) {
+                    xi += 1;
+                }
+                x_out.get(xi).is_some_and(|e| e.0 == *c)
+            } else {
+                find(x_out, *c).is_ok()
+            };
+            if from_x || ce.adj.as_deref().is_some_and(|a| find(&a.out, x).is_ok()) {
                 linked += 1;
             }
         }
@@ -1983,5 +2044,78 @@ mod discard_tests {
             .all_records()
             .iter()
             .any(|k| matches!(k, RecordKey::Discard(..))));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod id_view_tests {
+    use super::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    /// The neighbourhood count by sorted-list merge (or binary search when
+    /// the address's own list is far longer) equals counting the first
+    /// `limit` contacts one by one with edge lookups in both directions,
+    /// for every sender, address and limit; and the id lookups equal the
+    /// string ones.
+    #[test]
+    fn contacts_with_mail_by_id_counts_as_edge_lookups_do() {
+        let mut rng = StdRng::seed_from_u64(21);
+        let mut g = Graph::new(GraphConfig::default());
+        let people: Vec<String> = (0..120).map(|i| format!("p{i}@corp.test")).collect();
+        for t in 0..3000 {
+            // A few heavy senders, so that some lists are 8 times longer
+            // than others.
+            let s = if rng.gen_bool(0.3) {
+                rng.gen_range(0..3)
+            } else {
+                rng.gen_range(0..people.len())
+            };
+            let k = rng.gen_range(1..4);
+            let rcpts: Vec<Recipient> = (0..k)
+                .map(|_| Recipient {
+                    address: people[rng.gen_range(0..people.len())].clone(),
+                    name: None,
+                    field: Field::To,
+                })
+                .collect();
+            g.learn(&LearnInput {
+                sender: &people[s],
+                sender_name: None,
+                recipients: &rcpts,
+                message_id: None,
+                subject: None,
+                attachments: vec![],
+                ts: 1_700_000_000 + t,
+            });
+        }
+        g.forget(&people[7]).unwrap();
+        let mut checked = 0;
+        for s in &people {
+            for x in people.iter().step_by(3) {
+                for limit in [0, 1, 5, 40, 512] {
+                    let mut want = 0u32;
+                    let mut seen = 0usize;
+                    g.for_each_contact(s, &mut |c, _| {
+                        seen += 1;
+                        if seen <= limit
+                            && c != x
+                            && (g.edge(c, x).is_some() || g.edge(x, c).is_some())
+                        {
+                            want += 1;
+                        }
+                    });
+                    assert_eq!(g.contacts_with_mail(s, x, limit), want, "{s} {x} {limit}");
+                    if let (Some(si), Some(xi)) = (g.id_of(s), g.id_of(x)) {
+                        assert_eq!(g.contacts_with_mail_by_id(si, xi, limit), want);
+                        assert_eq!(g.edge_by_id(si, xi), g.edge(s, x));
+                        assert_eq!(g.address_by_id(xi), g.address(x));
+                        checked += usize::from(want > 0);
+                    }
+                }
+            }
+        }
+        assert!(checked > 100, "{checked}");
     }
 }

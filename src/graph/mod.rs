@@ -8,7 +8,7 @@
 pub mod memory;
 pub mod synth;
 
-pub use memory::{Graph, GraphConfig, LearnInput};
+pub use memory::{Graph, GraphConfig, Id, LearnInput};
 
 use serde::{Deserialize, Serialize};
 
@@ -121,6 +121,29 @@ pub trait GraphView: Send + Sync {
     fn subject_participants(&self, sender: &str, subject: &str) -> Vec<String>;
     /// Recipients `sender` has sent an attachment of this name to before.
     fn attachment_recipients(&self, sender: &str, name: &str) -> Vec<String>;
+    /// The id of a normalised address in this graph, for the `*_by_id`
+    /// lookups below; `None` when the graph has never seen it. An id is
+    /// valid only for the view it came from (the same borrow of the graph):
+    /// resolve an address once per message instead of hashing it in every
+    /// lookup.
+    fn id_of(&self, addr: &str) -> Option<Id>;
+    /// [`Self::edge`] by ids.
+    fn edge_by_id(&self, sender: Id, rcpt: Id) -> Option<EdgeStats>;
+    /// [`Self::address`] by id.
+    fn address_by_id(&self, addr: Id) -> AddressStats;
+    /// [`Self::co_count`] by ids.
+    fn co_count_by_id(&self, sender: Id, a: Id, b: Id) -> u32;
+    /// The id of a domain in this graph (domains have ids of their own).
+    fn domain_id_of(&self, domain: &str) -> Option<Id>;
+    /// [`Self::sender_domain`] by ids (`domain` from [`Self::domain_id_of`]).
+    fn sender_domain_by_id(&self, sender: Id, domain: Id) -> Option<EdgeStats>;
+    /// [`Self::domain`] by id (from [`Self::domain_id_of`]).
+    fn domain_by_id(&self, domain: Id) -> DomainStats;
+    /// [`Self::for_each_contact`] by id, with each contact's id; the
+    /// addresses borrow from the graph.
+    fn for_each_contact_by_id<'a>(&'a self, sender: Id, f: &mut dyn FnMut(Id, &'a str, &EdgeStats));
+    /// [`Self::contacts_with_mail`] by ids.
+    fn contacts_with_mail_by_id(&self, sender: Id, addr: Id, limit: usize) -> u32;
     /// When a held message from `sender` to `rcpt` was last discarded
     /// (judged misaddressed), unless mail from `sender` to `rcpt` was
     /// delivered since; `None` otherwise.
