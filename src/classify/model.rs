@@ -293,6 +293,9 @@ const LEAF: u32 = N_FEATURES as u32;
 /// feature index masked to 6 bits is always in it.
 type Padded = [f64; 64];
 
+// The features and the leaf's padding slot fit in a padded row.
+const _: () = assert!(N_FEATURES < 64);
+
 /// Rows walked through each tree together (independent walks overlap
 /// their memory loads instead of waiting on one another).
 const LANES: usize = 8;
