@@ -514,14 +514,6 @@ fn is_freemail(domain: &str) -> bool {
     FREEMAIL.contains(&domain)
 }
 
-/// The first (up to) three bytes of a string: the reference extractor's
-/// sibling comparison (see [`pack3`] for the one used here).
-#[cfg(test)]
-fn prefix3(s: &str) -> &[u8] {
-    let b = s.as_bytes();
-    &b[..b.len().min(3)]
-}
-
 /// Half-life (seconds) used for the decayed weight feature.
 pub const HALF_LIFE_SECS: f64 = 90.0 * 86400.0;
 
@@ -561,13 +553,6 @@ fn pack3(local: &[u8]) -> u32 {
     }
 }
 
-/// Length of the local part of an address (as [`local_of`]: up to the last
-/// `@`, or all of it without one). `@` is ASCII, so a byte search finds
-/// the same position as a char search.
-fn local_len(addr: &str) -> usize {
-    addr.bytes().rposition(|c| c == b'@').unwrap_or(addr.len())
-}
-
 /// Extract the features of every recipient in `recipients` of `meta`, sent by
 /// `sender`, as of `now`, from the history in `g`.
 pub fn extract(
@@ -586,15 +571,15 @@ pub fn extract(
     // Thread context.
     let subject = meta.subject.as_deref().unwrap_or("");
     let is_reply = !subject.is_empty() && thread_subject(subject) != subject.trim().to_lowercase();
-    let mut thread: Vec<String> = match (meta.in_reply_to.is_empty(), meta.references.is_empty()) {
-        (true, true) => Vec::new(),
-        (false, true) => g.thread_participants(&meta.in_reply_to),
-        (true, false) => g.thread_participants(&meta.references),
-        (false, false) => {
-            let mut ids: Vec<String> = meta.in_reply_to.clone();
-            ids.extend(meta.references.iter().cloned());
-            g.thread_participants(&ids)
-        }
+    // The two id lists are joined (a copy) only when both have ids.
+    let mut thread: Vec<String> = if meta.references.is_empty() {
+        g.thread_participants(&meta.in_reply_to)
+    } else if meta.in_reply_to.is_empty() {
+        g.thread_participants(&meta.references)
+    } else {
+        let mut ids: Vec<String> = meta.in_reply_to.clone();
+        ids.extend(meta.references.iter().cloned());
+        g.thread_participants(&ids)
     };
     if thread.is_empty() && is_reply {
         thread = g.subject_participants(sender, subject);
@@ -633,7 +618,7 @@ pub fn extract(
                 _ => None,
             };
             let org = id.map(|i| g.address_by_id(i)).unwrap_or_default();
-            let local_len = local_len(&r.address);
+            let local_len = local_of(&r.address).len();
             Scan {
                 id,
                 known,
@@ -714,7 +699,7 @@ pub fn extract(
                     .map_or(ab.len() == rl.len(), |&c| c == b'@');
                 if ends_there
                     && ab.starts_with(rl)
-                    && local_len(addr) == rl.len()
+                    && local_of(addr).len() == rl.len()
                     && sc.same_local.is_none_or(|(_, c)| total > c)
                 {
                     sc.same_local = Some((addr, total));
@@ -1324,7 +1309,6 @@ mod tests {
                 pack3(local_of(&a).as_bytes()),
                 "{a:?}"
             );
-            assert_eq!(local_len(&a), local_of(&a).len(), "{a:?}");
             let (ma, mb) = (bucket_mask(a.as_bytes()), bucket_mask(b.as_bytes()));
             assert!(mask_bound(ma, mb) <= full, "{a:?} {b:?}");
             if bigrams_rule_out_2(bigram_mask(a.as_bytes()), bigram_mask(b.as_bytes())) {

@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 
 use super::{
-    idx, is_freemail, ln1p, prefix3, skeleton, Evidence, RecipientFeatures, HALF_LIFE_SECS,
+    idx, is_freemail, ln1p, skeleton, Evidence, RecipientFeatures, HALF_LIFE_SECS,
     MAX_CONTACT_SCAN, MAX_LINK_CHECKS, MAX_NEIGHBOUR_CHECKS, MAX_THREAD_CO_CHECKS, NEVER_DAYS,
     N_FEATURES,
 };
@@ -409,4 +409,11 @@ pub fn reference_extract(
         });
     }
     out
+}
+
+/// The first (up to) three bytes of a string: the sibling comparison as
+/// first written (`features` compares packed prefixes, `pack3`).
+fn prefix3(s: &str) -> &[u8] {
+    let b = s.as_bytes();
+    &b[..b.len().min(3)]
 }
