@@ -13,7 +13,14 @@
 //! and prints messages per second, and misdirectd's CPU time (user + system,
 //! all threads, from /proc/<pid>/stat before and after each run) per relayed
 //! message: a figure that does not depend on what else the machine is
-//! doing, unlike the rates. Postfix is store-and-forward, so its
+//! doing, unlike the rates. It also prints, for each set-up, the whole
+//! machine's busy CPU time per message (every process: smtp-source, the
+//! sink, Postfix or misdirectd; from /proc/stat) and how busy the cores
+//! were, and from those the ratio to direct that misdirectd could reach if
+//! every core were kept busy (`md/direct max`): on a machine where the
+//! peers share misdirectd's cores, the peers' own CPU bounds the ratio.
+//! Those machine-wide figures count whatever else runs: measure on an idle
+//! machine. Postfix is store-and-forward, so its
 //! figure is taken when its queue is empty again (every message delivered);
 //! misdirectd and the sink answer only after delivery anyway. A second pass
 //! with the harness's own SMTP client measures per-message latency (MAIL FROM
@@ -454,6 +461,23 @@ fn cpu_secs(pid: u32, tck: f64) -> Option<f64> {
     Some((ut + st) / tck)
 }
 
+/// The machine's CPU time so far, in clock ticks summed over every core:
+/// (busy, total), from the first line of /proc/stat. Busy is everything
+/// but idle and iowait.
+fn machine_ticks() -> Option<(u64, u64)> {
+    let s = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = s.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is
+    // already inside user and nice).
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
+    Some((total - idle, total))
+}
+
 fn rss_kib(pid: u32, field: &str) -> Option<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     s.lines()
@@ -523,10 +547,20 @@ fn run() -> Res<()> {
     let mut rate: BTreeMap<(usize, usize, &str), f64> = BTreeMap::new();
     // misdirectd's CPU time (user + system) per relayed message, µs.
     let mut cpu_us: BTreeMap<(usize, usize), f64> = BTreeMap::new();
+    // The whole machine's busy CPU per message (µs) and busy share of all
+    // cores, per set-up.
+    let mut machine: BTreeMap<(usize, usize, &str), (f64, f64)> = BTreeMap::new();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     println!("\nThroughput (smtp-source -d; messages per second, end to end)");
     println!("md cpu: misdirectd's CPU time (user + system, all threads) per relayed message");
     println!(
-        "{:>5} {:>7} {:>7} | {:>10} {:>10} {:>10} | {:>9} {:>9} | {:>11}",
+        "machine: every process's busy CPU time per message, and how busy the {cores} cores were"
+    );
+    println!(
+        "md/direct max: the ratio if misdirectd's run kept every core busy (cores / machine CPU per message, over direct's rate)"
+    );
+    println!(
+        "{:>5} {:>7} {:>7} | {:>10} {:>10} {:>10} | {:>9} {:>9} | {:>11} | {:>17} {:>17} | {:>13}",
         "conc",
         "size",
         "msgs",
@@ -535,7 +569,10 @@ fn run() -> Res<()> {
         "misdirectd",
         "md/pfx",
         "md/direct",
-        "md cpu µs"
+        "md cpu µs",
+        "direct machine",
+        "md machine",
+        "md/direct max"
     );
     let sizes: Vec<usize> = match std::env::var("RELAY_BENCH_SIZES") {
         Ok(v) => v
@@ -550,20 +587,33 @@ fn run() -> Res<()> {
             let msgs = if size > 16 * 1024 { base / 2 } else { base }.max(conc);
             for &(name, port) in &setups {
                 let cpu0 = if name == "misdirectd" { md_cpu() } else { None };
+                let m0 = machine_ticks();
                 let t0 = Instant::now();
                 source(port, conc, msgs, size)?;
                 if name == "postfix" {
                     postfix_drained(&pf)?;
                 }
                 let el = t0.elapsed().as_secs_f64();
+                if let (Some((b0, t0)), Some((b1, t1))) = (m0, machine_ticks()) {
+                    let busy = (b1 - b0) as f64 / tck;
+                    let share = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+                    machine.insert((size, conc, name), (busy * 1e6 / msgs as f64, share));
+                }
                 rate.insert((size, conc, name), msgs as f64 / el);
                 if let (Some(a), Some(b)) = (cpu0, md_cpu()) {
                     cpu_us.insert((size, conc), (b - a) * 1e6 / msgs as f64);
                 }
             }
             let g = |n| rate.get(&(size, conc, n)).copied().unwrap_or(f64::NAN);
+            let mach = |n| {
+                machine
+                    .get(&(size, conc, n))
+                    .copied()
+                    .unwrap_or((f64::NAN, f64::NAN))
+            };
+            let (dm, mm) = (mach("direct"), mach("misdirectd"));
             println!(
-                "{:>5} {:>6}K {:>7} | {:>10.0} {:>10.0} {:>10.0} | {:>9.2} {:>9.2} | {:>11.1}",
+                "{:>5} {:>6}K {:>7} | {:>10.0} {:>10.0} {:>10.0} | {:>9.2} {:>9.2} | {:>11.1} | {:>7.1} µs {:>4.0}% {:>7.1} µs {:>4.0}% | {:>13.2}",
                 conc,
                 size / 1024,
                 msgs,
@@ -573,6 +623,11 @@ fn run() -> Res<()> {
                 g("misdirectd") / g("postfix"),
                 g("misdirectd") / g("direct"),
                 cpu_us.get(&(size, conc)).copied().unwrap_or(f64::NAN),
+                dm.0,
+                dm.1 * 100.0,
+                mm.0,
+                mm.1 * 100.0,
+                cores * 1e6 / mm.0 / g("direct"),
             );
         }
     }
@@ -645,7 +700,18 @@ fn run() -> Res<()> {
                 "{{\"size\":{size},\"concurrency\":{conc},\"cpu_us\":{us:.1}}}"
             ));
         }
-        j.push_str("],\"latency_ms\":[");
+        j.push_str("],\"machine_cpu\":[");
+        first = true;
+        for ((size, conc, name), (us, share)) in &machine {
+            if !first {
+                j.push(',');
+            }
+            first = false;
+            j.push_str(&format!(
+                "{{\"setup\":\"{name}\",\"size\":{size},\"concurrency\":{conc},\"busy_us_per_msg\":{us:.1},\"busy_share\":{share:.3}}}"
+            ));
+        }
+        j.push_str(&format!("],\"cores\":{cores},\"latency_ms\":["));
         first = true;
         for ((conc, name), (p50, p99)) in &lat {
             if !first {
