@@ -2,7 +2,8 @@
 //! parse → recipients → tenant → graph lookup → score → decide, for
 //! realistic messages with 1, 5 and 50 recipients against a synthetic
 //! organisation graph of about a million edges (`PIPELINE_BENCH_EDGES`
-//! changes the size). Times are the thread's CPU time (see
+//! changes the size); and parsing alone for the 5-recipient message behind
+//! about 30 headers misdirect does not read (`parse_many_headers`). Times are the thread's CPU time (see
 //! `common/cpu_time.rs`): messages per second per core is 1 / (time per
 //! message).
 
@@ -76,6 +77,66 @@ fn message(sender: &str, rcpts: &[String]) -> Vec<u8> {
     m.into_bytes()
 }
 
+/// The same message behind about 30 headers misdirect does not read, as
+/// mail arriving through a few hops carries them: a Received chain, ARC and
+/// DKIM signatures, authentication results, list and X-* headers.
+fn message_many_headers(sender: &str, rcpts: &[String]) -> Vec<u8> {
+    let mut m = String::new();
+    for hop in 0..6 {
+        m.push_str(&format!(
+            "Received: from mx{hop}.relay.example (mx{hop}.relay.example [192.0.2.{hop}])\r\n\
+             \tby mx{}.corp.example (Postfix) with ESMTPS id 4Bx{hop}Kq2zLmT\r\n\
+             \tfor <inbox@corp.example>; Mon, 23 Nov 2026 10:15:0{hop} +0100 (CET)\r\n",
+            hop + 1
+        ));
+    }
+    for i in 1..=2 {
+        m.push_str(&format!(
+            "ARC-Seal: i={i}; a=rsa-sha256; t=1795432500; cv=none; d=relay.example; s=arc-2026;\r\n\
+             \tb=Qm9ndXMgc2lnbmF0dXJlIGRhdGEgZm9yIHRoZSBiZW5jaG1hcmsgb25seSwgbm90IGEgcmVhbCBz\r\n\
+             \t aWduYXR1cmUgYXQgYWxsLCBqdXN0IGJ5dGVzIG9mIHRoZSByaWdodCBzaGFwZQ==\r\n\
+             ARC-Message-Signature: i={i}; a=rsa-sha256; c=relaxed/relaxed; d=relay.example;\r\n\
+             \ts=arc-2026; t=1795432500; h=from:to:cc:subject:date:message-id;\r\n\
+             \tbh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;\r\n\
+             \tb=U29tZSBtb3JlIGJvZ3VzIHNpZ25hdHVyZSBieXRlcyB0byBmaWxsIHRoZSBoZWFkZXIgbGluZQ==\r\n\
+             ARC-Authentication-Results: i={i}; mx.relay.example; dkim=pass header.d=corp.example;\r\n\
+             \tspf=pass smtp.mailfrom=corp.example; dmarc=pass header.from=corp.example\r\n"
+        ));
+    }
+    m.push_str(
+        "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=corp.example; s=sel2026;\r\n\
+         \tt=1795432500; h=from:to:cc:subject:date:message-id:in-reply-to:references;\r\n\
+         \tbh=47DEQpj8HBSa+/TImW+5JCeuQeRkm5NMpJWZG3hSuFU=;\r\n\
+         \tb=Qm9ndXMgRERLSU0gc2lnbmF0dXJlIGZvciB0aGUgYmVuY2htYXJrLCBub3QgYSByZWFsIG9uZS4u\r\n\
+         \t Li4gbW9yZSBieXRlcyBvZiB0aGUgcmlnaHQgc2hhcGUgYW5kIGxlbmd0aCBmb3IgYSBoZWFkZXI=\r\n\
+         Authentication-Results: mx1.corp.example; dkim=pass (2048-bit key)\r\n\
+         \theader.d=corp.example header.i=@corp.example; spf=pass smtp.mailfrom=corp.example\r\n\
+         Received-SPF: pass (mx1.corp.example: domain of corp.example designates 192.0.2.1\r\n\
+         \tas permitted sender) client-ip=192.0.2.1;\r\n\
+         Return-Path: <bounces+4711@corp.example>\r\n\
+         X-Mailer: Microsoft Outlook 16.0\r\n\
+         X-MS-Has-Attach: yes\r\n\
+         X-MS-TNEF-Correlator: \r\n\
+         X-Originating-IP: [10.1.2.3]\r\n\
+         X-MS-Exchange-Organization-SCL: -1\r\n\
+         X-MS-Exchange-Organization-AuthSource: ex1.corp.example\r\n\
+         X-MS-Exchange-Organization-AuthAs: Internal\r\n\
+         X-Forefront-Antispam-Report: CIP:10.1.2.3;CTRY:;LANG:en;SCL:1;SRV:;IPV:NLI;\r\n\
+         \tSFV:NSPM;H:ex1.corp.example;PTR:;CAT:NONE;SFS:(13230040)(366004);DIR:OUT;\r\n\
+         X-Spam-Status: No, score=-2.1 required=5.0 tests=BAYES_00,DKIM_SIGNED,\r\n\
+         \tDKIM_VALID,DKIM_VALID_AU,SPF_PASS autolearn=ham version=3.4.6\r\n\
+         X-Spam-Checker-Version: SpamAssassin 3.4.6 on mx1.corp.example\r\n\
+         List-Unsubscribe: <mailto:unsubscribe@lists.corp.example?subject=unsubscribe>\r\n\
+         Thread-Topic: Q3 forecast and the revised pipeline numbers\r\n\
+         Thread-Index: AQHZ8k3v2b0c5c7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2f3a4b5c6d7e8f9==\r\n\
+         Accept-Language: en-US, de-DE\r\n\
+         Content-Language: en-US\r\n",
+    );
+    let mut raw = m.into_bytes();
+    raw.extend_from_slice(&message(sender, rcpts));
+    raw
+}
+
 fn bench(c: &mut Criterion<CpuTime>) {
     let edges: usize = std::env::var("PIPELINE_BENCH_EDGES")
         .ok()
@@ -141,6 +202,12 @@ fn bench(c: &mut Criterion<CpuTime>) {
                 black_box(scores.map(|s| policy.decide(s)))
             })
         });
+        if n == 5 {
+            let raw = message_many_headers(&sender, &rcpts);
+            group.bench_with_input(BenchmarkId::new("parse_many_headers", n), &raw, |b, raw| {
+                b.iter(|| black_box(MessageMeta::parse(black_box(raw), &norm)))
+            });
+        }
     }
     group.finish();
 }
