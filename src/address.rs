@@ -79,7 +79,59 @@ impl Normalizer {
         })
     }
 
+    /// The rules without the alias step. A plain-ASCII address takes
+    /// [`Normalizer::basic_ascii`], which builds the result in one
+    /// allocation; any other one [`Normalizer::basic_general`].
     fn basic(&self, raw: &str) -> Result<String, AddressError> {
+        if raw.is_ascii() {
+            self.basic_ascii(raw)
+        } else {
+            self.basic_general(raw)
+        }
+    }
+
+    /// [`Normalizer::basic_general`] for an ASCII address: ASCII
+    /// lower-casing is Unicode lower-casing there and keeps every byte where
+    /// it is, so the `+` is found before lower-casing, the domain needs no
+    /// IDNA, and local part, `@` and domain are copied once into the result.
+    fn basic_ascii(&self, raw: &str) -> Result<String, AddressError> {
+        let s = raw
+            .trim()
+            .trim_start_matches('<')
+            .trim_end_matches('>')
+            .trim();
+        let at = s.rfind('@').ok_or(AddressError::NoAt)?;
+        let (mut local, domain) = (&s[..at], &s[at + 1..]);
+        if self.cfg.strip_plus_tags {
+            if let Some(p) = local.find('+') {
+                if p > 0 {
+                    local = &local[..p];
+                }
+            }
+        }
+        if local.is_empty() {
+            return Err(AddressError::EmptyLocal);
+        }
+        let d = domain.trim().trim_end_matches('.');
+        if d.is_empty() || d.split('.').any(|l| l.is_empty()) {
+            return Err(AddressError::BadDomain);
+        }
+        let mut out = String::with_capacity(local.len() + 1 + d.len());
+        out.push_str(local);
+        if !self.cfg.case_sensitive_local {
+            out.make_ascii_lowercase();
+        }
+        out.push('@');
+        let domain_at = out.len();
+        out.push_str(d);
+        if let Some(dom) = out.get_mut(domain_at..) {
+            dom.make_ascii_lowercase();
+        }
+        Ok(out)
+    }
+
+    /// The rules for any address (see the module documentation).
+    fn basic_general(&self, raw: &str) -> Result<String, AddressError> {
         let s = raw
             .trim()
             .trim_start_matches('<')
@@ -173,5 +225,124 @@ mod tests {
         );
         assert_eq!(domain_of("a@b.c"), "b.c");
         assert_eq!(local_of("a@b.c"), "a");
+    }
+
+    /// Addresses from a small alphabet that hits every rule: case, plus
+    /// tags, angle brackets, white space (vertical tab too, which `trim`
+    /// removes), dots, several `@`, and non-ASCII letters (which take the
+    /// general path in both cases).
+    fn generated_addresses() -> Vec<String> {
+        const PIECES: &[&str] = &[
+            "a", "B", "z", "Q", "0", "9", ".", "..", "+", "+tag", "-", "_", "@", "@", "<", ">",
+            " ", "\t", "\u{b}", "\r\n", "ex", "COM", "org", "xn--", "ü", "İ", "ß", "Σ", "\u{a0}",
+            "\"",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut out = Vec::new();
+        for _ in 0..20_000 {
+            let n = 1 + (rnd() % 12) as usize;
+            let mut s = String::new();
+            for _ in 0..n {
+                s.push_str(PIECES[(rnd() % PIECES.len() as u64) as usize]);
+            }
+            out.push(s);
+            // The shape of a real address, with case and tags varied.
+            let local = ["Bob", "alice.smith", "J..Kean", "x+y", "+x", "a+b+c"];
+            let dom = [
+                "Example.COM",
+                "enron.com.",
+                "a..b",
+                "",
+                "ex.org ",
+                "Bücher.de",
+            ];
+            out.push(format!(
+                "{}<{}@{}>",
+                [" ", "", "\t"][(rnd() % 3) as usize],
+                local[(rnd() % local.len() as u64) as usize],
+                dom[(rnd() % dom.len() as u64) as usize]
+            ));
+        }
+        out.extend(
+            [
+                "",
+                "@",
+                "a@",
+                "@b",
+                "<>",
+                "<a@b>",
+                "a@b.",
+                "a@.b",
+                "a@b..",
+                "A@B.C.",
+                "+@x.y",
+                "a+@x.y",
+                "<<A@B>>",
+                " <a@b> ",
+                "a@b@C.D",
+                "\u{b}a@b\u{b}",
+            ]
+            .map(String::from),
+        );
+        out
+    }
+
+    #[test]
+    fn ascii_fast_path_equals_the_general_rules() {
+        let mut aliases = HashMap::new();
+        aliases.insert(
+            "Alias@Example.com".to_string(),
+            "Bob@Example.COM".to_string(),
+        );
+        aliases.insert(
+            "j..kean@enron.com".to_string(),
+            "steven.kean@enron.com".to_string(),
+        );
+        let addrs = generated_addresses();
+        let mut ascii = 0;
+        for cs in [false, true] {
+            for strip in [false, true] {
+                let n = Normalizer::new(AddressConfig {
+                    case_sensitive_local: cs,
+                    strip_plus_tags: strip,
+                    aliases: aliases.clone(),
+                });
+                for a in &addrs {
+                    let general = n.basic_general(a);
+                    assert_eq!(n.basic(a), general, "{a:?} cs={cs} strip={strip}");
+                    if a.is_ascii() {
+                        ascii += 1;
+                        assert_eq!(n.basic_ascii(a), general, "{a:?}");
+                    }
+                    let expected = general.map(|b| n.aliases.get(&b).cloned().unwrap_or(b));
+                    assert_eq!(n.normalize(a), expected, "{a:?}");
+                }
+            }
+        }
+        // Both paths and every outcome were exercised.
+        assert!(ascii > 40_000, "{ascii}");
+        let n = Normalizer::new(AddressConfig {
+            aliases,
+            ..Default::default()
+        });
+        let results: Vec<_> = addrs.iter().map(|a| n.normalize(a)).collect();
+        for e in [
+            AddressError::NoAt,
+            AddressError::EmptyLocal,
+            AddressError::BadDomain,
+        ] {
+            assert!(results.contains(&Err(e.clone())), "{e:?} never produced");
+        }
+        assert!(results.iter().filter(|r| r.is_ok()).count() > 5_000);
+        assert_eq!(
+            n.normalize("alias+x@EXAMPLE.com").as_deref(),
+            Ok("bob@example.com")
+        );
     }
 }
