@@ -4,15 +4,22 @@
 //! into this structure and never stored; attachments contribute only their
 //! file name and decoded size.
 
+#[cfg(test)]
 use std::sync::LazyLock;
 
-use mail_parser::{Address, HeaderName, MessageParser, MimeHeaders};
+use mail_parser::parsers::MessageStream;
+use mail_parser::{Address, ContentType, HeaderValue};
+#[cfg(test)]
+use mail_parser::{HeaderName, MessageParser, MimeHeaders};
 use serde::{Deserialize, Serialize};
 
 use crate::address::Normalizer;
 
-/// A parser that decodes only the headers misdirect reads (addresses, date,
-/// ids, subject, MIME structure) and skips every other header; built once.
+/// The mail-parser configuration the header reader ([`read_headers`])
+/// reproduces for a message's top-level headers: the headers misdirect reads
+/// (addresses, date, ids, subject, MIME structure) decoded, every other one
+/// skipped. The reference parse in the tests uses it.
+#[cfg(test)]
 static PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
     MessageParser::new()
         .with_mime_headers()
@@ -87,7 +94,9 @@ pub struct MessageMeta {
     pub attachments: Vec<Attachment>,
 }
 
-/// Headers of a MIME part: only the ones that say what the part is.
+/// The mail-parser configuration [`read_headers`] reproduces for a MIME
+/// part's headers: only the ones that say what the part is.
+#[cfg(test)]
 static PART_PARSER: LazyLock<MessageParser> = LazyLock::new(|| {
     MessageParser::new()
         .with_mime_headers()
@@ -102,9 +111,11 @@ impl MessageMeta {
     /// sense of yields empty metadata (the envelope still carries the
     /// recipients). Addresses that do not normalise are dropped.
     ///
-    /// Only header blocks are parsed (with mail-parser, which decodes RFC 2047
-    /// and RFC 2231 parameters such as encoded file names); bodies are never
-    /// decoded. The MIME structure is walked here, by boundary: a delimiter is
+    /// Only header blocks are parsed: split into fields here as mail-parser
+    /// splits them, fields of headers misdirect does not read skipped, the
+    /// others decoded with mail-parser's value parsers (which decode RFC 2047
+    /// and RFC 2231 parameters such as encoded file names; see
+    /// [`read_headers`]); bodies are never decoded. The MIME structure is walked here, by boundary: a delimiter is
     /// a line starting with `--boundary`, followed by an optional `--` (the
     /// close delimiter) and then only white space. A multipart whose final
     /// delimiter is missing ends at the end of its enclosing part; one with
@@ -126,33 +137,35 @@ impl MessageMeta {
     /// closing delimiter keeps its own type instead of becoming text.
     pub fn parse(raw: &[u8], norm: &Normalizer) -> MessageMeta {
         let body_at = header_end(raw);
-        let Some(msg) = PARSER.parse_headers(&raw[..body_at.unwrap_or(raw.len())]) else {
+        let Some(h) = read_headers(&raw[..body_at.unwrap_or(raw.len())], Block::Message) else {
             return MessageMeta::default();
         };
-        let mut meta = MessageMeta::from_headers(&msg, norm);
+        let mut meta = MessageMeta::from_headers(&h, norm);
         if let Some(at) = body_at {
             let mut ctx = Container::top();
-            let part = Part {
-                content_type: msg.content_type(),
-                disposition: msg.content_disposition(),
-                encoding: msg.content_transfer_encoding(),
-                name: msg.attachment_name(),
-                body: &raw[at..],
-            };
-            walk_part(part, &mut ctx, 0, &mut meta.attachments);
+            walk_part(h.part(&raw[at..]), &mut ctx, 0, &mut meta.attachments);
         }
         meta
     }
 
     /// Everything but the attachments, from the top-level headers.
-    fn from_headers(msg: &mail_parser::Message<'_>, norm: &Normalizer) -> MessageMeta {
+    fn from_headers(h: &Headers<'_>, norm: &Normalizer) -> MessageMeta {
         let mut meta = MessageMeta {
-            message_id: msg.message_id().map(|s| s.to_string()),
-            date: msg.date().map(|d| d.to_timestamp()),
-            subject: msg.subject().map(|s| s.to_string()),
+            message_id: h
+                .get(Hdr::MessageId)
+                .and_then(|v| v.as_text())
+                .map(|s| s.to_string()),
+            date: h
+                .get(Hdr::Date)
+                .and_then(|v| v.as_datetime())
+                .map(|d| d.to_timestamp()),
+            subject: h
+                .get(Hdr::Subject)
+                .and_then(|v| v.as_text())
+                .map(|s| s.to_string()),
             ..Default::default()
         };
-        meta.from = msg.from().and_then(|a| {
+        meta.from = h.address(Hdr::From).and_then(|a| {
             a.iter().find_map(|ad| {
                 let address = norm.normalize(ad.address.as_deref()?).ok()?;
                 Some(Mailbox {
@@ -162,10 +175,11 @@ impl MessageMeta {
             })
         });
         let fields: [(Field, Option<&Address>); 3] = [
-            (Field::To, msg.to()),
-            (Field::Cc, msg.cc()),
-            (Field::Bcc, msg.bcc()),
+            (Field::To, h.address(Hdr::To)),
+            (Field::Cc, h.address(Hdr::Cc)),
+            (Field::Bcc, h.address(Hdr::Bcc)),
         ];
+        let mut index = RecipientIndex::default();
         for (field, addrs) in fields {
             let Some(addrs) = addrs else { continue };
             for ad in addrs.iter() {
@@ -175,18 +189,21 @@ impl MessageMeta {
                 let Ok(address) = norm.normalize(raw_addr) else {
                     continue;
                 };
-                if meta.recipients.iter().any(|r| r.address == address) {
+                if index.find(&meta.recipients, &address).is_some() {
                     continue;
                 }
-                meta.recipients.push(Recipient {
-                    address,
-                    name: clean_name(ad.name.as_deref()),
-                    field,
-                });
+                index.push(
+                    &mut meta.recipients,
+                    Recipient {
+                        address,
+                        name: clean_name(ad.name.as_deref()),
+                        field,
+                    },
+                );
             }
         }
-        meta.in_reply_to = id_list(msg.in_reply_to());
-        meta.references = id_list(msg.references());
+        meta.in_reply_to = id_list(h.get(Hdr::InReplyTo));
+        meta.references = id_list(h.get(Hdr::References));
         meta
     }
 
@@ -203,7 +220,7 @@ pub(crate) fn parse_reference(raw: &[u8], norm: &Normalizer) -> MessageMeta {
     let Some(msg) = PARSER.parse(raw) else {
         return MessageMeta::default();
     };
-    let mut meta = MessageMeta::from_headers(&msg, norm);
+    let mut meta = MessageMeta::from_headers(&Headers::of_message(&msg), norm);
     for part in msg.attachments() {
         let name = part.attachment_name().unwrap_or("").to_string();
         meta.attachments.push(Attachment {
@@ -212,6 +229,255 @@ pub(crate) fn parse_reference(raw: &[u8], norm: &Normalizer) -> MessageMeta {
         });
     }
     meta
+}
+
+/// The headers [`read_headers`] decodes. The last three are not used: they
+/// are decoded because mail-parser's configurations decode them, so that
+/// their fields end where mail-parser ends them; the values are dropped.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Hdr {
+    From,
+    To,
+    Cc,
+    Bcc,
+    Date,
+    MessageId,
+    InReplyTo,
+    References,
+    Subject,
+    ContentType,
+    ContentDisposition,
+    ContentTransferEncoding,
+    ContentId,
+    ContentDescription,
+    ContentLocation,
+}
+
+/// Headers with a value kept: the ones before `ContentId`.
+const KEPT: usize = 12;
+
+/// Which header block is read: a message's top level decodes the address,
+/// date, id and subject headers too; a MIME part only the MIME ones.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Block {
+    Message,
+    Part,
+}
+
+impl Hdr {
+    /// The header a lower-cased field name is, as mail-parser's name table
+    /// has it (names longer than 34 bytes are never known there).
+    fn lookup(lc: &[u8]) -> Option<Hdr> {
+        Some(match lc {
+            b"from" => Hdr::From,
+            b"to" => Hdr::To,
+            b"cc" => Hdr::Cc,
+            b"bcc" => Hdr::Bcc,
+            b"date" => Hdr::Date,
+            b"message-id" => Hdr::MessageId,
+            b"in-reply-to" => Hdr::InReplyTo,
+            b"references" => Hdr::References,
+            b"subject" => Hdr::Subject,
+            b"content-type" => Hdr::ContentType,
+            b"content-disposition" => Hdr::ContentDisposition,
+            b"content-transfer-encoding" => Hdr::ContentTransferEncoding,
+            b"content-id" => Hdr::ContentId,
+            b"content-description" => Hdr::ContentDescription,
+            b"content-location" => Hdr::ContentLocation,
+            _ => return None,
+        })
+    }
+
+    /// Whether mail-parser's configuration for `block` decodes this header.
+    fn decoded_in(self, block: Block) -> bool {
+        block == Block::Message
+            || matches!(
+                self,
+                Hdr::ContentType
+                    | Hdr::ContentDisposition
+                    | Hdr::ContentTransferEncoding
+                    | Hdr::ContentId
+                    | Hdr::ContentDescription
+                    | Hdr::ContentLocation
+            )
+    }
+
+    /// Decode the value at the stream's position with the parser
+    /// mail-parser's configuration uses for this header.
+    fn parse_value<'x>(self, s: &mut MessageStream<'x>) -> HeaderValue<'x> {
+        match self {
+            Hdr::From | Hdr::To | Hdr::Cc | Hdr::Bcc => s.parse_address(),
+            Hdr::Date => s.parse_date(),
+            Hdr::MessageId | Hdr::InReplyTo | Hdr::References | Hdr::ContentId => s.parse_id(),
+            Hdr::ContentType | Hdr::ContentDisposition => s.parse_content_type(),
+            Hdr::Subject
+            | Hdr::ContentTransferEncoding
+            | Hdr::ContentDescription
+            | Hdr::ContentLocation => s.parse_unstructured(),
+        }
+    }
+}
+
+/// The decoded values of one header block: for each header misdirect uses,
+/// the value of its last field (mail-parser's accessors read the last one).
+struct Headers<'x> {
+    values: [Option<HeaderValue<'x>>; KEPT],
+}
+
+impl<'x> Headers<'x> {
+    fn get(&self, h: Hdr) -> Option<&HeaderValue<'x>> {
+        self.values.get(h as usize)?.as_ref()
+    }
+
+    fn address(&self, h: Hdr) -> Option<&Address<'x>> {
+        self.get(h).and_then(|v| v.as_address())
+    }
+
+    fn content_type(&self, h: Hdr) -> Option<&ContentType<'x>> {
+        self.get(h).and_then(|v| v.as_content_type())
+    }
+
+    /// The part these headers head, with `body` as its body; the attachment
+    /// name as mail-parser's `attachment_name` gives it.
+    fn part<'h>(&'h self, body: &'x [u8]) -> Part<'x, 'h> {
+        let content_type = self.content_type(Hdr::ContentType);
+        let disposition = self.content_type(Hdr::ContentDisposition);
+        Part {
+            content_type,
+            disposition,
+            encoding: self
+                .get(Hdr::ContentTransferEncoding)
+                .and_then(|v| v.as_text()),
+            name: disposition
+                .and_then(|d| d.attribute("filename"))
+                .or_else(|| content_type.and_then(|c| c.attribute("name"))),
+            body,
+        }
+    }
+
+    /// The same values taken from a message mail-parser built.
+    #[cfg(test)]
+    fn of_message(msg: &mail_parser::Message<'x>) -> Headers<'x> {
+        use mail_parser::GetHeader;
+        let names = [
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::Cc,
+            HeaderName::Bcc,
+            HeaderName::Date,
+            HeaderName::MessageId,
+            HeaderName::InReplyTo,
+            HeaderName::References,
+            HeaderName::Subject,
+            HeaderName::ContentType,
+            HeaderName::ContentDisposition,
+            HeaderName::ContentTransferEncoding,
+        ];
+        Headers {
+            values: names.map(|n| {
+                msg.parts
+                    .first()
+                    .and_then(|p| p.headers.header_value(&n))
+                    .cloned()
+            }),
+        }
+    }
+}
+
+/// Read a header block as mail-parser's `parse_headers` does with
+/// [`PARSER`] (`Block::Message`) or [`PART_PARSER`] (`Block::Part`), without
+/// building a message: fields are split as mail-parser splits them, names
+/// matched as its name table matches them (white space inside a name
+/// ignored, case ignored), a field whose header is not decoded is skipped to
+/// the next line break not followed by a space or tab, and decoded values
+/// come from mail-parser's own value parsers, which also say where their
+/// field ends. `None` when the block holds no field at all (mail-parser then
+/// returns no message).
+fn read_headers(data: &[u8], block: Block) -> Option<Headers<'_>> {
+    let mut h = Headers {
+        values: Default::default(),
+    };
+    let mut fields = 0usize;
+    let mut pos = 0usize;
+    let mut stream: Option<MessageStream<'_>> = None;
+    'fields: loop {
+        // White space (and empty lines of it) before a field; a line break
+        // on its own ends the block.
+        loop {
+            match data.get(pos) {
+                Some(b'\n') => break 'fields,
+                None => break 'fields,
+                Some(c) if !c.is_ascii_whitespace() => break,
+                Some(_) => pos += 1,
+            }
+        }
+        let Some(name) = field_name(data, &mut pos) else {
+            if pos >= data.len() {
+                break;
+            }
+            continue;
+        };
+        fields += 1;
+        let hdr = name.filter(|h| h.decoded_in(block));
+        match hdr {
+            Some(hdr) => {
+                let s = stream.get_or_insert_with(|| MessageStream::new(data));
+                s.skip_bytes(pos.saturating_sub(s.offset()));
+                let value = hdr.parse_value(s);
+                pos = s.offset();
+                if let Some(slot) = h.values.get_mut(hdr as usize) {
+                    *slot = Some(value);
+                }
+            }
+            None => pos = skip_field(data, pos),
+        }
+    }
+    (fields > 0).then_some(h)
+}
+
+/// Read a field name from `pos` (the first byte that is not white space) as
+/// mail-parser's `parse_header_name` does: every byte up to the first ':'
+/// after a byte that is not white space, white space left out, lower-cased;
+/// a line break before that means no field (`None`), and so does the end of
+/// the data with no such byte. `Some(None)` is a field of a header
+/// [`read_headers`] does not decode. `pos` ends after the ':' (or the line
+/// break, or at the end).
+fn field_name(data: &[u8], pos: &mut usize) -> Option<Option<Hdr>> {
+    const MAX_NAME: usize = 34;
+    let mut name = [0u8; MAX_NAME];
+    let mut len = 0usize;
+    let found = loop {
+        let Some(&c) = data.get(*pos) else {
+            break len > 0;
+        };
+        *pos += 1;
+        match c {
+            b':' if len > 0 => break true,
+            b'\n' => break false,
+            c if c == b':' || c.is_ascii_whitespace() => {}
+            c => {
+                if let Some(slot) = name.get_mut(len) {
+                    *slot = c.to_ascii_lowercase();
+                }
+                len += 1;
+            }
+        }
+    };
+    found.then(|| name.get(..len).and_then(Hdr::lookup))
+}
+
+/// The end of a field's value that is not decoded: just after the first
+/// line break not followed by a space or tab (that one is part of the
+/// field), or the end of the data.
+fn skip_field(data: &[u8], mut pos: usize) -> usize {
+    while let Some(nl) = data.get(pos..).and_then(|r| memchr::memchr(b'\n', r)) {
+        pos += nl + 1;
+        match data.get(pos) {
+            Some(b' ' | b'\t') => pos += 1,
+            _ => return pos,
+        }
+    }
+    data.len()
 }
 
 /// The offset just after the header block (after its terminating line that
@@ -406,13 +672,17 @@ fn walk_multipart(
         let end = next.as_ref().map_or(body.len(), |d| d.break_at.max(start));
         let bytes = &body[start..end];
         let at = header_end(bytes);
-        let headers = PART_PARSER.parse_headers(&bytes[..at.unwrap_or(bytes.len())]);
-        let part = Part {
-            content_type: headers.as_ref().and_then(|m| m.content_type()),
-            disposition: headers.as_ref().and_then(|m| m.content_disposition()),
-            encoding: headers.as_ref().and_then(|m| m.content_transfer_encoding()),
-            name: headers.as_ref().and_then(|m| m.attachment_name()),
-            body: at.map_or(&[][..], |a| &bytes[a..]),
+        let headers = read_headers(&bytes[..at.unwrap_or(bytes.len())], Block::Part);
+        let part_body = at.map_or(&[][..], |a| &bytes[a..]);
+        let part = match &headers {
+            Some(h) => h.part(part_body),
+            None => Part {
+                content_type: None,
+                disposition: None,
+                encoding: None,
+                name: None,
+                body: part_body,
+            },
         };
         walk_part(part, ctx, depth, out);
         match next {
@@ -594,7 +864,8 @@ fn clean_name(n: Option<&str>) -> Option<String> {
     }
 }
 
-fn id_list(v: &mail_parser::HeaderValue) -> Vec<String> {
+fn id_list(v: Option<&HeaderValue>) -> Vec<String> {
+    let Some(v) = v else { return Vec::new() };
     if let Some(list) = v.as_text_list() {
         list.iter().map(|s| s.to_string()).collect()
     } else if let Some(t) = v.as_text() {
@@ -614,23 +885,97 @@ pub fn envelope_recipients(
     norm: &Normalizer,
 ) -> Vec<Recipient> {
     let mut out: Vec<Recipient> = Vec::with_capacity(rcpt_to.len());
+    let mut out_index = RecipientIndex::default();
+    let named = RecipientIndex::over(&meta.recipients);
     for raw in rcpt_to {
         let address = norm
             .normalize(raw)
             .unwrap_or_else(|_| raw.trim().to_lowercase());
-        if out.iter().any(|r| r.address == address) {
+        if out_index.find(&out, &address).is_some() {
             continue;
         }
-        match meta.recipients.iter().find(|r| r.address == address) {
-            Some(r) => out.push(r.clone()),
-            None => out.push(Recipient {
+        let r = match named.find(&meta.recipients, &address) {
+            Some(i) => meta.recipients[i].clone(),
+            None => Recipient {
                 address,
                 name: None,
                 field: Field::Bcc,
-            }),
-        }
+            },
+        };
+        out_index.push(&mut out, r);
     }
     out
+}
+
+/// Lists up to this long are searched one address after the other.
+const LINEAR_LOOKUP_MAX: usize = 16;
+
+/// Finds an address in a list of recipients that grows only by
+/// [`RecipientIndex::push`]: by comparing every address while the list is
+/// short, beyond [`LINEAR_LOOKUP_MAX`] by a 64-bit fingerprint of the
+/// address (mapped to the first recipient with that fingerprint), compared
+/// exactly, with a full scan when fingerprints collide. Either way the
+/// result is the first recipient with that address.
+#[derive(Default)]
+struct RecipientIndex {
+    by_fingerprint: Option<hashbrown::HashMap<u64, usize, foldhash::fast::FixedState>>,
+    /// How many recipients of the list `by_fingerprint` has taken in.
+    indexed: usize,
+}
+
+/// The fingerprint of an address: foldhash with a fixed seed.
+fn fingerprint(address: &str) -> u64 {
+    use std::hash::BuildHasher;
+    foldhash::fast::FixedState::with_seed(0x6d69_7364_6972_6563).hash_one(address)
+}
+
+impl RecipientIndex {
+    /// An index of an existing list.
+    fn over(list: &[Recipient]) -> RecipientIndex {
+        let mut index = RecipientIndex::default();
+        index.update(list);
+        index
+    }
+
+    /// The position of the first recipient with this address.
+    fn find(&self, list: &[Recipient], address: &str) -> Option<usize> {
+        let Some(map) = &self.by_fingerprint else {
+            return list.iter().position(|r| r.address == address);
+        };
+        let i = *map.get(&fingerprint(address))?;
+        if list.get(i).is_some_and(|r| r.address == address) {
+            Some(i)
+        } else {
+            list.iter().position(|r| r.address == address)
+        }
+    }
+
+    /// Append a recipient to the indexed list.
+    fn push(&mut self, list: &mut Vec<Recipient>, r: Recipient) {
+        list.push(r);
+        self.update(list);
+    }
+
+    /// Take in the recipients appended since the last call: nothing while
+    /// the list is short, all of them when it first grows past the limit.
+    fn update(&mut self, list: &[Recipient]) {
+        if self.by_fingerprint.is_none() {
+            if list.len() <= LINEAR_LOOKUP_MAX {
+                return;
+            }
+            self.by_fingerprint = Some(hashbrown::HashMap::with_capacity_and_hasher(
+                list.len() * 2,
+                foldhash::fast::FixedState::default(),
+            ));
+        }
+        let Some(map) = &mut self.by_fingerprint else {
+            return;
+        };
+        for (i, r) in list.iter().enumerate().skip(self.indexed) {
+            map.entry(fingerprint(&r.address)).or_insert(i);
+        }
+        self.indexed = list.len();
+    }
 }
 
 #[cfg(test)]
@@ -1090,5 +1435,432 @@ MIME-Version: 1.0\r\n";
         let m = MessageMeta::parse(raw.as_bytes(), &n);
         assert!(m.attachments.len() <= 1);
         assert_eq!(m.sender(), Some("alice@example.com"));
+    }
+
+    /// Every name [`Hdr::lookup`] knows, as mail-parser names the header.
+    fn hdr_names() -> Vec<(Hdr, HeaderName<'static>)> {
+        vec![
+            (Hdr::From, HeaderName::From),
+            (Hdr::To, HeaderName::To),
+            (Hdr::Cc, HeaderName::Cc),
+            (Hdr::Bcc, HeaderName::Bcc),
+            (Hdr::Date, HeaderName::Date),
+            (Hdr::MessageId, HeaderName::MessageId),
+            (Hdr::InReplyTo, HeaderName::InReplyTo),
+            (Hdr::References, HeaderName::References),
+            (Hdr::Subject, HeaderName::Subject),
+            (Hdr::ContentType, HeaderName::ContentType),
+            (Hdr::ContentDisposition, HeaderName::ContentDisposition),
+            (
+                Hdr::ContentTransferEncoding,
+                HeaderName::ContentTransferEncoding,
+            ),
+            (Hdr::ContentId, HeaderName::ContentId),
+            (Hdr::ContentDescription, HeaderName::ContentDescription),
+            (Hdr::ContentLocation, HeaderName::ContentLocation),
+        ]
+    }
+
+    #[test]
+    fn header_names_are_looked_up_as_mail_parser_does() {
+        let table = hdr_names();
+        let mut names: Vec<String> = Vec::new();
+        for (_, n) in &table {
+            let s = n.as_str().to_string();
+            names.push(s.clone());
+            names.push(s.to_ascii_uppercase());
+            names.push(s.to_ascii_lowercase());
+            names.push(format!(" {s} "));
+            names.push(format!(":{s}"));
+            names.push(format!("::{s}"));
+            names.push(format!("{s}x"));
+            names.push(format!("x{s}"));
+            names.push(format!("Resent-{s}"));
+            names.push(s.replace('-', " - "));
+            names.push(s.replace('-', ""));
+            names.push(s.replace('-', "_"));
+            let mid = s.len() / 2;
+            names.push(format!("{}\t{}", &s[..mid], &s[mid..]));
+            names.push(format!("{}\r{}", &s[..mid], &s[mid..]));
+            names.push(format!("{}\n{}", &s[..mid], &s[mid..]));
+        }
+        names.extend(
+            [
+                "",
+                " ",
+                ":",
+                "Reply-To",
+                "Sender",
+                "Received",
+                "X-Mailer",
+                "DKIM-Signature",
+                "Content-Language",
+                "X-Ms-Exchange-Organization-AuthSource-Longer-Than-34",
+                "Content-Transfer-Encoding-Extended",
+                "Fröm",
+                "From\u{ff}",
+                "Message-Id",
+                "MESSAGE-ID",
+                "In-Reply-To-",
+                "T o",
+                "C C",
+            ]
+            .map(String::from),
+        );
+        for name in &names {
+            for rest in [": value\r\n", ":", "", "\n: x"] {
+                let data = format!("{name}{rest}");
+                let data = data.as_bytes();
+                let mut stream = MessageStream::new(data);
+                let theirs = stream.parse_header_name();
+                let mut pos = 0;
+                let ours = field_name(data, &mut pos);
+                let expected = theirs.map(|t| table.iter().find(|(_, n)| *n == t).map(|(h, _)| *h));
+                assert_eq!(ours, expected, "{name:?}{rest:?}");
+                assert_eq!(pos.min(data.len()), stream.offset(), "{name:?}{rest:?}");
+            }
+        }
+        // Every name in the table is found in every case.
+        for (h, n) in &table {
+            let lc = n.as_str().to_ascii_lowercase();
+            assert_eq!(Hdr::lookup(lc.as_bytes()), Some(*h));
+            assert_eq!(Hdr::lookup(n.as_str().as_bytes()), None, "only lower case");
+        }
+        assert!(names.len() > 200);
+    }
+
+    /// Header blocks built from fields of every kind mail-parser tells
+    /// apart: folded, encoded words, groups, comments, duplicates, odd case
+    /// and spacing in names, 8-bit and invalid UTF-8, empty values, lines
+    /// without a colon, stray white space, with and without a final blank
+    /// line.
+    fn header_blocks() -> Vec<Vec<u8>> {
+        let names = [
+            "From",
+            "To",
+            "Cc",
+            "Bcc",
+            "Date",
+            "Message-ID",
+            "In-Reply-To",
+            "References",
+            "Subject",
+            "Content-Type",
+            "Content-Disposition",
+            "Content-Transfer-Encoding",
+            "Content-ID",
+            "Content-Description",
+            "Content-Location",
+            "FROM",
+            "to",
+            "cC",
+            "Fr om",
+            " Subject",
+            "X-Mailer",
+            "Received",
+            "DKIM-Signature",
+            "Reply-To",
+            "Sender",
+            "X-A-Very-Long-Header-Name-Beyond-Thirty-Four",
+            ":To",
+            "Resent-From",
+        ];
+        let values: &[&[u8]] = &[
+            b" \"Alice A\" <Alice@Example.com>",
+            b" Bob <bob@example.com>, =?UTF-8?Q?J=C3=B6rg?= <jorg@example.de>",
+            b" team: a@x.org, \"B, b\" <b@x.org>;, c@y.org",
+            b" (comment) carol@example.org (Carol)",
+            b" d@e.f,\r\n\tg@h.i,\r\n  <J@K.L>",
+            b" undisclosed-recipients:;",
+            b" <m1@example.com> <m2@example.com>",
+            b" <m3@example.com>\r\n <m4@example.com>",
+            b" Tue, 3 Nov 2026 09:00:00 +0100",
+            b" 3 Nov 2026 09:00 -0000 (UTC)",
+            b" not a date",
+            b" =?UTF-8?B?UXVhcnRhbHNiZXJpY2h0?= and =?ISO-8859-1?Q?caf=E9?=",
+            b" Re: \xc3\x84rger \xff\xfe raw 8-bit",
+            b" multipart/mixed; boundary=\"b1=_x\"",
+            b" text/plain;\r\n charset=utf-8; name*=UTF-8''%C3%BCber.txt",
+            b" attachment; filename=\"q3.pdf\"",
+            b" base64",
+            b" QUOTED-printable (comment)",
+            b" from mx.example ([10.0.0.1]) by mx2;\r\n\tTue, 3 Nov 2026 09:00:00 +0100",
+            b" v=1; a=rsa-sha256;\r\n\tb=QUJD\r\n\t DEF=",
+            b"",
+            b" ",
+            b"\r\n\tfolded right away <x@y.z>",
+            b" \"unterminated <u@v.w>",
+            b" <<<>>>@@",
+            b" a@b\rc@d",
+            b" with: colon: in value",
+        ];
+        let tails: &[&[u8]] = &[b"\r\n", b"\n", b"\r\n", b"\n\t\n", b"\r\r\n"];
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut out = Vec::new();
+        for _ in 0..3000 {
+            let mut b = Vec::new();
+            if rnd(10) == 0 {
+                b.extend_from_slice(b"  \t");
+            }
+            for _ in 0..1 + rnd(12) {
+                match rnd(20) {
+                    0 => b.extend_from_slice(b"a line without a colon"),
+                    1 => b.extend_from_slice(b" \t "),
+                    _ => {
+                        b.extend_from_slice(names[rnd(names.len())].as_bytes());
+                        b.extend_from_slice(if rnd(8) == 0 { b" :" } else { b":" });
+                        b.extend_from_slice(values[rnd(values.len())]);
+                    }
+                }
+                b.extend_from_slice(tails[rnd(tails.len())]);
+            }
+            match rnd(4) {
+                0 => {}
+                1 => b.extend_from_slice(b"\r\n"),
+                2 => b.extend_from_slice(b"\n"),
+                _ => {
+                    // Cut anywhere.
+                    let cut = rnd(b.len() + 1);
+                    b.truncate(cut);
+                }
+            }
+            out.push(b);
+        }
+        out.push(Vec::new());
+        out.push(b"\r\n".to_vec());
+        out.push(b"From".to_vec());
+        out.push(b"From:".to_vec());
+        out.push(b": :\r\n".to_vec());
+        out.push(b"To: a@b.c\r\n\r\nTo: late@b.c\r\n".to_vec());
+        out.push(b"To: a@b.c\nTo:\n".to_vec());
+        out.push(b"Subject: one\r\nSubject: two\r\n".to_vec());
+        out
+    }
+
+    #[test]
+    fn header_reader_matches_mail_parser_parse_headers() {
+        let blocks = header_blocks();
+        let mut seen = [0usize; KEPT];
+        let mut none = 0;
+        for (i, b) in blocks.iter().enumerate() {
+            for (block, parser) in [(Block::Message, &*PARSER), (Block::Part, &*PART_PARSER)] {
+                let ours = read_headers(b, block);
+                let theirs = parser.parse_headers(b.as_slice());
+                match (&ours, &theirs) {
+                    (None, None) => none += 1,
+                    (Some(o), Some(t)) => {
+                        let mut t = Headers::of_message(t);
+                        if block == Block::Part {
+                            // Headers a part's configuration does not decode
+                            // are there as empty values; misdirect reads
+                            // only the MIME ones of a part.
+                            for v in t.values.iter_mut().take(Hdr::ContentType as usize) {
+                                *v = None;
+                            }
+                        }
+                        assert!(
+                            o.values == t.values,
+                            "block {i} differs:\n{}\nours {:?}\ntheirs {:?}",
+                            String::from_utf8_lossy(b),
+                            o.values,
+                            t.values
+                        );
+                        for (k, v) in o.values.iter().enumerate() {
+                            if v.is_some() {
+                                seen[k] += 1;
+                            }
+                        }
+                    }
+                    _ => panic!(
+                        "block {i}: ours {} theirs {}:\n{}",
+                        ours.is_some(),
+                        theirs.is_some(),
+                        String::from_utf8_lossy(b)
+                    ),
+                }
+            }
+        }
+        // Every header was decoded in many blocks, and some had no field.
+        assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
+        assert!(none > 2, "{none}");
+        // Whole messages built on these blocks: the metadata but the
+        // attachments is what mail-parser's header parse gives for the
+        // block `parse` reads (which ends at the first line of only white
+        // space, even one mail-parser would take as folding).
+        let n = norm();
+        for b in blocks.iter().step_by(3) {
+            let mut raw = b.clone();
+            raw.extend_from_slice(b"\r\nbody\r\n");
+            let block = &raw[..header_end(&raw).unwrap_or(raw.len())];
+            let expected = PARSER
+                .parse_headers(block)
+                .map_or_else(MessageMeta::default, |m| {
+                    MessageMeta::from_headers(&Headers::of_message(&m), &n)
+                });
+            let mut meta = MessageMeta::parse(&raw, &n);
+            meta.attachments.clear();
+            assert_eq!(meta, expected, "{}", String::from_utf8_lossy(&raw));
+        }
+    }
+
+    /// The dedupe before fingerprints: each address compared with every
+    /// one kept so far.
+    fn envelope_recipients_linear(
+        meta: &MessageMeta,
+        rcpt_to: &[String],
+        norm: &Normalizer,
+    ) -> Vec<Recipient> {
+        let mut out: Vec<Recipient> = Vec::new();
+        for raw in rcpt_to {
+            let address = norm
+                .normalize(raw)
+                .unwrap_or_else(|_| raw.trim().to_lowercase());
+            if out.iter().any(|r| r.address == address) {
+                continue;
+            }
+            match meta.recipients.iter().find(|r| r.address == address) {
+                Some(r) => out.push(r.clone()),
+                None => out.push(Recipient {
+                    address,
+                    name: None,
+                    field: Field::Bcc,
+                }),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn repeated_recipients_are_kept_once_in_first_field_order() {
+        let n = norm();
+        let mut seed = 0x1234_5678_9abc_def1u64;
+        let mut rnd = move |m: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % m as u64) as usize
+        };
+        for count in [1usize, 3, 15, 16, 17, 18, 33, 60, 150] {
+            let pool = count * 2 / 3 + 1;
+            let mut headers = String::from("From: s@corp.example\r\n");
+            let mut expected: Vec<Recipient> = Vec::new();
+            let mut rcpt_to = Vec::new();
+            for (field, hname) in [(Field::To, "To"), (Field::Cc, "Cc"), (Field::Bcc, "Bcc")] {
+                let mut spelled = Vec::new();
+                for _ in 0..count / 3 + 1 {
+                    let k = rnd(pool);
+                    let (text, name) = match rnd(4) {
+                        0 => (
+                            format!("\"Person {k}\" <P{k}@Example.COM>"),
+                            Some(format!("Person {k}")),
+                        ),
+                        1 => (format!("p{k}+tag{}@example.com", rnd(9)), None),
+                        2 => (format!("<p{k}@EXAMPLE.com>"), None),
+                        _ => (
+                            format!("Person{k} <p{k}@example.com>"),
+                            Some(format!("Person{k}")),
+                        ),
+                    };
+                    let address = format!("p{k}@example.com");
+                    rcpt_to.push(format!("<P{k}+x@example.com>"));
+                    if !expected.iter().any(|r| r.address == address) {
+                        expected.push(Recipient {
+                            address,
+                            name,
+                            field,
+                        });
+                    }
+                    spelled.push(text);
+                }
+                headers.push_str(&format!("{hname}: {}\r\n", spelled.join(",\r\n ")));
+            }
+            for k in 0..count / 4 {
+                rcpt_to.push(format!("stranger{k}@elsewhere.example"));
+                rcpt_to.push(format!("not an address {}", k % 3));
+            }
+            // Shuffle the envelope.
+            for i in (1..rcpt_to.len()).rev() {
+                rcpt_to.swap(i, rnd(i + 1));
+            }
+            let raw = format!("{headers}Subject: x\r\n\r\nbody\r\n");
+            let meta = MessageMeta::parse(raw.as_bytes(), &n);
+            assert_eq!(meta.recipients, expected, "{count} recipients");
+            assert_eq!(meta, parse_reference(raw.as_bytes(), &n));
+            let env = envelope_recipients(&meta, &rcpt_to, &n);
+            assert_eq!(
+                env,
+                envelope_recipients_linear(&meta, &rcpt_to, &n),
+                "{count}"
+            );
+            // A list with repeats (not one from_headers makes) is searched
+            // for its first match too.
+            let mut doubled = meta.clone();
+            doubled
+                .recipients
+                .extend(meta.recipients.iter().rev().map(|r| Recipient {
+                    field: Field::Cc,
+                    ..r.clone()
+                }));
+            assert_eq!(
+                envelope_recipients(&doubled, &rcpt_to, &n),
+                envelope_recipients_linear(&doubled, &rcpt_to, &n)
+            );
+        }
+    }
+
+    #[test]
+    fn fingerprints_differ_for_close_addresses() {
+        let base = "alice.smith@example.com";
+        let mut close = vec![base.to_string()];
+        for (i, _) in base.char_indices() {
+            for c in ['a', 'b', 'z', '.', '0', '+', 'A'] {
+                let mut s = base.to_string();
+                s.replace_range(i..i + 1, &c.to_string());
+                close.push(s.clone());
+                s.insert(i, c);
+                close.push(s);
+            }
+            let mut s = base.to_string();
+            s.remove(i);
+            close.push(s);
+        }
+        close.push(format!("{base}."));
+        close.push(format!("{base}\0"));
+        close.extend((0..2000).map(|k| format!("p{k}@example.com")));
+        close.sort();
+        close.dedup();
+        let fps: std::collections::HashSet<u64> = close.iter().map(|a| fingerprint(a)).collect();
+        assert_eq!(fps.len(), close.len());
+
+        // A collision (forced by pointing one fingerprint at another
+        // address) still finds the right recipient, and a missing one none.
+        let list: Vec<Recipient> = close
+            .iter()
+            .take(40)
+            .map(|a| Recipient {
+                address: a.clone(),
+                name: None,
+                field: Field::To,
+            })
+            .collect();
+        let mut index = RecipientIndex::over(&list);
+        for (i, r) in list.iter().enumerate() {
+            assert_eq!(index.find(&list, &r.address), Some(i));
+        }
+        assert_eq!(index.find(&list, "nobody@example.com"), None);
+        if let Some(map) = &mut index.by_fingerprint {
+            map.insert(fingerprint(&list[30].address), 3);
+        }
+        assert_eq!(index.find(&list, &list[30].address), Some(30));
+        // Short lists are not fingerprinted at all.
+        assert!(RecipientIndex::over(&list[..LINEAR_LOOKUP_MAX])
+            .by_fingerprint
+            .is_none());
     }
 }
