@@ -360,9 +360,8 @@ impl Histogram {
 }
 
 /// [`Histogram::lower_bound`] of `a` and `b` from their histograms, kept in
-/// `ha` and `hb` once built: the scan needs it only for a contact whose
-/// skeleton matches a recipient's at more than two edits, and builds each
-/// histogram at most once.
+/// `ha` and `hb` once built: a recipient's is compared with every contact
+/// that passes the cheaper filters, a contact's with every such recipient.
 /// (Bounding from the differing middle of the two strings instead, which
 /// needs no histogram, was measured slower for a sender whose contacts'
 /// addresses differ in a few bytes: 70 against 63 µs in `cargo bench
@@ -761,17 +760,28 @@ pub fn extract(
                 // As the histogram bound (lb) with the distance (d) capped
                 // at 3: skipped when lb > 4; else d, or 1 when the
                 // skeletons match. d is never below lb, so lb is needed
-                // only when d is 3 and the skeletons match (a contact at
-                // distance 3 changes nothing else, skipped or not); and d
-                // is 3 without computing it when the bigrams rule 2 out.
+                // only when d is 3 and the skeletons match; and d is 3
+                // without computing it when the bigrams rule 2 out.
                 let cb = *cbigrams.get_or_insert_with(|| bigram_mask(ab));
+                let mut lb: Option<usize> = None;
                 let d = if bigrams_rule_out_2(sc.bigrams, cb) {
                     3
                 } else {
-                    bounded_distance(ra, ab, 2)
+                    let l = cached_bound(ra, ab, &mut sc.hist, &mut chist);
+                    if l > 4 {
+                        continue;
+                    }
+                    lb = Some(l);
+                    if l <= 2 {
+                        bounded_distance(ra, ab, 2)
+                    } else {
+                        3
+                    }
                 };
                 let d = if d > 1 && skeleton_is(addr, &sc.skel) {
-                    if d > 2 && cached_bound(ra, ab, &mut sc.hist, &mut chist) > 4 {
+                    if d > 2
+                        && lb.unwrap_or_else(|| cached_bound(ra, ab, &mut sc.hist, &mut chist)) > 4
+                    {
                         continue;
                     }
                     1
