@@ -11,7 +11,7 @@
 use std::collections::HashSet;
 
 use crate::address::{domain_of, local_of};
-use crate::graph::{is_forward, thread_subject, AddressStats, EdgeStats, GraphView, Id, Ts};
+use crate::graph::{is_forward, is_reply, AddressStats, EdgeStats, GraphView, Id, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Contacts examined per message in the lookalike scan. A sender with more
@@ -243,15 +243,57 @@ pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     if n == 0 || m == 0 {
         return n.max(m).min(max + 1);
     }
-    // Rows as wide as needed (what differs is mostly a few bytes; zeroing
-    // three full-width rows cost more than the table itself).
-    if m < 16 {
-        osa_rows::<16>(a, b, max)
-    } else if m < 32 {
-        osa_rows::<32>(a, b, max)
+    if n <= 64 {
+        osa_bits(a, b).min(max + 1)
     } else {
         osa_rows::<CAP>(a, b, max)
     }
+}
+
+/// The optimal string alignment distance between `a` (1 to 64 bytes) and
+/// `b`, by Hyyrö's bit-vector algorithm (Myers' for Levenshtein, with
+/// adjacent transpositions; H. Hyyrö, "A bit-vector algorithm for
+/// computing Levenshtein and Damerau edit distances", 2003): one word holds
+/// the vertical differences of a column of the table of [`osa_rows`] (bit
+/// `i` for row `i + 1`, a byte of `a`), and each byte of `b` advances it
+/// by one column.
+fn osa_bits(a: &[u8], b: &[u8]) -> usize {
+    let top = 1u64 << (a.len() - 1);
+    // Vertical +1 and -1 differences: column 0 climbs by 1 each row. Bits
+    // above `a.len()` are never read back into the lower ones (carries
+    // and shifts only move up).
+    let (mut vp, mut vn) = (!0u64, 0u64);
+    // The previous column's zero diagonal differences and match mask.
+    let (mut d0, mut pm_prev) = (0u64, 0u64);
+    let mut dist = a.len();
+    for &c in b {
+        // Rows whose byte of `a` is `c`.
+        let pm = a
+            .iter()
+            .enumerate()
+            .fold(0u64, |m, (i, &x)| m | u64::from(x == c) << i);
+        // Transpositions: `a[i] == b[j - 1]` and `a[i - 1] == b[j]`, where
+        // the previous diagonal difference was not zero. A zero diagonal
+        // difference from one starts a carry down the column as a match
+        // does.
+        let tc = ((!d0 & pm) << 1) & pm_prev;
+        let x = pm | vn | tc;
+        d0 = (((x & vp).wrapping_add(vp)) ^ vp) | x;
+        let hp = vn | !(d0 | vp);
+        let hn = vp & d0;
+        if hp & top != 0 {
+            dist += 1;
+        } else if hn & top != 0 {
+            dist -= 1;
+        }
+        // Row 0 climbs by 1 each column.
+        let hp = (hp << 1) | 1;
+        let hn = hn << 1;
+        vp = hn | !(d0 | hp);
+        vn = hp & d0;
+        pm_prev = pm;
+    }
+    dist
 }
 
 /// The distance table of [`bounded_distance`] in three rows of `W` cells
@@ -570,7 +612,7 @@ pub fn extract(
 
     // Thread context.
     let subject = meta.subject.as_deref().unwrap_or("");
-    let is_reply = !subject.is_empty() && thread_subject(subject) != subject.trim().to_lowercase();
+    let is_reply = is_reply(subject);
     // The two id lists are joined (a copy) only when both have ids.
     let mut thread: Vec<String> = if meta.references.is_empty() {
         g.thread_participants(&meta.in_reply_to)
@@ -767,14 +809,11 @@ pub fn extract(
             }
         }
     }
-    let others_known: Vec<bool> = scans.iter().map(|s| s.known.is_some()).collect();
-    let ids: Vec<Option<Id>> = scans.iter().map(|s| s.id).collect();
     // Pair lookups are symmetric (co-recipient counts, mail in either
     // direction): each pair is looked up once and used for both of its
     // recipients (for the first PAIR_CACHE recipients).
     let pn = n.min(PAIR_CACHE);
-    let mut co_cache: Vec<Option<u32>> = vec![None; pn * pn];
-    let mut link_cache: Vec<Option<bool>> = vec![None; pn * pn];
+    let mut pair_cache: Vec<(Option<u32>, Option<bool>)> = vec![(None, None); pn * pn];
     let pair = |i: usize, j: usize| (i < pn && j < pn).then(|| i.min(j) * pn + i.max(j));
     let mut out = Vec::with_capacity(n);
     for (i, r) in recipients.iter().enumerate() {
@@ -821,26 +860,27 @@ pub fn extract(
         ev.others = others;
         v[idx::HAS_OTHERS] = f32::from(u8::from(others > 0));
         if others > 0 {
-            let known = others_known
+            let known = scans
                 .iter()
                 .enumerate()
-                .filter(|(j, k)| *j != i && **k)
+                .filter(|(j, o)| *j != i && o.known.is_some())
                 .count();
             ev.others_known = known;
             v[idx::OTHERS_KNOWN_FRAC] = known as f32 / others as f32;
             let mut co_max = 0u32;
             let mut co_n = 0usize;
             if !never {
-                for (j, (&known_j, &oid)) in others_known.iter().zip(&ids).enumerate() {
-                    if j == i || !known_j {
+                for (j, o) in scans.iter().enumerate() {
+                    if j == i || o.known.is_none() {
                         continue;
                     }
+                    let oid = o.id;
                     let co = || match (sid, rid, oid) {
                         (Some(s), Some(a), Some(b)) => g.co_count_by_id(s, a, b),
                         _ => 0,
                     };
                     let c = match pair(i, j) {
-                        Some(k) => *co_cache[k].get_or_insert_with(co),
+                        Some(k) => *pair_cache[k].0.get_or_insert_with(co),
                         None => co(),
                     };
                     co_max = co_max.max(c);
@@ -852,7 +892,7 @@ pub fn extract(
             v[idx::CO_FRAC] = co_n as f32 / others as f32;
             let mut checked = 0usize;
             let mut linked = 0usize;
-            for (j, &oid) in ids.iter().enumerate() {
+            for (j, oid) in scans.iter().map(|o| o.id).enumerate() {
                 if j == i {
                     continue;
                 }
@@ -867,7 +907,7 @@ pub fn extract(
                     _ => false,
                 };
                 let is_linked = match pair(i, j) {
-                    Some(k) => *link_cache[k].get_or_insert_with(link),
+                    Some(k) => *pair_cache[k].1.get_or_insert_with(link),
                     None => link(),
                 };
                 if is_linked {
@@ -1022,6 +1062,104 @@ mod tests {
             reference::reference_distance(long.as_bytes(), long2.as_bytes(), 2),
             3
         );
+    }
+
+    /// `b` as `a` with 0 to 4 random edits (insertions, deletions,
+    /// substitutions, adjacent transpositions) of bytes from `alphabet`.
+    fn edited(rng: &mut StdRng, a: &[u8], alphabet: &[u8]) -> Vec<u8> {
+        let mut b = a.to_vec();
+        for _ in 0..rng.gen_range(0..=4) {
+            let k = rng.gen_range(0..=b.len());
+            let c = alphabet[rng.gen_range(0..alphabet.len())];
+            match rng.gen_range(0..4) {
+                0 => b.insert(k, c),
+                1 if k < b.len() => {
+                    b.remove(k);
+                }
+                2 if k + 1 < b.len() => b.swap(k, k + 1),
+                _ if k < b.len() => b[k] = c,
+                _ => b.push(c),
+            }
+        }
+        b
+    }
+
+    /// The bit-parallel distance (strings up to 64 bytes after the common
+    /// prefix and suffix) and its fallback give the simple table's
+    /// distance: random pairs, near-equal pairs (0 to 4 edits, adjacent
+    /// transpositions included), empty strings, strings of 60 to 100 bytes
+    /// (on both sides of 64 and of the 96-byte cap), any byte values; for
+    /// caps 0 to 5 and uncapped.
+    #[test]
+    fn bit_parallel_distance_matches_the_reference() {
+        let mut rng = StdRng::seed_from_u64(15);
+        let small = b"abcrn@.";
+        let any: Vec<u8> = (0..=255).collect();
+        let mut near = [0usize; 4];
+        for case in 0..40_000 {
+            let alphabet: &[u8] = if case % 3 == 0 { &any } else { small };
+            let len = match case % 5 {
+                0 => rng.gen_range(0..3),
+                1 | 2 => rng.gen_range(0..20),
+                3 => rng.gen_range(20..64),
+                _ => rng.gen_range(60..100),
+            };
+            let a: Vec<u8> = (0..len)
+                .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                .collect();
+            let b = match rng.gen_range(0..4) {
+                0 => (0..rng.gen_range(0..=len + 2))
+                    .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
+                    .collect(),
+                // A common prefix and suffix around a differing middle.
+                1 if len > 4 => {
+                    let mut b = a.clone();
+                    let mid = edited(&mut rng, &a[2..len - 2], alphabet);
+                    b.splice(2..len - 2, mid);
+                    b
+                }
+                _ => edited(&mut rng, &a, alphabet),
+            };
+            let (a, b) = if rng.gen_bool(0.5) { (a, b) } else { (b, a) };
+            for max in [0, 1, 2, 3, 5, 200] {
+                let got = bounded_distance(&a, &b, max);
+                assert_eq!(
+                    got,
+                    reference::reference_distance(&a, &b, max),
+                    "{a:?} {b:?} max {max}"
+                );
+                if max == 2 && got <= 2 {
+                    near[got] += 1;
+                } else if max == 2 {
+                    near[3] += 1;
+                }
+            }
+        }
+        // Every outcome of the capped distance the scan uses occurs often.
+        assert!(near.iter().all(|&k| k > 1_500), "{near:?}");
+        // The word's top row: 64-byte strings differing at either end, and
+        // transpositions there.
+        let base: Vec<u8> = (0..64).map(|i| b'a' + (i % 26) as u8).collect();
+        for k in [0, 1, 31, 62, 63] {
+            let mut sub = base.clone();
+            sub[k] = b'#';
+            let mut swap = base.clone();
+            swap.swap(k.min(62), k.min(62) + 1);
+            let mut del = base.clone();
+            del.remove(k);
+            for (x, d) in [(&sub, 1), (&swap, 1), (&del, 1)] {
+                assert_eq!(osa_bits(&base, x), d, "{k}");
+                assert_eq!(osa_bits(x, &base), d, "{k}");
+                assert_eq!(bounded_distance(&base, x, 2), d);
+            }
+        }
+        assert_eq!(osa_bits(b"ab", b"ba"), 1);
+        assert_eq!(
+            osa_bits(b"ca", b"abc"),
+            3,
+            "OSA, not Damerau: no edit after a swap"
+        );
+        assert_eq!(osa_bits(&base, &[]), 64);
     }
 
     #[test]

@@ -284,7 +284,7 @@ fn tree_value(t: &[TreeNode], z: &[f64; N_FEATURES]) -> f64 {
     0.0
 }
 
-/// Marks a leaf in [`FlatNode::feature`]: the index of the padding slot of
+/// Marks a leaf in a [`FlatNode`]'s feature bits: the index of the padding slot of
 /// a [`Padded`] row, which holds NaN, so a leaf's comparison is false and
 /// the walk stays on the leaf (its `right` is itself).
 const LEAF: u32 = N_FEATURES as u32;
@@ -298,18 +298,53 @@ const _: () = assert!(N_FEATURES < 64);
 
 /// Rows walked through each tree together (independent walks overlap
 /// their memory loads instead of waiting on one another).
-const LANES: usize = 8;
+const LANES: usize = 12;
 
-/// One node of a [`Forest`]: 16 bytes. A split sends `z[feature] <=
+/// Bits of [`FlatNode::packed`] holding the feature index (the rest hold
+/// the right child's index).
+const FEATURE_BITS: u32 = 6;
+
+/// Nodes a [`Forest`] can address: the right child's index has the
+/// `32 - FEATURE_BITS` upper bits of [`FlatNode::packed`].
+const MAX_NODES: usize = 1 << (32 - FEATURE_BITS);
+
+/// One node of a [`Forest`]: 8 bytes. A split sends `z[feature] <=
 /// threshold` to the next node in the array (trees are laid out in
 /// pre-order) and the rest to `right`; a leaf (`feature == LEAF`) holds its
-/// value in `threshold` and its own index in `right`.
+/// value in `threshold` and its own index in `right`. The threshold (or
+/// leaf value) is the file's own `f32`, widened to `f64` exactly at each
+/// comparison, as the file's walk does.
 #[derive(Debug, Clone, Copy)]
 struct FlatNode {
-    threshold: f64,
-    feature: u32,
-    right: u32,
+    threshold: f32,
+    /// `feature | right << FEATURE_BITS`.
+    packed: u32,
 }
+
+impl FlatNode {
+    fn new(threshold: f32, feature: u32, right: u32) -> Self {
+        FlatNode {
+            threshold,
+            packed: feature | right << FEATURE_BITS,
+        }
+    }
+
+    fn feature(self) -> u32 {
+        self.packed & ((1 << FEATURE_BITS) - 1)
+    }
+
+    fn right(self) -> u32 {
+        self.packed >> FEATURE_BITS
+    }
+
+    fn set_right(&mut self, right: u32) {
+        self.packed = self.feature() | right << FEATURE_BITS;
+    }
+}
+
+// Every feature and the leaf mark fit in the feature bits.
+const _: () = assert!(LEAF < 1 << FEATURE_BITS);
+const _: () = assert!(std::mem::size_of::<FlatNode>() == 8);
 
 /// The bagged trees of a model flattened at load into one array in
 /// pre-order (left child next to its parent), thresholds widened to `f64`
@@ -326,10 +361,14 @@ struct Forest {
 
 impl Forest {
     /// Flatten `trees`; `None` when a tree is not a plain tree (a node
-    /// reached twice, as in a hand-edited file with a cycle), which keeps
-    /// the file's own walk for that model.
+    /// reached twice, as in a hand-edited file with a cycle) or the trees
+    /// have [`MAX_NODES`] nodes or more, which keeps the file's own walk
+    /// for that model.
     fn build(trees: &[Vec<TreeNode>]) -> Option<Forest> {
         let total: usize = trees.iter().map(|t| t.len().max(1)).sum();
+        if total >= MAX_NODES {
+            return None;
+        }
         let mut f = Forest {
             nodes: Vec::with_capacity(total),
             roots: Vec::with_capacity(trees.len()),
@@ -338,11 +377,7 @@ impl Forest {
             let root = u32::try_from(f.nodes.len()).ok()?;
             if t.is_empty() {
                 // The file's walk yields 0 for an empty tree.
-                f.nodes.push(FlatNode {
-                    threshold: 0.0,
-                    feature: LEAF,
-                    right: root,
-                });
+                f.nodes.push(FlatNode::new(0.0, LEAF, root));
                 f.roots.push((root, 0));
                 continue;
             }
@@ -359,16 +394,12 @@ impl Forest {
                 let at = f.nodes.len();
                 let at32 = u32::try_from(at).ok()?;
                 if let Some(p) = parent {
-                    f.nodes.get_mut(p)?.right = at32;
+                    f.nodes.get_mut(p)?.set_right(at32);
                 }
                 match n.feature {
                     None => {
                         depth = depth.max(d);
-                        f.nodes.push(FlatNode {
-                            threshold: n.value as f64,
-                            feature: LEAF,
-                            right: at32,
-                        })
+                        f.nodes.push(FlatNode::new(n.value, LEAF, at32))
                     }
                     Some(feat) => {
                         // A feature this build does not compute: the
@@ -376,11 +407,7 @@ impl Forest {
                         if usize::from(feat) >= N_FEATURES {
                             return None;
                         }
-                        f.nodes.push(FlatNode {
-                            threshold: n.threshold as f64,
-                            feature: u32::from(feat),
-                            right: 0,
-                        });
+                        f.nodes.push(FlatNode::new(n.threshold, u32::from(feat), 0));
                         stack.push((n.right as usize, Some(at), d + 1));
                         stack.push((n.left as usize, None, d + 1));
                     }
@@ -403,7 +430,11 @@ impl Forest {
                 5 => &self.sums::<5>(rows),
                 6 => &self.sums::<6>(rows),
                 7 => &self.sums::<7>(rows),
-                _ => &self.sums::<8>(rows),
+                8 => &self.sums::<8>(rows),
+                9 => &self.sums::<9>(rows),
+                10 => &self.sums::<10>(rows),
+                11 => &self.sums::<11>(rows),
+                _ => &self.sums::<12>(rows),
             };
             for (o, s) in out.iter_mut().zip(sums) {
                 let p = (s / self.roots.len().max(1) as f64).clamp(1e-3, 1.0 - 1e-3);
@@ -428,19 +459,19 @@ impl Forest {
                     let Some(n) = self.nodes.get(at[l]) else {
                         continue;
                     };
-                    let v = z[l][(n.feature & 63) as usize];
+                    let v = z[l][(n.packed & 63) as usize];
                     // Branch-free select (the comparison is as
                     // unpredictable as the data): left child when
                     // `v <= threshold`, else `right`.
-                    let left = (v <= n.threshold) as usize;
-                    let right = n.right as usize;
+                    let left = (v <= f64::from(n.threshold)) as usize;
+                    let right = n.right() as usize;
                     at[l] = right ^ ((right ^ (at[l] + 1)) & left.wrapping_neg());
                 }
             }
             for l in 0..K {
                 // Only a malformed walk ends off a leaf: it counts 0.
                 sum[l] += match self.nodes.get(at[l]) {
-                    Some(n) if n.feature == LEAF => n.threshold,
+                    Some(n) if n.feature() == LEAF => f64::from(n.threshold),
                     _ => 0.0,
                 };
             }
@@ -481,23 +512,42 @@ impl ModelScorer {
     /// [`Self::raw`] of every row into `out` (as long as `rows`), the rows
     /// walked through each tree together.
     pub fn raw_rows(&self, rows: &[[f32; N_FEATURES]], out: &mut [f64]) {
+        self.raw_each(rows.iter(), out);
+    }
+
+    /// [`Self::raw_rows`] of the rows `rows` yields (as many as `out`
+    /// holds), standardised and walked [`LANES`] at a time in a buffer on
+    /// the stack.
+    fn raw_each<'r>(&self, rows: impl Iterator<Item = &'r [f32; N_FEATURES]>, out: &mut [f64]) {
         let Some(forest) = &self.forest else {
             for (o, x) in out.iter_mut().zip(rows) {
                 *o = self.model.raw(x);
             }
             return;
         };
-        let padded: Vec<Padded> = rows
-            .iter()
-            .map(|x| {
-                let mut p = NAN_ROW;
+        let mut rows = rows.take(out.len());
+        // The padding slots stay NaN: only the features are written.
+        let mut padded = [NAN_ROW; LANES];
+        let mut trees = [0f64; LANES];
+        for out in out.chunks_mut(LANES) {
+            let mut k = 0;
+            for (p, x) in padded.iter_mut().zip(rows.by_ref().take(out.len())) {
                 p[..N_FEATURES].copy_from_slice(&self.model.z(x));
-                p
-            })
-            .collect();
-        let mut trees = vec![0f64; rows.len()];
-        forest.raw_rows(&padded, &mut trees);
-        for ((o, z), t) in out.iter_mut().zip(&padded).zip(trees) {
+                k += 1;
+            }
+            if k == 0 {
+                return;
+            }
+            forest.raw_rows(&padded[..k], &mut trees[..k]);
+            self.combine(&padded[..k], &trees[..k], &mut out[..k]);
+        }
+    }
+
+    /// The model's raw output from standardised rows `z` and their trees'
+    /// output `trees`.
+    fn combine(&self, z: &[Padded], trees: &[f64], out: &mut [f64]) {
+        for ((o, z), &t) in out.iter_mut().zip(z).zip(trees) {
+            let z = &z[..N_FEATURES];
             *o = match &self.model.classifier {
                 Classifier::Logistic { coef, intercept } => {
                     coef.iter().zip(z.iter()).map(|(w, v)| w * v).sum::<f64>() + intercept
@@ -520,12 +570,12 @@ impl ModelScorer {
 
     /// Calibrated probability of each of `feats`, as [`Self::probability`].
     pub fn probabilities(&self, feats: &[RecipientFeatures]) -> Vec<f64> {
-        let rows: Vec<[f32; N_FEATURES]> = feats.iter().map(|f| f.values).collect();
-        let mut raw = vec![0f64; rows.len()];
-        self.raw_rows(&rows, &mut raw);
-        raw.into_iter()
-            .map(|r| sigmoid(self.model.platt_a * r + self.model.platt_b))
-            .collect()
+        let mut raw = vec![0f64; feats.len()];
+        self.raw_each(feats.iter().map(|f| &f.values), &mut raw);
+        for r in raw.iter_mut() {
+            *r = sigmoid(self.model.platt_a * *r + self.model.platt_b);
+        }
+        raw
     }
 
     /// The model shipped in the binary.
@@ -784,6 +834,54 @@ mod tests {
             start += size;
             size = size % (2 * LANES + 3) + 1;
         }
+    }
+
+    /// Every flattened node holds its file node's threshold (or leaf
+    /// value) bit for bit, its feature and its children: the flattened
+    /// tree is the file's tree, node for node, and each comparison widens
+    /// the same `f32` to `f64` as the file's walk does.
+    #[test]
+    fn raw_thresholds_are_exact() {
+        let scorer = ModelScorer::shipped().unwrap();
+        let forest = scorer.forest.as_ref().unwrap();
+        let Classifier::Stack { trees, .. } = &scorer.model().classifier else {
+            panic!("the shipped model is stacked");
+        };
+        assert_eq!(forest.roots.len(), trees.len());
+        let mut checked = 0usize;
+        for (t, &(root, _)) in trees.iter().zip(&forest.roots) {
+            // (file node, flat node) pairs still to compare.
+            let mut todo = vec![(0usize, root as usize)];
+            while let Some((i, k)) = todo.pop() {
+                let (n, f) = (&t[i], forest.nodes[k]);
+                match n.feature {
+                    None => {
+                        assert_eq!(f.feature(), LEAF);
+                        assert_eq!(f.threshold.to_bits(), n.value.to_bits());
+                        assert_eq!(f64::from(f.threshold).to_bits(), (n.value as f64).to_bits());
+                        assert_eq!(f.right() as usize, k);
+                    }
+                    Some(feat) => {
+                        assert_eq!(f.feature(), u32::from(feat));
+                        assert_eq!(f.threshold.to_bits(), n.threshold.to_bits());
+                        assert_eq!(
+                            f64::from(f.threshold).to_bits(),
+                            (n.threshold as f64).to_bits()
+                        );
+                        todo.push((n.left as usize, k + 1));
+                        todo.push((n.right as usize, f.right() as usize));
+                    }
+                }
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, forest.nodes.len());
+        // Packing keeps every field at its extremes.
+        let mut n = FlatNode::new(-0.0, LEAF, (MAX_NODES - 1) as u32);
+        assert_eq!((n.feature(), n.right()), (LEAF, (MAX_NODES - 1) as u32));
+        n.set_right(5);
+        assert_eq!((n.feature(), n.right()), (LEAF, 5));
+        assert_eq!(n.threshold.to_bits(), (-0.0f32).to_bits());
     }
 
     #[test]

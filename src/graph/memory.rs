@@ -239,6 +239,40 @@ fn find<V>(list: &[(Id, V)], k: Id) -> Result<usize, usize> {
     list.binary_search_by_key(&k, |x| x.0)
 }
 
+/// Lists searched together by [`count_containing`].
+const SEARCH_LANES: usize = 8;
+
+/// How many of `lists` (each sorted by its first element, ids distinct)
+/// hold `k`: the same count as [`find`] in each, but the binary searches
+/// (up to [`SEARCH_LANES`] at once; the rest of `lists` is not searched)
+/// step in lockstep without branches, so that their memory loads overlap
+/// instead of each waiting on the last.
+fn count_containing<V>(lists: &[&[(Id, V)]], k: Id) -> u32 {
+    let lists = &lists[..lists.len().min(SEARCH_LANES)];
+    // Each list's candidate range [base, base + size): `k` is in the list
+    // only at a position in it.
+    let mut base = [0usize; SEARCH_LANES];
+    let mut size = [0usize; SEARCH_LANES];
+    for (s, l) in size.iter_mut().zip(lists) {
+        *s = l.len();
+    }
+    while size.iter().any(|&s| s > 1) {
+        for ((b, s), l) in base.iter_mut().zip(size.iter_mut()).zip(lists) {
+            // A range of one (or an empty list) stays as it is.
+            let half = *s / 2;
+            let mid = *b + half;
+            let le = l.get(mid).is_some_and(|e| e.0 <= k);
+            *b = if le { mid } else { *b };
+            *s -= half;
+        }
+    }
+    let mut n = 0u32;
+    for (b, l) in base.iter().zip(lists) {
+        n += u32::from(l.get(*b).is_some_and(|e| e.0 == k));
+    }
+    n
+}
+
 /// The address index: a hash table of ids, hashed and compared through the
 /// address strings in the graph's entries.
 #[derive(Debug, Default)]
@@ -950,6 +984,10 @@ impl GraphView for Graph {
         let mut xi = 0usize;
         let mut seen = 0usize;
         let mut linked = 0u32;
+        // Lists of contacts without mail from `x`, searched for mail to
+        // `x` a batch at a time.
+        let mut batch: [&[(Id, Edge)]; SEARCH_LANES] = [&[]; SEARCH_LANES];
+        let mut pending = 0usize;
         for (c, _) in &adj.out {
             let Some(ce) = self.addrs.get(*c as usize) else {
                 continue;
@@ -969,11 +1007,23 @@ impl GraphView for Graph {
             } else {
                 find(x_out, *c).is_ok()
             };
-            if from_x || ce.adj.as_deref().is_some_and(|a| find(&a.out, x).is_ok()) {
+            if from_x {
                 linked += 1;
+                continue;
+            }
+            let Some(a) = ce.adj.as_deref().filter(|a| !a.out.is_empty()) else {
+                continue;
+            };
+            if let Some(slot) = batch.get_mut(pending) {
+                *slot = &a.out;
+                pending += 1;
+            }
+            if pending == SEARCH_LANES {
+                linked += count_containing(&batch, x);
+                pending = 0;
             }
         }
-        linked
+        linked + count_containing(&batch[..pending], x)
     }
 
     fn display_names(&self, addr: &str) -> Vec<String> {
@@ -2117,5 +2167,55 @@ mod id_view_tests {
             }
         }
         assert!(checked > 100, "{checked}");
+    }
+
+    /// The lockstep searches count what a binary search in each list
+    /// finds: random sorted lists of 0 to 300 ids (batches of 0 to 8,
+    /// empty lists, lists of one), keys below, above, in and between
+    /// their ids.
+    #[test]
+    fn count_containing_matches_binary_search() {
+        let mut rng = StdRng::seed_from_u64(22);
+        let mut hits = 0u32;
+        for _ in 0..20_000 {
+            let lanes = rng.gen_range(0..=SEARCH_LANES);
+            let lists: Vec<Vec<(Id, ())>> = (0..lanes)
+                .map(|_| {
+                    let len = match rng.gen_range(0..4) {
+                        0 => rng.gen_range(0..3),
+                        1 => rng.gen_range(0..20),
+                        _ => rng.gen_range(0..300),
+                    };
+                    let mut ids: Vec<Id> = (0..len).map(|_| rng.gen_range(0..400)).collect();
+                    ids.sort_unstable();
+                    ids.dedup();
+                    ids.into_iter().map(|i| (i, ())).collect()
+                })
+                .collect();
+            let refs: Vec<&[(Id, ())]> = lists.iter().map(Vec::as_slice).collect();
+            for _ in 0..8 {
+                let k = match rng.gen_range(0..3) {
+                    // An id of one of the lists, most often.
+                    0 | 1 => refs
+                        .iter()
+                        .filter(|l| !l.is_empty())
+                        .map(|l| l[rng.gen_range(0..l.len())].0)
+                        .next()
+                        .unwrap_or(0),
+                    _ => rng.gen_range(0..402),
+                };
+                let want = refs.iter().filter(|l| find(l, k).is_ok()).count() as u32;
+                assert_eq!(count_containing(&refs, k), want, "{k} {lists:?}");
+                hits += want;
+            }
+        }
+        assert!(hits > 10_000, "{hits}");
+        // Crafted: the first and last ids, one-element lists, Id::MAX.
+        let l: Vec<(Id, ())> = vec![(0, ()), (5, ()), (Id::MAX, ())];
+        let one: Vec<(Id, ())> = vec![(5, ())];
+        let refs: Vec<&[(Id, ())]> = vec![&l, &one, &[], &l];
+        for (k, want) in [(0, 2), (5, 3), (Id::MAX, 2), (4, 0), (6, 0)] {
+            assert_eq!(count_containing(&refs, k), want, "{k}");
+        }
     }
 }

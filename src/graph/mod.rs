@@ -178,6 +178,15 @@ pub fn is_forward(subject: &str) -> bool {
         .is_some_and(|(p, _)| matches!(p, "fw" | "fwd" | "wg" | "tr"))
 }
 
+/// Whether the subject starts (after white space) with a reply or forward
+/// prefix (see [`subject_prefix`]): exactly when [`thread_subject`] differs
+/// from the lower-cased, trimmed subject (a prefix takes at least three
+/// bytes, and lower-casing never shortens a character to nothing), without
+/// building either string.
+pub fn is_reply(subject: &str) -> bool {
+    subject_prefix(subject.trim()).is_some()
+}
+
 /// Strip reply and forward prefixes (see [`subject_prefix`]) and white
 /// space; lower-cased. Empty for an empty subject.
 pub fn thread_subject(subject: &str) -> String {
@@ -198,6 +207,71 @@ mod tests {
         assert_eq!(thread_subject("Fwd: AW: hello"), "hello");
         assert_eq!(thread_subject("Reorg"), "reorg");
         assert_eq!(thread_subject("  "), "");
+    }
+
+    /// `is_reply` answers as comparing the two strings did, on generated
+    /// subjects: prefixes in any case, counters, white space (Unicode
+    /// included), letters whose lower case differs in length or depends on
+    /// the context (final sigma), empty and blank subjects.
+    #[test]
+    fn is_reply_matches_comparing_the_stripped_subject() {
+        use rand::rngs::StdRng;
+        use rand::seq::SliceRandom;
+        use rand::{Rng, SeedableRng};
+        let parts = [
+            "RE:",
+            "re",
+            "Re[2]:",
+            "FW:",
+            "fwd:",
+            "Fwd [3] :",
+            "AW:",
+            "wg:",
+            "TR:",
+            "sv:",
+            "VS:",
+            ":",
+            "[",
+            "]",
+            " ",
+            "\u{a0}",
+            "\u{3000}",
+            "\t",
+            "Σ",
+            "ΣΑ",
+            "İ",
+            "ẞ",
+            "ß",
+            "K",
+            "a",
+            "Q3 plan",
+            "re-org",
+            "Ré:",
+            "RE：",
+            "",
+        ];
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut replies = 0;
+        for _ in 0..50_000 {
+            let s: String = (0..rng.gen_range(0..6))
+                .map(|_| *parts.choose(&mut rng).unwrap_or(&""))
+                .collect();
+            let want = !s.is_empty() && thread_subject(&s) != s.trim().to_lowercase();
+            assert_eq!(is_reply(&s), want, "{s:?}");
+            replies += usize::from(want);
+        }
+        assert!(replies > 10_000, "{replies}");
+        for (s, want) in [
+            ("", false),
+            ("   ", false),
+            (" RE: x", true),
+            ("re:", true),
+            ("Re[2]: Σ", true),
+            ("Reorg", false),
+            ("ΣRE: x", false),
+        ] {
+            assert_eq!(is_reply(s), want, "{s:?}");
+        }
     }
 
     #[test]
