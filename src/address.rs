@@ -95,13 +95,7 @@ impl Normalizer {
     /// it is, so the `+` is found before lower-casing, the domain needs no
     /// IDNA, and local part, `@` and domain are copied once into the result.
     fn basic_ascii(&self, raw: &str) -> Result<String, AddressError> {
-        let s = raw
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .trim();
-        let at = s.rfind('@').ok_or(AddressError::NoAt)?;
-        let (mut local, domain) = (&s[..at], &s[at + 1..]);
+        let (mut local, domain) = split_at_sign(raw)?;
         if self.cfg.strip_plus_tags {
             if let Some(p) = local.find('+') {
                 if p > 0 {
@@ -132,13 +126,7 @@ impl Normalizer {
 
     /// The rules for any address (see the module documentation).
     fn basic_general(&self, raw: &str) -> Result<String, AddressError> {
-        let s = raw
-            .trim()
-            .trim_start_matches('<')
-            .trim_end_matches('>')
-            .trim();
-        let at = s.rfind('@').ok_or(AddressError::NoAt)?;
-        let (local, domain) = (&s[..at], &s[at + 1..]);
+        let (local, domain) = split_at_sign(raw)?;
         let mut local = if self.cfg.case_sensitive_local {
             local.to_string()
         } else {
@@ -157,6 +145,18 @@ impl Normalizer {
         let domain = normalize_domain(domain)?;
         Ok(format!("{local}@{domain}"))
     }
+}
+
+/// The local part and domain of an address as written, angle brackets and
+/// surrounding white space removed, split at its last `@`.
+fn split_at_sign(raw: &str) -> Result<(&str, &str), AddressError> {
+    let s = raw
+        .trim()
+        .trim_start_matches('<')
+        .trim_end_matches('>')
+        .trim();
+    let at = s.rfind('@').ok_or(AddressError::NoAt)?;
+    Ok((&s[..at], &s[at + 1..]))
 }
 
 /// Lower-case and IDNA-encode a domain (`bücher.de` becomes `xn--bcher-kva.de`).
@@ -237,13 +237,7 @@ mod tests {
             " ", "\t", "\u{b}", "\r\n", "ex", "COM", "org", "xn--", "ü", "İ", "ß", "Σ", "\u{a0}",
             "\"",
         ];
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut out = Vec::new();
         for _ in 0..20_000 {
             let n = 1 + (rnd() % 12) as usize;

@@ -32,3 +32,6 @@ pub mod store;
 pub mod telemetry;
 pub mod tls;
 pub mod verdict;
+
+#[cfg(test)]
+mod testutil;

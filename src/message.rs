@@ -320,6 +320,7 @@ impl Hdr {
 
 /// The decoded values of one header block: for each header misdirect uses,
 /// the value of its last field (mail-parser's accessors read the last one).
+#[derive(Default)]
 struct Headers<'x> {
     values: [Option<HeaderValue<'x>>; KEPT],
 }
@@ -672,19 +673,14 @@ fn walk_multipart(
         let end = next.as_ref().map_or(body.len(), |d| d.break_at.max(start));
         let bytes = &body[start..end];
         let at = header_end(bytes);
-        let headers = read_headers(&bytes[..at.unwrap_or(bytes.len())], Block::Part);
-        let part_body = at.map_or(&[][..], |a| &bytes[a..]);
-        let part = match &headers {
-            Some(h) => h.part(part_body),
-            None => Part {
-                content_type: None,
-                disposition: None,
-                encoding: None,
-                name: None,
-                body: part_body,
-            },
-        };
-        walk_part(part, ctx, depth, out);
+        let headers =
+            read_headers(&bytes[..at.unwrap_or(bytes.len())], Block::Part).unwrap_or_default();
+        walk_part(
+            headers.part(at.map_or(&[][..], |a| &bytes[a..])),
+            ctx,
+            depth,
+            out,
+        );
         match next {
             Some(d) if !d.close && d.next < body.len() => start = d.next,
             _ => return true,
@@ -1391,13 +1387,7 @@ MIME-Version: 1.0\r\n";
 
     #[test]
     fn base64_block_count_equals_the_simple_count() {
-        let mut seed = 0x0bad_cafe_f00d_1234u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::testutil::xorshift(0x0bad_cafe_f00d_1234u64);
         let simple = |b: &[u8]| {
             let n = b
                 .iter()
@@ -1449,13 +1439,7 @@ MIME-Version: 1.0\r\n";
     #[test]
     fn garbage_and_truncation_never_panic() {
         let n = norm();
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::testutil::xorshift(0x2545_f491_4f6c_dd1du64);
         let corpus = corpus();
         for raw in corpus.iter().step_by(7) {
             let b = raw.as_bytes();
@@ -1649,13 +1633,7 @@ MIME-Version: 1.0\r\n";
             b" with: colon: in value",
         ];
         let tails: &[&[u8]] = &[b"\r\n", b"\n", b"\r\n", b"\n\t\n", b"\r\r\n"];
-        let mut seed = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move |n: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % n as u64) as usize
-        };
+        let mut rnd = crate::testutil::xorshift_below(0x2545_f491_4f6c_dd1du64);
         let mut out = Vec::new();
         for _ in 0..3000 {
             let mut b = Vec::new();
@@ -1793,13 +1771,7 @@ MIME-Version: 1.0\r\n";
     #[test]
     fn repeated_recipients_are_kept_once_in_first_field_order() {
         let n = norm();
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut rnd = move |m: usize| {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            (seed % m as u64) as usize
-        };
+        let mut rnd = crate::testutil::xorshift_below(0x1234_5678_9abc_def1u64);
         for count in [1usize, 3, 15, 16, 17, 18, 33, 60, 150] {
             let pool = count * 2 / 3 + 1;
             let mut headers = String::from("From: s@corp.example\r\n");

@@ -1064,11 +1064,17 @@ mod tests {
         );
     }
 
-    /// `b` as `a` with 0 to 4 random edits (insertions, deletions,
-    /// substitutions, adjacent transpositions) of bytes from `alphabet`.
-    fn edited(rng: &mut StdRng, a: &[u8], alphabet: &[u8]) -> Vec<u8> {
+    /// `b` as `a` with a number of random edits from `edits` (insertions,
+    /// deletions, substitutions, adjacent transpositions) of bytes from
+    /// `alphabet`.
+    fn edited(
+        rng: &mut StdRng,
+        a: &[u8],
+        alphabet: &[u8],
+        edits: std::ops::RangeInclusive<usize>,
+    ) -> Vec<u8> {
         let mut b = a.to_vec();
-        for _ in 0..rng.gen_range(0..=4) {
+        for _ in 0..rng.gen_range(edits) {
             let k = rng.gen_range(0..=b.len());
             let c = alphabet[rng.gen_range(0..alphabet.len())];
             match rng.gen_range(0..4) {
@@ -1114,11 +1120,11 @@ mod tests {
                 // A common prefix and suffix around a differing middle.
                 1 if len > 4 => {
                     let mut b = a.clone();
-                    let mid = edited(&mut rng, &a[2..len - 2], alphabet);
+                    let mid = edited(&mut rng, &a[2..len - 2], alphabet, 0..=4);
                     b.splice(2..len - 2, mid);
                     b
                 }
-                _ => edited(&mut rng, &a, alphabet),
+                _ => edited(&mut rng, &a, alphabet, 0..=4),
             };
             let (a, b) = if rng.gen_bool(0.5) { (a, b) } else { (b, a) };
             for max in [0, 1, 2, 3, 5, 200] {
@@ -1399,20 +1405,7 @@ mod tests {
             let a: Vec<u8> = (0..len)
                 .map(|_| alphabet[rng.gen_range(0..alphabet.len())])
                 .collect();
-            let mut b = a.clone();
-            for _ in 0..rng.gen_range(1..=2) {
-                let k = rng.gen_range(0..=b.len());
-                let c = alphabet[rng.gen_range(0..alphabet.len())];
-                match rng.gen_range(0..4) {
-                    0 => b.insert(k, c),
-                    1 if k < b.len() => {
-                        b.remove(k);
-                    }
-                    2 if k + 1 < b.len() => b.swap(k, k + 1),
-                    _ if k < b.len() => b[k] = c,
-                    _ => b.push(c),
-                }
-            }
+            let b = edited(&mut rng, &a, alphabet, 1..=2);
             // Longer strings than the distance test's: every row width.
             assert_eq!(
                 bounded_distance(&a, &b, 2),

@@ -459,7 +459,7 @@ impl Forest {
                     let Some(n) = self.nodes.get(at[l]) else {
                         continue;
                     };
-                    let v = z[l][(n.packed & 63) as usize];
+                    let v = z[l][n.feature() as usize];
                     // Branch-free select (the comparison is as
                     // unpredictable as the data): left child when
                     // `v <= threshold`, else `right`.

@@ -325,13 +325,7 @@ mod tests {
 
     #[test]
     fn matches_the_line_at_a_time_reference_on_random_input() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let alphabet = b"ab.\r\n";
         for _ in 0..3000 {
             let len = (rnd() % 60) as usize;
