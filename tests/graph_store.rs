@@ -92,6 +92,8 @@ async fn learning_survives_a_restart_and_nothing_at_rest_is_plaintext() {
         );
         assert_eq!(g.sender("alice@corp.test").messages, 5);
         assert_eq!(g.sender("alice@corp.test").contacts, 3);
+        // Reloaded addresses get their sketches back.
+        assert_eq!(contact_sketches_match(g, "alice@corp.test"), 3);
         assert_eq!(g.domain("partner.test").addresses, 2);
         assert_eq!(
             g.sender_domain("alice@corp.test", "partner.test")

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+mod graph_support;
 mod pg_support;
 
 use std::collections::HashMap;
@@ -314,6 +315,14 @@ async fn concurrent_learning_on_two_relays_loses_no_count() {
     assert_eq!(
         c.with_view("default", |v| v.sender("alice@corp.test").messages),
         want
+    );
+    // With their sketches, which the lookalike scan reads.
+    assert_eq!(
+        c.with_view("default", |v| graph_support::contact_sketches_match(
+            v,
+            "alice@corp.test"
+        )),
+        2
     );
 
     // A retried batch (same id) is applied once.

@@ -11,6 +11,11 @@
 use std::collections::HashSet;
 
 use crate::address::{domain_of, local_of};
+pub use crate::graph::sketch::skeleton;
+use crate::graph::sketch::{
+    bigram_mask, bigrams_rule_out_2, bucket_mask, histogram_bound, mask_bound, nibble_histogram,
+    pack3, saturate, skeleton_hash, skeleton_is, Sketch,
+};
 use crate::graph::{is_forward, is_reply, AddressStats, EdgeStats, GraphView, Id, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
 
@@ -217,6 +222,70 @@ pub struct RecipientFeatures {
 /// Damerau-Levenshtein (optimal string alignment) distance between `a` and
 /// `b`, or `max + 1` when it exceeds `max`. Works on bytes.
 pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
+    distance(a, None, b, max)
+}
+
+/// The match masks of a string of up to 64 bytes, for [`osa_bits`]: bit `i`
+/// of entry `c` is set when byte `i` is `c`. Built once for a recipient and
+/// used for every contact it is compared with.
+#[derive(Clone)]
+struct MatchMasks([u64; 256]);
+
+impl MatchMasks {
+    /// The masks of `a`, or `None` when it is longer than 64 bytes.
+    fn of(a: &[u8]) -> Option<Box<MatchMasks>> {
+        if a.len() > 64 {
+            return None;
+        }
+        let mut m = Box::new(MatchMasks([0; 256]));
+        for (i, &c) in a.iter().enumerate() {
+            m.0[usize::from(c)] |= 1 << i;
+        }
+        Some(m)
+    }
+}
+
+/// Bytes `a` and `b` share at the start, eight at a time.
+fn common_prefix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.chunks_exact(8).zip(b.chunks_exact(8)) {
+        let x = u64::from_le_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_le_bytes(y.try_into().unwrap_or_default());
+        if x != y {
+            return n + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    n + a[n..]
+        .iter()
+        .zip(&b[n..])
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// Bytes `a` and `b` share at the end, eight at a time.
+fn common_suffix(a: &[u8], b: &[u8]) -> usize {
+    let mut n = 0;
+    for (x, y) in a.rchunks_exact(8).zip(b.rchunks_exact(8)) {
+        let x = u64::from_be_bytes(x.try_into().unwrap_or_default());
+        let y = u64::from_be_bytes(y.try_into().unwrap_or_default());
+        if x != y {
+            return n + ((x ^ y).trailing_zeros() / 8) as usize;
+        }
+        n += 8;
+    }
+    let (a, b) = (&a[..a.len() - n], &b[..b.len() - n]);
+    n + a
+        .iter()
+        .rev()
+        .zip(b.iter().rev())
+        .take_while(|(x, y)| x == y)
+        .count()
+}
+
+/// [`bounded_distance`], with `masks` the [`MatchMasks`] of `a` when the
+/// caller has them.
+fn distance(a: &[u8], masks: Option<&MatchMasks>, b: &[u8], max: usize) -> usize {
     const CAP: usize = 96;
     if a.len().abs_diff(b.len()) > max {
         return max + 1;
@@ -227,51 +296,61 @@ pub fn bounded_distance(a: &[u8], b: &[u8], max: usize) -> usize {
     }
     // A common prefix or suffix never changes the distance (addresses at
     // one domain share a long suffix): compare only what differs.
-    let pre = a.iter().zip(b).take_while(|(x, y)| x == y).count();
-    let (a, b) = (&a[pre..], &b[pre..]);
-    let suf = a
-        .iter()
-        .rev()
-        .zip(b.iter().rev())
-        .take_while(|(x, y)| x == y)
-        .count();
-    let (a, b) = (&a[..a.len() - suf], &b[..b.len() - suf]);
-    let (n, m) = (a.len(), b.len());
+    let pre = common_prefix(a, b);
+    let (a_mid, b) = (&a[pre..], &b[pre..]);
+    let suf = common_suffix(a_mid, b);
+    let (a_mid, b) = (&a_mid[..a_mid.len() - suf], &b[..b.len() - suf]);
+    let (n, m) = (a_mid.len(), b.len());
     if n.abs_diff(m) > max {
         return max + 1;
     }
     if n == 0 || m == 0 {
         return n.max(m).min(max + 1);
     }
-    if n <= 64 {
-        osa_bits(a, b).min(max + 1)
-    } else {
-        osa_rows::<CAP>(a, b, max)
+    if n > 64 {
+        return osa_rows::<CAP>(a_mid, b, max);
     }
+    let d = match masks {
+        // The masks are `a`'s: shifted down past the prefix and cut to
+        // the middle's `n` bytes, they are the middle's.
+        Some(mm) => {
+            let keep = u64::MAX >> (64 - n);
+            osa_bits_by(n, b, |c| (mm.0[usize::from(c)] >> pre) & keep)
+        }
+        None => osa_bits(a_mid, b),
+    };
+    d.min(max + 1)
 }
 
 /// The optimal string alignment distance between `a` (1 to 64 bytes) and
-/// `b`, by Hyyrö's bit-vector algorithm (Myers' for Levenshtein, with
-/// adjacent transpositions; H. Hyyrö, "A bit-vector algorithm for
-/// computing Levenshtein and Damerau edit distances", 2003): one word holds
-/// the vertical differences of a column of the table of [`osa_rows`] (bit
-/// `i` for row `i + 1`, a byte of `a`), and each byte of `b` advances it
-/// by one column.
+/// `b` ([`osa_bits_by`], each column's match mask found by scanning `a`).
 fn osa_bits(a: &[u8], b: &[u8]) -> usize {
-    let top = 1u64 << (a.len() - 1);
+    osa_bits_by(a.len(), b, |c| {
+        a.iter()
+            .enumerate()
+            .fold(0u64, |m, (i, &x)| m | u64::from(x == c) << i)
+    })
+}
+
+/// The optimal string alignment distance between a string `a` of `n` bytes
+/// (1 to 64) and `b`, by Hyyrö's bit-vector algorithm (Myers' for
+/// Levenshtein, with adjacent transpositions; H. Hyyrö, "A bit-vector
+/// algorithm for computing Levenshtein and Damerau edit distances", 2003):
+/// one word holds the vertical differences of a column of the table of
+/// [`osa_rows`] (bit `i` for row `i + 1`, a byte of `a`), and each byte of
+/// `b` advances it by one column. `peq(c)` is the mask of the rows whose
+/// byte of `a` is `c`.
+fn osa_bits_by(n: usize, b: &[u8], peq: impl Fn(u8) -> u64) -> usize {
+    let top = 1u64 << (n - 1);
     // Vertical +1 and -1 differences: column 0 climbs by 1 each row. Bits
-    // above `a.len()` are never read back into the lower ones (carries
-    // and shifts only move up).
+    // above `n` are never read back into the lower ones (carries and
+    // shifts only move up).
     let (mut vp, mut vn) = (!0u64, 0u64);
     // The previous column's zero diagonal differences and match mask.
     let (mut d0, mut pm_prev) = (0u64, 0u64);
-    let mut dist = a.len();
+    let mut dist = n;
     for &c in b {
-        // Rows whose byte of `a` is `c`.
-        let pm = a
-            .iter()
-            .enumerate()
-            .fold(0u64, |m, (i, &x)| m | u64::from(x == c) << i);
+        let pm = peq(c);
         // Transpositions: `a[i] == b[j - 1]` and `a[i - 1] == b[j]`, where
         // the previous diagonal difference was not zero. A zero diagonal
         // difference from one starts a carry down the column as a match
@@ -376,178 +455,6 @@ fn cached_bound(
         .lower_bound(hb.get_or_insert_with(|| Histogram::of(b)))
 }
 
-/// Which of the 64 histogram buckets ([`Histogram`]) occur in `s`, one bit
-/// each.
-fn bucket_mask(s: &[u8]) -> u64 {
-    s.iter().fold(0u64, |m, &c| m | 1 << (c & 63))
-}
-
-/// A lower bound on [`Histogram::lower_bound`] from two [`bucket_mask`]s: a bucket
-/// present in one string only differs by at least 1 between the
-/// histograms.
-fn mask_bound(a: u64, b: u64) -> usize {
-    ((a ^ b).count_ones() as usize).div_ceil(2)
-}
-
-/// Which of 64 hash buckets the byte pairs (bigrams) of `s` fall in, one
-/// bit each.
-fn bigram_mask(s: &[u8]) -> u64 {
-    s.windows(2).fold(0u64, |m, w| {
-        let h = u32::from(u16::from_le_bytes([w[0], w[1]])).wrapping_mul(0x9E37_79B1);
-        m | 1 << (h >> 26)
-    })
-}
-
-/// Whether two [`bigram_mask`]s show an edit distance above 2: one edit
-/// changes at most 6 bigrams (a transposition `pabq` -> `pbaq` removes 3
-/// and adds 3; a substitution 4; an insertion or deletion 3), so two
-/// strings within 2 edits differ in at most 12 bigrams, and every bit set
-/// in one mask only comes from one of those.
-fn bigrams_rule_out_2(a: u64, b: u64) -> bool {
-    (a ^ b).count_ones() > 12
-}
-
-/// The packed 3-byte local-part prefix ([`pack3`]) of an address: the
-/// first three bytes when none of them is `@` (the local part, up to the
-/// last `@`, is then at least that long), else from the local part.
-fn address_pack3(addr: &[u8]) -> u32 {
-    match addr {
-        [a, b, c, ..] if *a != b'@' && *b != b'@' && *c != b'@' => pack3(addr),
-        _ => {
-            let l = addr.iter().rposition(|&c| c == b'@').unwrap_or(addr.len());
-            pack3(&addr[..l])
-        }
-    }
-}
-
-/// Skeleton of an address for homoglyph comparison: lower-case, common
-/// look-alike characters folded (`0`->`o`, `1`/`i`->`l`, `rn`->`m`, `vv`->`w`,
-/// Cyrillic and Greek look-alikes to Latin), and `.`, `_`, `-` dropped from
-/// the local part.
-pub fn skeleton(addr: &str) -> String {
-    if addr.is_ascii() {
-        return skeleton_ascii(addr.as_bytes());
-    }
-    let local = local_of(addr);
-    let domain = domain_of(addr);
-    let mut out = String::with_capacity(addr.len());
-    fold_into(&mut out, local, true);
-    out.push('@');
-    fold_into(&mut out, domain, false);
-    out
-}
-
-/// [`skeleton`] for ASCII addresses in one pass.
-fn skeleton_ascii(b: &[u8]) -> String {
-    let at = b.iter().rposition(|&c| c == b'@').unwrap_or(b.len());
-    let mut out: Vec<u8> = Vec::with_capacity(b.len());
-    for (i, &c) in b.iter().enumerate() {
-        let in_local = i < at;
-        let c = match c.to_ascii_lowercase() {
-            b'0' => b'o',
-            b'1' | b'i' | b'|' => b'l',
-            b'5' => b's',
-            c => c,
-        };
-        if in_local && matches!(c, b'.' | b'_' | b'-') {
-            continue;
-        }
-        match (out.last().copied(), c) {
-            (Some(b'r'), b'n') => {
-                out.pop();
-                out.push(b'm');
-            }
-            (Some(b'v'), b'v') => {
-                out.pop();
-                out.push(b'w');
-            }
-            _ => out.push(c),
-        }
-    }
-    String::from_utf8(out).unwrap_or_default()
-}
-
-/// Whether `skeleton(addr) == skel`, without building the skeleton of an
-/// ASCII `addr` (stops at the first byte that differs).
-fn skeleton_is(addr: &str, skel: &str) -> bool {
-    let b = addr.as_bytes();
-    let want = skel.as_bytes();
-    // Where the local part ends (the last `@`), found only when a
-    // punctuation byte needs it: most comparisons end at the first bytes.
-    let mut at: Option<usize> = None;
-    // The last output byte is held back while the next input byte may
-    // still merge with it (`rn` -> `m`, `vv` -> `w`), as in skeleton_ascii.
-    let mut held: Option<u8> = None;
-    let mut k = 0usize;
-    let mut emit = |c: u8| {
-        let ok = want.get(k) == Some(&c);
-        k += 1;
-        ok
-    };
-    for (i, &c) in b.iter().enumerate() {
-        if !c.is_ascii() {
-            // Bytes emitted so far are the ASCII fold's, which the full
-            // (Unicode) skeleton shares; from here on it differs.
-            return skeleton(addr) == skel;
-        }
-        let c = match c.to_ascii_lowercase() {
-            b'0' => b'o',
-            b'1' | b'i' | b'|' => b'l',
-            b'5' => b's',
-            c => c,
-        };
-        if matches!(c, b'.' | b'_' | b'-')
-            && i < *at.get_or_insert_with(|| b.iter().rposition(|&c| c == b'@').unwrap_or(b.len()))
-        {
-            continue;
-        }
-        held = match (held, c) {
-            (Some(b'r'), b'n') => Some(b'm'),
-            (Some(b'v'), b'v') => Some(b'w'),
-            (Some(h), c) => {
-                if !emit(h) {
-                    return false;
-                }
-                Some(c)
-            }
-            (None, c) => Some(c),
-        };
-    }
-    if let Some(h) = held {
-        if !emit(h) {
-            return false;
-        }
-    }
-    k == want.len()
-}
-
-fn fold_into(out: &mut String, s: &str, drop_punct: bool) {
-    let start = out.len();
-    for c in s.chars().flat_map(char::to_lowercase) {
-        let c = match c {
-            '0' | 'о' | 'ο' => 'o',
-            '1' | 'i' | 'ı' | 'і' | 'ӏ' | 'ι' | '|' => 'l',
-            'а' | 'α' => 'a',
-            'е' | 'ε' => 'e',
-            'р' | 'ρ' => 'p',
-            'с' => 'c',
-            'х' | 'χ' => 'x',
-            'у' => 'y',
-            'ѕ' | '5' => 's',
-            'ԁ' => 'd',
-            'ν' => 'v',
-            c => c,
-        };
-        if drop_punct && matches!(c, '.' | '_' | '-') {
-            continue;
-        }
-        out.push(c);
-    }
-    let folded = out[start..].replace("rn", "m").replace("vv", "w");
-    out.truncate(start);
-    out.push_str(&folded);
-}
-
 fn ln1p(x: f64) -> f32 {
     (x.max(0.0)).ln_1p() as f32
 }
@@ -577,22 +484,14 @@ struct Scan<'g> {
     local_len: usize,
     /// The first three bytes of the local part, packed ([`pack3`]).
     pre3: u32,
-    /// The address's [`bucket_mask`] and [`bigram_mask`].
-    mask: u64,
-    bigrams: u64,
+    /// The address's [`Sketch`] (unknown recipients only: the lookalike
+    /// scan compares it with each contact's).
+    sketch: Sketch,
+    /// The address's [`MatchMasks`], once a distance needed them (`None`
+    /// also for an address over 64 bytes).
+    masks: Option<Option<Box<MatchMasks>>>,
     /// The address's [`Histogram`], once a comparison needed it.
     hist: Option<Histogram>,
-}
-
-/// The first three bytes of a local part packed into one word (with a
-/// marker bit), or 0 when it is shorter than three bytes: two non-zero
-/// words are equal exactly when both parts have three bytes or more and
-/// the same first three (what the sibling feature compares).
-fn pack3(local: &[u8]) -> u32 {
-    match local {
-        [a, b, c, ..] => 1 << 24 | u32::from(*a) | u32::from(*b) << 8 | u32::from(*c) << 16,
-        _ => 0,
-    }
 }
 
 /// Extract the features of every recipient in `recipients` of `meta`, sent by
@@ -661,28 +560,32 @@ pub fn extract(
             };
             let org = id.map(|i| g.address_by_id(i)).unwrap_or_default();
             let local_len = local_of(&r.address).len();
+            let ra = r.address.as_bytes();
+            let (skel, sketch) = match known {
+                None => {
+                    let skel = skeleton(&r.address);
+                    let sketch = Sketch {
+                        mask: bucket_mask(ra),
+                        bigrams: bigram_mask(ra),
+                        hist16: nibble_histogram(ra),
+                        skel: skeleton_hash(&skel),
+                        pre3: 0,
+                        len: saturate(ra.len()),
+                        local_len: saturate(local_len),
+                    };
+                    (skel, sketch)
+                }
+                Some(_) => Default::default(),
+            };
             Scan {
                 id,
                 known,
                 best_dist: 3,
-                skel: if known.is_none() {
-                    skeleton(&r.address)
-                } else {
-                    String::new()
-                },
+                skel,
                 org,
                 local_len,
-                pre3: pack3(&r.address.as_bytes()[..local_len]),
-                mask: if known.is_none() {
-                    bucket_mask(r.address.as_bytes())
-                } else {
-                    0
-                },
-                bigrams: if known.is_none() {
-                    bigram_mask(r.address.as_bytes())
-                } else {
-                    0
-                },
+                pre3: pack3(&ra[..local_len]),
+                sketch,
                 ..Default::default()
             }
         })
@@ -695,93 +598,97 @@ pub fn extract(
     let strangers: Vec<usize> = (0..n).filter(|&i| scans[i].known.is_none()).collect();
     if let Some(s) = sid.filter(|_| sstats.contacts > 0) {
         let mut seen = 0usize;
-        g.for_each_contact_by_id(s, &mut |cid: Id, addr: &str, e: &EdgeStats| {
+        // A contact is ruled out by its sketch where it can be: its
+        // address is read only for a comparison the sketch cannot settle.
+        g.for_each_contact_sketch(s, &mut |cid: Id, ck: &Sketch, total: u32| {
             seen += 1;
             if seen > MAX_CONTACT_SCAN {
                 return;
             }
-            let total = e.total();
-            let ab = addr.as_bytes();
-            let mut cmask: Option<u64> = None;
-            let mut cbigrams: Option<u64> = None;
+            let mut addr: Option<Option<&str>> = None;
             let mut chist: Option<Histogram> = None;
-            // The contact is the recipient itself: by id when the graph
-            // knows the recipient, else (never equal to an interned
-            // contact but for an empty address) by the strings.
-            let is_self = |sc: &Scan<'_>, r: &Recipient| match sc.id {
-                Some(rid) => rid == cid,
-                None => addr == r.address,
-            };
-            if !siblings.is_empty() {
-                // Autocomplete sibling: a more-written contact sharing
-                // the first letters.
-                let cpre = address_pack3(ab);
-                for &i in &siblings {
-                    let sc = &mut scans[i];
-                    if sc.pre3 == cpre
-                        && !is_self(sc, &recipients[i])
-                        && sc.sibling.is_none_or(|(_, c)| total > c)
-                    {
-                        sc.sibling = Some((addr, total));
+            for &i in &siblings {
+                // Autocomplete sibling: a more-written contact sharing the
+                // first letters (a known recipient always has an id).
+                let sc = &mut scans[i];
+                if sc.pre3 == ck.pre3
+                    && sc.id != Some(cid)
+                    && sc.sibling.is_none_or(|(_, c)| total > c)
+                {
+                    if let Some(a) = *addr.get_or_insert_with(|| g.address_by_id_str(cid)) {
+                        sc.sibling = Some((a, total));
                     }
                 }
             }
             for &i in &strangers {
                 let (r, sc) = (&recipients[i], &mut scans[i]);
-                if is_self(sc, r) {
-                    continue;
-                }
                 let ra = r.address.as_bytes();
-                let rl = &ra[..sc.local_len];
-                // Same local part: the contact starts with it and its own
-                // local part (up to its last `@`) is as long.
-                // (An `@` right after it, or nothing at all, first.)
-                let ends_there = ab
-                    .get(rl.len())
-                    .map_or(ab.len() == rl.len(), |&c| c == b'@');
-                if ends_there
-                    && ab.starts_with(rl)
-                    && local_of(addr).len() == rl.len()
-                    && sc.same_local.is_none_or(|(_, c)| total > c)
-                {
-                    sc.same_local = Some((addr, total));
-                }
-                // Homoglyph and punctuation skeletons differ by at most a
-                // few edits; both checks are skipped when the histograms
-                // already rule that out.
-                if ra.len().abs_diff(addr.len()) > 4 {
-                    continue;
-                }
-                // The bucket masks bound the histograms' bound from below:
-                // most contacts are ruled out without building either.
-                if mask_bound(sc.mask, *cmask.get_or_insert_with(|| bucket_mask(ab))) > 4 {
-                    continue;
-                }
-                // As the histogram bound (lb) with the distance (d) capped
-                // at 3: skipped when lb > 4; else d, or 1 when the
-                // skeletons match. d is never below lb, so lb is needed
-                // only when d is 3 and the skeletons match; and d is 3
-                // without computing it when the bigrams rule 2 out.
-                let cb = *cbigrams.get_or_insert_with(|| bigram_mask(ab));
-                let mut lb: Option<usize> = None;
-                let d = if bigrams_rule_out_2(sc.bigrams, cb) {
-                    3
-                } else {
-                    let l = cached_bound(ra, ab, &mut sc.hist, &mut chist);
-                    if l > 4 {
-                        continue;
-                    }
-                    lb = Some(l);
-                    if l <= 2 {
-                        bounded_distance(ra, ab, 2)
-                    } else {
-                        3
+                // The contact is the recipient itself: by id when the graph
+                // knows the recipient, else (never equal to an interned
+                // contact but for an empty address) by the strings, which
+                // only equal sketches can have.
+                let is_self = match sc.id {
+                    Some(rid) => rid == cid,
+                    None => {
+                        *ck == sc.sketch
+                            && *addr.get_or_insert_with(|| g.address_by_id_str(cid))
+                                == Some(r.address.as_str())
                     }
                 };
-                let d = if d > 1 && skeleton_is(addr, &sc.skel) {
-                    if d > 2
-                        && lb.unwrap_or_else(|| cached_bound(ra, ab, &mut sc.hist, &mut chist)) > 4
-                    {
+                if is_self {
+                    continue;
+                }
+                // Same local part at another address: the contact's local
+                // part (up to its last `@`) is as long and the same.
+                if ck.local_len == sc.sketch.local_len
+                    && sc.same_local.is_none_or(|(_, c)| total > c)
+                {
+                    if let Some(a) = *addr.get_or_insert_with(|| g.address_by_id_str(cid)) {
+                        let rl = &ra[..sc.local_len];
+                        if a.as_bytes().starts_with(rl)
+                            && (ck.local_len < u16::MAX || local_of(a).len() == rl.len())
+                        {
+                            sc.same_local = Some((a, total));
+                        }
+                    }
+                }
+                // Homoglyph and punctuation skeletons differ by at most a
+                // few edits; both checks are skipped when the lengths or
+                // the sketches' bounds on the byte histograms' bound
+                // already rule that out (the lengths exactly when a
+                // sketch's saturated).
+                let mb = mask_bound(sc.sketch.mask, ck.mask)
+                    .max(histogram_bound(sc.sketch.hist16, ck.hist16));
+                if ck.len.abs_diff(sc.sketch.len) > 4 || mb > 4 {
+                    continue;
+                }
+                // The distance capped at 3 (`d`), or 1 when the skeletons
+                // match unless the histograms bound the distance above 4.
+                // Without matching skeletons only `d` <= 2 changes
+                // anything, which the masks may rule out (equal skeletons
+                // hash equal).
+                let skel_may_match = ck.skel == sc.sketch.skel;
+                let ruled_out_2 = mb > 2 || bigrams_rule_out_2(sc.sketch.bigrams, ck.bigrams);
+                if ruled_out_2 && !skel_may_match {
+                    continue;
+                }
+                let Some(a) = *addr.get_or_insert_with(|| g.address_by_id_str(cid)) else {
+                    continue;
+                };
+                let ab = a.as_bytes();
+                if (ck.len == u16::MAX || sc.sketch.len == u16::MAX)
+                    && ra.len().abs_diff(ab.len()) > 4
+                {
+                    continue;
+                }
+                let d = if ruled_out_2 {
+                    3
+                } else {
+                    let masks = sc.masks.get_or_insert_with(|| MatchMasks::of(ra));
+                    distance(ra, masks.as_deref(), ab, 2)
+                };
+                let d = if d > 1 && skel_may_match && skeleton_is(a, &sc.skel) {
+                    if d > 2 && cached_bound(ra, ab, &mut sc.hist, &mut chist) > 4 {
                         continue;
                     }
                     1
@@ -792,7 +699,7 @@ pub fn extract(
                     || (d == sc.best_dist && d <= 2 && sc.best.is_some_and(|(_, c)| total > c))
                 {
                     sc.best_dist = d;
-                    sc.best = Some((addr, total));
+                    sc.best = Some((a, total));
                 }
             }
         });
@@ -1010,6 +917,7 @@ mod reference;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::graph::sketch::address_pack3;
     use crate::graph::{Graph, GraphConfig, LearnInput};
     use crate::message::Mailbox;
     use rand::rngs::StdRng;
@@ -1127,6 +1035,10 @@ mod tests {
                 _ => edited(&mut rng, &a, alphabet, 0..=4),
             };
             let (a, b) = if rng.gen_bool(0.5) { (a, b) } else { (b, a) };
+            // `a`'s match masks, as the contact scan keeps them for a
+            // recipient (none over 64 bytes).
+            let masks = MatchMasks::of(&a);
+            assert_eq!(masks.is_some(), a.len() <= 64);
             for max in [0, 1, 2, 3, 5, 200] {
                 let got = bounded_distance(&a, &b, max);
                 assert_eq!(
@@ -1134,6 +1046,7 @@ mod tests {
                     reference::reference_distance(&a, &b, max),
                     "{a:?} {b:?} max {max}"
                 );
+                assert_eq!(distance(&a, masks.as_deref(), &b, max), got, "{a:?} {b:?}");
                 if max == 2 && got <= 2 {
                     near[got] += 1;
                 } else if max == 2 {
@@ -1166,6 +1079,37 @@ mod tests {
             "OSA, not Damerau: no edit after a swap"
         );
         assert_eq!(osa_bits(&base, &[]), 64);
+    }
+
+    /// The word-at-a-time common prefix and suffix equal the byte-at-a-time
+    /// ones, at every length and position of the first difference.
+    #[test]
+    fn common_prefix_and_suffix_match_comparing_bytes() {
+        let mut rng = StdRng::seed_from_u64(16);
+        for _ in 0..20_000 {
+            let len = rng.gen_range(0..40);
+            let a: Vec<u8> = (0..len).map(|_| rng.gen_range(b'a'..b'd')).collect();
+            let mut b = a.clone();
+            if len > 0 && rng.gen_bool(0.8) {
+                let k = rng.gen_range(0..len);
+                b[k] = b'#';
+            }
+            b.truncate(rng.gen_range(0..=len));
+            if rng.gen_bool(0.3) {
+                b.insert(0, b'#');
+            }
+            let pre = a.iter().zip(&b).take_while(|(x, y)| x == y).count();
+            let suf = a
+                .iter()
+                .rev()
+                .zip(b.iter().rev())
+                .take_while(|(x, y)| x == y)
+                .count();
+            assert_eq!(common_prefix(&a, &b), pre, "{a:?} {b:?}");
+            assert_eq!(common_prefix(&b, &a), pre, "{a:?} {b:?}");
+            assert_eq!(common_suffix(&a, &b), suf, "{a:?} {b:?}");
+            assert_eq!(common_suffix(&b, &a), suf, "{a:?} {b:?}");
+        }
     }
 
     #[test]
@@ -1442,6 +1386,11 @@ mod tests {
             );
             let (ma, mb) = (bucket_mask(a.as_bytes()), bucket_mask(b.as_bytes()));
             assert!(mask_bound(ma, mb) <= full, "{a:?} {b:?}");
+            let (ha, hb) = (
+                nibble_histogram(a.as_bytes()),
+                nibble_histogram(b.as_bytes()),
+            );
+            assert!(histogram_bound(ha, hb) <= full, "{a:?} {b:?}");
             if bigrams_rule_out_2(bigram_mask(a.as_bytes()), bigram_mask(b.as_bytes())) {
                 assert_eq!(
                     bounded_distance(a.as_bytes(), b.as_bytes(), 2),

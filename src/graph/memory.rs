@@ -11,6 +11,7 @@ use super::{
     decay, thread_subject, AddressStats, DomainStats, EdgeStats, GraphView, SenderStats, Ts,
 };
 use crate::address::domain_of;
+use crate::graph::sketch::Sketch;
 use crate::message::{Field, MessageMeta, Recipient};
 
 /// Address or domain id inside one graph.
@@ -372,6 +373,8 @@ pub struct Graph {
     /// once, in `addrs`.
     pub(crate) ids: AddrIndex,
     pub(crate) addrs: Vec<AddrEntry>,
+    /// Each address's [`Sketch`], by id (as `addrs`).
+    pub(crate) sketches: Vec<Sketch>,
     pub(crate) domain_ids: FastMap<Arc<str>, Id>,
     pub(crate) domains: Vec<(Arc<str>, DomainStats)>,
     /// Number of sender-recipient edges.
@@ -498,6 +501,7 @@ impl Graph {
             address: Box::from(addr),
             ..Default::default()
         });
+        self.sketches.push(Sketch::of(addr));
         self.ids.insert(&self.addrs, id);
         id
     }
@@ -783,6 +787,7 @@ impl Graph {
     /// After setting `addrs` wholesale: index every live address.
     pub(crate) fn rebuild_index(&mut self) {
         self.ids.rebuild(&self.addrs);
+        self.sketches = self.addrs.iter().map(|e| Sketch::of(&e.address)).collect();
     }
 
     /// After loading: sort every list (a duplicate key keeps its last
@@ -818,6 +823,7 @@ impl Graph {
             }
         }
         self.addrs.shrink_to_fit();
+        self.sketches.shrink_to_fit();
         self.domains.shrink_to_fit();
         self.ids.shrink_to_fit(&self.addrs);
         self.domain_ids.shrink_to_fit();
@@ -966,6 +972,26 @@ impl GraphView for Graph {
                 f(*rid, addr, &edge.stats());
             }
         }
+    }
+
+    fn for_each_contact_sketch(&self, sender: Id, f: &mut dyn FnMut(Id, &Sketch, u32)) {
+        let Some(adj) = self.adj(sender) else { return };
+        for (rid, edge) in &adj.out {
+            match self.sketches.get(*rid as usize) {
+                Some(k) => f(*rid, k, edge.stats().total()),
+                // Only a graph built without its sketches (never by this
+                // module) lacks one: derive it from the address.
+                None => {
+                    if let Some(a) = self.address_of(*rid) {
+                        f(*rid, &Sketch::of(a), edge.stats().total());
+                    }
+                }
+            }
+        }
+    }
+
+    fn address_by_id_str(&self, id: Id) -> Option<&str> {
+        self.address_of(id)
     }
 
     fn contacts_with_mail_by_id(&self, sender: Id, addr: Id, limit: usize) -> u32 {
@@ -1386,6 +1412,9 @@ impl Graph {
                 address: Box::from(""),
                 ..Default::default()
             };
+            if let Some(k) = self.sketches.get_mut(id as usize) {
+                *k = Sketch::of("");
+            }
         }
     }
 
@@ -1628,6 +1657,7 @@ impl Graph {
                 .sum::<usize>();
         self.ids.bytes()
             + self.addrs.capacity() * std::mem::size_of::<AddrEntry>()
+            + self.sketches.capacity() * std::mem::size_of::<Sketch>()
             + per_addr
             + map(&self.domain_ids)
             + self.domains.capacity() * std::mem::size_of::<(Arc<str>, DomainStats)>()
@@ -1983,6 +2013,11 @@ mod privacy_tests {
             });
         }
         let check = |g: &Graph| {
+            // Every slot's sketch is its address's (a tombstone's too).
+            assert_eq!(g.sketches.len(), g.addrs.len());
+            for (e, k) in g.addrs.iter().zip(&g.sketches) {
+                assert_eq!(*k, Sketch::of(&e.address));
+            }
             assert_eq!(g.edges_iter().count(), g.edge_count());
             assert_eq!(g.co_iter().count(), g.co_count_total());
             for e in &g.addrs {

@@ -6,9 +6,11 @@
 //! it.
 
 pub mod memory;
+pub mod sketch;
 pub mod synth;
 
 pub use memory::{Graph, GraphConfig, Id, LearnInput};
+pub use sketch::Sketch;
 
 use serde::{Deserialize, Serialize};
 
@@ -142,6 +144,13 @@ pub trait GraphView: Send + Sync {
     /// [`Self::for_each_contact`] by id, with each contact's id; the
     /// addresses borrow from the graph.
     fn for_each_contact_by_id<'a>(&'a self, sender: Id, f: &mut dyn FnMut(Id, &'a str, &EdgeStats));
+    /// The sender's contacts as the lookalike scan reads them, in
+    /// [`Self::for_each_contact`] order: each one's id, [`Sketch`] and
+    /// message count (the edge's total), without its address (see
+    /// [`Self::address_by_id_str`]).
+    fn for_each_contact_sketch(&self, sender: Id, f: &mut dyn FnMut(Id, &Sketch, u32));
+    /// The address of an id from [`Self::id_of`] or a contact list.
+    fn address_by_id_str(&self, id: Id) -> Option<&str>;
     /// [`Self::contacts_with_mail`] by ids.
     fn contacts_with_mail_by_id(&self, sender: Id, addr: Id, limit: usize) -> u32;
     /// When a held message from `sender` to `rcpt` was last discarded

@@ -117,3 +117,18 @@ pub fn any_file_contains(dir: &Path, needle: &[u8]) -> Option<PathBuf> {
 pub fn load_config(cfg: &Path) -> misdirect::config::Config {
     misdirect::config::Config::load(cfg).unwrap()
 }
+
+/// Checks that every contact of `sender` in `v` carries the sketch of its
+/// own address (the lookalike scan reads the sketch instead of the
+/// address), and returns how many contacts there are.
+pub fn contact_sketches_match(v: &dyn misdirect::graph::GraphView, sender: &str) -> usize {
+    let s = v.id_of(sender).expect("sender known");
+    let mut n = 0;
+    v.for_each_contact_sketch(s, &mut |id, k, total| {
+        let a = v.address_by_id_str(id).expect("contact address");
+        assert_eq!(*k, misdirect::graph::Sketch::of(a), "{a}");
+        assert!(total > 0, "{a}");
+        n += 1;
+    });
+    n
+}
