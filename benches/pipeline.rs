@@ -3,7 +3,10 @@
 //! realistic messages with 1, 5 and 50 recipients against a synthetic
 //! organisation graph of about a million edges (`PIPELINE_BENCH_EDGES`
 //! changes the size); and parsing alone for the 5-recipient message behind
-//! about 30 headers misdirect does not read (`parse_many_headers`). Times are the thread's CPU time (see
+//! about 30 headers misdirect does not read (`parse_many_headers`). As in
+//! the relay, reasons are written only when a recipient reaches the
+//! sender's lowest action threshold (each message's score and action are
+//! printed at the start). Times are the thread's CPU time (see
 //! `common/cpu_time.rs`): messages per second per core is 1 / (time per
 //! message).
 
@@ -19,7 +22,7 @@ use misdirect::config::{PolicyConfig, TenantsConfig};
 use misdirect::graph::synth::{person, Org};
 use misdirect::graph::GraphConfig;
 use misdirect::message::{envelope_recipients, MessageMeta};
-use misdirect::policy::Policy;
+use misdirect::policy::{Context, Policy};
 use misdirect::scorer::{ScoreInput, Scorer};
 use misdirect::store::GraphHandle;
 
@@ -181,6 +184,27 @@ fn bench(c: &mut Criterion<CpuTime>) {
         }
         let raw = message(&sender, &rcpts);
         let rcpt_to: Vec<String> = rcpts.iter().map(|a| format!("<{a}>")).collect();
+        {
+            let meta = MessageMeta::parse(&raw, &norm);
+            let recipients = envelope_recipients(&meta, &rcpt_to, &norm);
+            let scores = handle.with_view("default", |g| {
+                scorer.score(
+                    g,
+                    &ScoreInput {
+                        meta: &meta,
+                        recipients: &recipients,
+                        now: meta.date.unwrap_or(0),
+                    },
+                )
+            });
+            if let Ok(s) = scores {
+                eprintln!(
+                    "pipeline bench: {n} recipients, message score {:.4}, action {}",
+                    s.message_score(),
+                    policy.decide(s).action
+                );
+            }
+        }
         group.bench_with_input(BenchmarkId::new("parse", n), &raw, |b, raw| {
             b.iter(|| black_box(MessageMeta::parse(black_box(raw), &norm)))
         });
@@ -188,18 +212,27 @@ fn bench(c: &mut Criterion<CpuTime>) {
             b.iter(|| {
                 let meta = MessageMeta::parse(black_box(raw), &norm);
                 let recipients = envelope_recipients(&meta, &rcpt_to, &norm);
-                let tenant = handle.tenant_for(meta.sender().unwrap_or(""));
+                let sender = meta.sender().unwrap_or("");
+                let tenant = handle.tenant_for(sender);
+                let ctx = Context {
+                    tenant: &tenant,
+                    sender,
+                };
+                // As the relay: reasons only if a recipient reaches the
+                // sender's lowest action threshold.
+                let explain_from = policy.thresholds(&ctx).lowest();
                 let scores = handle.with_view(&tenant, |g| {
-                    scorer.score(
+                    scorer.score_explaining(
                         g,
                         &ScoreInput {
                             meta: &meta,
                             recipients: &recipients,
                             now: meta.date.unwrap_or(0),
                         },
+                        explain_from,
                     )
                 });
-                black_box(scores.map(|s| policy.decide(s)))
+                black_box(scores.map(|s| policy.decide_for(&ctx, s)))
             })
         });
         if n == 5 {

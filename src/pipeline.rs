@@ -345,9 +345,10 @@ impl Pipeline {
             if env.rcpt_to.len() <= INLINE_SCORE_MAX_RCPTS && raw.len() <= INLINE_SCORE_MAX_BYTES {
                 let p = Parsed::new(&self.norm, &self.shared, env, raw);
                 let shared = &self.shared;
+                let explain_from = p.explain_from(&self.policy);
                 match shared
                     .graph
-                    .try_with_view(&p.tenant, |g| p.score(shared, g, now))
+                    .try_with_view(&p.tenant, |g| p.score(shared, g, now, explain_from))
                 {
                     Some(scores) => return Some((p, scores)),
                     None => Ok(p),
@@ -359,14 +360,16 @@ impl Pipeline {
         let env = env.clone();
         let norm = self.norm.clone();
         let shared = self.shared.clone();
+        let policy = self.policy.clone();
         let job = tokio::task::spawn_blocking(move || {
             let p = match pending {
                 Ok(p) => p,
                 Err(raw) => Parsed::new(&norm, &shared, &env, raw),
             };
+            let explain_from = p.explain_from(&policy);
             let scores = shared
                 .graph
-                .with_view(&p.tenant, |g| p.score(&shared, g, now));
+                .with_view(&p.tenant, |g| p.score(&shared, g, now, explain_from));
             (p, scores)
         });
         match job.await {
@@ -834,15 +837,34 @@ impl Parsed {
         }
     }
 
-    /// Score it against the tenant's graph.
-    fn score(&self, shared: &Shared, g: &dyn crate::graph::GraphView, now: Ts) -> ScoreResult {
-        shared.scorer.score(
+    /// The lowest score the policy acts on for this sender: below it the
+    /// message is delivered and nobody reads the reasons.
+    fn explain_from(&self, policy: &Policy) -> f64 {
+        policy
+            .thresholds(&Context {
+                tenant: &self.tenant,
+                sender: &self.sender,
+            })
+            .lowest()
+    }
+
+    /// Score it against the tenant's graph, with reasons when a recipient
+    /// scores `explain_from` or more ([`Scorer::score_explaining`]).
+    fn score(
+        &self,
+        shared: &Shared,
+        g: &dyn crate::graph::GraphView,
+        now: Ts,
+        explain_from: f64,
+    ) -> ScoreResult {
+        shared.scorer.score_explaining(
             g,
             &ScoreInput {
                 meta: &self.meta,
                 recipients: &self.recipients,
                 now,
             },
+            explain_from,
         )
     }
 }
@@ -1025,7 +1047,7 @@ pub async fn check_message(
         };
         let scored = shared
             .graph
-            .with_view(&p.tenant, |g| p.score(&shared, g, now));
+            .with_view(&p.tenant, |g| p.score(&shared, g, now, 0.0));
         CheckReport::from_scored(p.sender, p.tenant, &policy, scored)
     });
     match job.await {

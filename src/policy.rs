@@ -35,6 +35,15 @@ impl Thresholds {
         self
     }
 
+    /// The lowest configured threshold: a message whose every recipient
+    /// scores below it is delivered (infinite when none is configured).
+    pub fn lowest(&self) -> f64 {
+        [self.encrypt_at, self.hold_at, self.reject_at]
+            .into_iter()
+            .flatten()
+            .fold(f64::INFINITY, f64::min)
+    }
+
     /// The action for a score: the most severe threshold reached.
     pub fn action_for(&self, score: f64) -> Action {
         let reached = |t: Option<f64>| t.is_some_and(|t| score >= t);
@@ -369,5 +378,22 @@ hold_at = 0.3
         .to_string();
         assert!(e.contains("policy.allow_domains[0]"), "{e}");
         assert!(e.contains("policy.tenant.x.hold_at"), "{e}");
+    }
+
+    #[test]
+    fn lowest_threshold_is_the_smallest_configured() {
+        let t = |e, h, r| Thresholds {
+            encrypt_at: e,
+            hold_at: h,
+            reject_at: r,
+        };
+        assert_eq!(t(None, Some(0.8), Some(0.97)).lowest(), 0.8);
+        assert_eq!(t(Some(0.5), Some(0.8), None).lowest(), 0.5);
+        assert_eq!(t(None, None, Some(0.99)).lowest(), 0.99);
+        assert_eq!(t(None, None, None).lowest(), f64::INFINITY);
+        // Below the lowest, nothing is acted on.
+        let x = t(Some(0.6), Some(0.9), None);
+        assert_eq!(x.action_for(x.lowest() - 1e-9), Action::Deliver);
+        assert_ne!(x.action_for(x.lowest()), Action::Deliver);
     }
 }

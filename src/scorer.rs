@@ -32,6 +32,23 @@ pub trait Scorer: Send + Sync {
     /// Name and version, reported in the score header and in replay output.
     fn name(&self) -> &str;
     fn score(&self, graph: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError>;
+
+    /// [`Self::score`], where the reasons may be left empty for every
+    /// recipient when none of them scores `explain_from` or more: the relay
+    /// passes its lowest action threshold, since only a message it acts on
+    /// (hold, reject) shows them, and writing them for every delivered
+    /// message would cost more than a tenth of its scoring. When any
+    /// recipient reaches it, every recipient gets its reasons, as from
+    /// [`Self::score`].
+    fn score_explaining(
+        &self,
+        graph: &dyn GraphView,
+        input: &ScoreInput<'_>,
+        explain_from: f64,
+    ) -> Result<Scores, ScoreError> {
+        let _ = explain_from;
+        self.score(graph, input)
+    }
 }
 
 /// The score of a recipient whose earlier held message from the same
@@ -54,10 +71,29 @@ impl<S: Scorer + ?Sized> Scorer for WithFeedback<S> {
     }
 
     fn score(&self, graph: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError> {
-        let mut scores = self.0.score(graph, input)?;
+        self.score_explaining(graph, input, 0.0)
+    }
+
+    fn score_explaining(
+        &self,
+        graph: &dyn GraphView,
+        input: &ScoreInput<'_>,
+        explain_from: f64,
+    ) -> Result<Scores, ScoreError> {
         let Some(sender) = input.meta.sender() else {
-            return Ok(scores);
+            return self.0.score_explaining(graph, input, explain_from);
         };
+        // A discarded pair reaches every threshold: its message is acted
+        // on, so all of its recipients are explained.
+        let discarded = input
+            .recipients
+            .iter()
+            .any(|r| graph.discarded(sender, &r.address).is_some());
+        let from = if discarded { 0.0 } else { explain_from };
+        let mut scores = self.0.score_explaining(graph, input, from)?;
+        if !discarded {
+            return Ok(scores);
+        }
         for r in &mut scores.recipients {
             if let Some(t) = graph.discarded(sender, &r.address) {
                 let when = crate::graph::memory::format_ts(t);
@@ -158,5 +194,88 @@ mod tests {
             .reasons
             .iter()
             .any(|r| r.contains("discarded")));
+    }
+
+    /// Scores every recipient 0.3, explaining only from `explain_from`.
+    struct Explaining;
+
+    impl Scorer for Explaining {
+        fn name(&self) -> &str {
+            "explaining"
+        }
+
+        fn score(&self, g: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError> {
+            self.score_explaining(g, input, 0.0)
+        }
+
+        fn score_explaining(
+            &self,
+            _: &dyn GraphView,
+            input: &ScoreInput<'_>,
+            explain_from: f64,
+        ) -> Result<Scores, ScoreError> {
+            let recipients = input
+                .recipients
+                .iter()
+                .map(|r| crate::verdict::RecipientScore {
+                    address: r.address.clone(),
+                    field: r.field,
+                    score: 0.3,
+                    reasons: if 0.3 >= explain_from {
+                        vec![format!("inner reason for {}", r.address)]
+                    } else {
+                        vec![]
+                    },
+                })
+                .collect();
+            Ok(Scores {
+                model: "explaining".into(),
+                recipients,
+            })
+        }
+    }
+
+    /// A message with a discarded pair is acted on whatever the threshold,
+    /// so all of its recipients keep their reasons; without one, the inner
+    /// scorer's choice stands.
+    #[test]
+    fn a_discarded_pair_explains_every_recipient() {
+        let mut g = Graph::new(GraphConfig::default());
+        let meta = MessageMeta {
+            from: Some(Mailbox {
+                address: "alice@corp.test".into(),
+                name: None,
+            }),
+            ..Default::default()
+        };
+        let rcpts = [rcpt("bob@corp.test"), rcpt("mallory@else.test")];
+        let input = ScoreInput {
+            meta: &meta,
+            recipients: &rcpts,
+            now: 3_000,
+        };
+        let scorer = WithFeedback(std::sync::Arc::new(Explaining));
+        let quiet = scorer.score_explaining(&g, &input, 0.9).unwrap();
+        assert!(quiet.recipients.iter().all(|r| r.reasons.is_empty()));
+        assert_eq!(
+            scorer.score(&g, &input).unwrap().recipients[0]
+                .reasons
+                .len(),
+            1
+        );
+
+        g.learn_discard("alice@corp.test", &["mallory@else.test"], 2_000);
+        let s = scorer.score_explaining(&g, &input, 0.9).unwrap();
+        assert_eq!(
+            s.recipients[0].reasons,
+            vec!["inner reason for bob@corp.test"]
+        );
+        assert_eq!(s.recipients[1].score, DISCARDED_SCORE);
+        assert_eq!(s.recipients[1].reasons.len(), 2);
+        assert!(s.recipients[1].reasons[0].contains("discarded by an administrator"));
+        assert_eq!(
+            s.recipients[1].reasons[1],
+            "inner reason for mallory@else.test"
+        );
     }
 }

@@ -226,6 +226,51 @@ fn misaddressed_message_scores_above_an_ordinary_one() {
     assert_eq!(added.worst().unwrap().address, "mallory@elsewhere.example");
 }
 
+/// Reasons are written for every recipient when one of them scores at
+/// least `explain_from`, and for none otherwise; the scores never change.
+#[test]
+fn reasons_only_when_a_recipient_reaches_explain_from() {
+    let g = history();
+    let to = ["bob@corp.com", "bob@corp.co"];
+    let full = score(&g, &to);
+    let worst = full.message_score();
+    assert!(full.recipients.iter().all(|r| !r.reasons.is_empty()));
+    let rs: Vec<Recipient> = to.iter().map(|a| r(a)).collect();
+    let meta = MessageMeta {
+        from: Some(Mailbox {
+            address: ALICE.into(),
+            name: None,
+        }),
+        recipients: rs.clone(),
+        subject: Some("weekly".into()),
+        date: Some(T0 + 41 * DAY),
+        ..Default::default()
+    };
+    let input = ScoreInput {
+        meta: &meta,
+        recipients: &rs,
+        now: T0 + 41 * DAY,
+    };
+    let s = ModelScorer::shipped().unwrap();
+    // At the worst score (and below it): as `score`, every recipient.
+    for from in [0.0, worst / 2.0, worst] {
+        assert_eq!(
+            s.score_explaining(&g, &input, from).unwrap(),
+            full,
+            "{from}"
+        );
+    }
+    // Above it, or with no threshold at all: same scores, no reasons.
+    for from in [worst + 1e-9, f64::INFINITY] {
+        let quiet = s.score_explaining(&g, &input, from).unwrap();
+        assert_eq!(quiet.recipients.len(), 2);
+        for (q, f) in quiet.recipients.iter().zip(&full.recipients) {
+            assert_eq!((&q.address, q.score), (&f.address, f.score));
+            assert!(q.reasons.is_empty(), "{q:?}");
+        }
+    }
+}
+
 #[test]
 fn a_sender_without_enough_history_is_not_scored() {
     let mut g = Graph::new(GraphConfig::default());

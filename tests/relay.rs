@@ -809,3 +809,87 @@ async fn next_hop_connections_are_reused_and_a_closed_one_is_replaced() {
     }
     assert!(sink.nothing_more().await, "a message was sent twice");
 }
+
+/// A scorer that scores 0 and records the `explain_from` the relay passes.
+struct Recording(std::sync::Mutex<Vec<(String, f64)>>);
+
+impl misdirect::scorer::Scorer for Recording {
+    fn name(&self) -> &str {
+        "recording"
+    }
+
+    fn score(
+        &self,
+        g: &dyn misdirect::graph::GraphView,
+        input: &misdirect::scorer::ScoreInput<'_>,
+    ) -> Result<misdirect::verdict::Scores, misdirect::scorer::ScoreError> {
+        self.score_explaining(g, input, 0.0)
+    }
+
+    fn score_explaining(
+        &self,
+        _: &dyn misdirect::graph::GraphView,
+        input: &misdirect::scorer::ScoreInput<'_>,
+        explain_from: f64,
+    ) -> Result<misdirect::verdict::Scores, misdirect::scorer::ScoreError> {
+        let sender = input.meta.sender().unwrap_or("").to_string();
+        self.0.lock().unwrap().push((sender, explain_from));
+        Ok(misdirect::verdict::Scores {
+            model: "recording".into(),
+            recipients: vec![],
+        })
+    }
+}
+
+/// The relay asks for reasons only from the sender's lowest action
+/// threshold (the global one, or its domain's override); `check` always
+/// asks for them.
+#[tokio::test]
+async fn reasons_are_asked_for_from_the_senders_lowest_threshold() {
+    let mut sink = Sink::start().await;
+    let d = start(sink.addr, |_| {}).await;
+    let current = d.cell.current();
+    let mut cfg = (**current.config()).clone();
+    cfg.policy.encrypt_at = None;
+    cfg.policy.hold_at = Some(0.8);
+    cfg.policy.reject_at = Some(0.97);
+    cfg.policy.sender_domain.insert(
+        "lax.test".into(),
+        misdirect::config::policy::ThresholdOverride {
+            encrypt_at: None,
+            hold_at: Some(0.95),
+            reject_at: None,
+        },
+    );
+    let rec = std::sync::Arc::new(Recording(Default::default()));
+    let shared = misdirect::pipeline::Shared {
+        scorer: rec.clone(),
+        graph: current.shared().graph.clone(),
+    };
+    let p = misdirect::pipeline::Pipeline::build(cfg, shared)
+        .await
+        .unwrap();
+    d.cell.replace(p);
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    for from in ["alice@example.com", "bob@lax.test"] {
+        let m = message(from, "carol@example.org", "hello");
+        let r = c.send_mail(from, &["carol@example.org"], &m).await;
+        assert!(r.starts_with("250 2.0.0 Ok"), "{r}");
+        sink.recv().await;
+    }
+    let check = d
+        .cell
+        .current()
+        .check(message("alice@example.com", "carol@example.org", "check"))
+        .await;
+    assert!(check.verdict.is_some());
+    assert_eq!(
+        rec.0.lock().unwrap().as_slice(),
+        &[
+            ("alice@example.com".to_string(), 0.8),
+            ("bob@lax.test".to_string(), 0.95),
+            ("alice@example.com".to_string(), 0.0),
+        ]
+    );
+}

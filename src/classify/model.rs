@@ -700,6 +700,15 @@ impl Scorer for ModelScorer {
     }
 
     fn score(&self, g: &dyn GraphView, input: &ScoreInput<'_>) -> Result<Scores, ScoreError> {
+        self.score_explaining(g, input, 0.0)
+    }
+
+    fn score_explaining(
+        &self,
+        g: &dyn GraphView,
+        input: &ScoreInput<'_>,
+        explain_from: f64,
+    ) -> Result<Scores, ScoreError> {
         let sender = input.meta.sender().ok_or(ScoreError::NoSender)?;
         let history = g.sender(sender).messages;
         if history < MIN_HISTORY {
@@ -722,16 +731,22 @@ impl Scorer for ModelScorer {
         }
         let feats = features::extract(g, sender, input.meta, input.recipients, input.now);
         let probs = self.probabilities(&feats);
+        let score_of = |p: f64| if p.is_finite() { p } else { 1.0 };
+        let explain = probs.iter().any(|&p| score_of(p) >= explain_from);
         let recipients = input
             .recipients
             .iter()
             .zip(feats.iter())
             .zip(probs)
-            .map(|((r, f), score)| RecipientScore {
+            .map(|((r, f), p)| RecipientScore {
                 address: r.address.clone(),
                 field: r.field,
-                score: if score.is_finite() { score } else { 1.0 },
-                reasons: reasons(&r.address, &f.evidence),
+                score: score_of(p),
+                reasons: if explain {
+                    reasons(&r.address, &f.evidence)
+                } else {
+                    Vec::new()
+                },
             })
             .collect();
         Ok(Scores {
