@@ -444,73 +444,39 @@ impl Forest {
     }
 
     /// Sum of the leaf values of the first `K` of `rows` (all of them are
-    /// `K` long but for the last chunk), in tree order: the `K` rows'
-    /// walks through two trees in lockstep, unrolled.
+    /// `K` long but for the last chunk), in tree order: `K` walks in
+    /// lockstep, unrolled, their positions in registers.
     fn sums<const K: usize>(&self, rows: &[Padded]) -> [f64; K] {
         let mut z: [&Padded; K] = [&NAN_ROW; K];
         for (z, row) in z.iter_mut().zip(rows) {
             *z = row;
         }
         let mut sum = [0f64; K];
-        // Two trees at a time: twice as many independent walks, so the
-        // loads of one overlap the waits of another (a step waits on the
-        // node, then on the row's value, then on the comparison). The
-        // leaves are still added in tree order.
-        let mut pairs = self.roots.chunks_exact(2);
-        for pair in &mut pairs {
-            let [(ra, da), (rb, db)] = [pair[0], pair[1]];
-            let (mut a, mut b) = ([ra as usize; K], [rb as usize; K]);
-            // A leaf steps to itself: the shallower tree's walks wait
-            // on their leaves.
-            for _ in 0..da.max(db) {
-                for l in 0..K {
-                    a[l] = self.step(a[l], z[l]);
-                    b[l] = self.step(b[l], z[l]);
-                }
-            }
-            for l in 0..K {
-                sum[l] += self.leaf(a[l]);
-                sum[l] += self.leaf(b[l]);
-            }
-        }
-        for &(root, depth) in pairs.remainder() {
+        for &(root, depth) in &self.roots {
             let mut at = [root as usize; K];
             for _ in 0..depth {
                 for l in 0..K {
-                    at[l] = self.step(at[l], z[l]);
+                    let Some(n) = self.nodes.get(at[l]) else {
+                        continue;
+                    };
+                    let v = z[l][n.feature() as usize];
+                    // Branch-free select (the comparison is as
+                    // unpredictable as the data): left child when
+                    // `v <= threshold`, else `right`.
+                    let left = (v <= f64::from(n.threshold)) as usize;
+                    let right = n.right() as usize;
+                    at[l] = right ^ ((right ^ (at[l] + 1)) & left.wrapping_neg());
                 }
             }
             for l in 0..K {
-                sum[l] += self.leaf(at[l]);
+                // Only a malformed walk ends off a leaf: it counts 0.
+                sum[l] += match self.nodes.get(at[l]) {
+                    Some(n) if n.feature() == LEAF => f64::from(n.threshold),
+                    _ => 0.0,
+                };
             }
         }
         sum
-    }
-}
-
-impl Forest {
-    /// The node a walk at node `at` goes to for row `z`.
-    #[inline(always)]
-    fn step(&self, at: usize, z: &Padded) -> usize {
-        let Some(n) = self.nodes.get(at) else {
-            return at;
-        };
-        let v = z[n.feature() as usize];
-        // Branch-free select (the comparison is as unpredictable as the
-        // data): left child when `v <= threshold`, else `right`.
-        let left = (v <= f64::from(n.threshold)) as usize;
-        let right = n.right() as usize;
-        right ^ ((right ^ (at + 1)) & left.wrapping_neg())
-    }
-
-    /// The value of the leaf a walk ended on (only a malformed walk ends
-    /// off a leaf: it counts 0).
-    #[inline(always)]
-    fn leaf(&self, at: usize) -> f64 {
-        match self.nodes.get(at) {
-            Some(n) if n.feature() == LEAF => f64::from(n.threshold),
-            _ => 0.0,
-        }
     }
 }
 
@@ -945,20 +911,6 @@ mod tests {
         assert!(scorer.forest.is_some());
         for x in rows(&model, 5_000) {
             assert_eq!(scorer.raw(&x).to_bits(), model.raw(&x).to_bits());
-        }
-        // An odd number of trees (the walk takes them two at a time).
-        let Classifier::Trees { trees } = &mut model.classifier else {
-            panic!("a trees-only model");
-        };
-        trees.truncate(59);
-        let scorer = ModelScorer::new(model.clone());
-        assert!(scorer.forest.is_some());
-        let all = rows(&model, 2_000);
-        let mut out = vec![0f64; all.len()];
-        scorer.raw_rows(&all, &mut out);
-        for (x, r) in all.iter().zip(&out) {
-            assert_eq!(scorer.raw(x).to_bits(), model.raw(x).to_bits());
-            assert_eq!(r.to_bits(), model.raw(x).to_bits());
         }
     }
 
