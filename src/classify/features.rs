@@ -597,14 +597,10 @@ pub fn extract(
         .collect();
     let strangers: Vec<usize> = (0..n).filter(|&i| scans[i].known.is_none()).collect();
     if let Some(s) = sid.filter(|_| sstats.contacts > 0) {
-        let mut seen = 0usize;
         // A contact is ruled out by its sketch where it can be: its
         // address is read only for a comparison the sketch cannot settle.
-        g.for_each_contact_sketch(s, &mut |cid: Id, ck: &Sketch, total: u32| {
-            seen += 1;
-            if seen > MAX_CONTACT_SCAN {
-                return;
-            }
+        for (cid, ck, total) in g.contact_sketches(s).take(MAX_CONTACT_SCAN) {
+            let ck = &ck;
             let mut addr: Option<Option<&str>> = None;
             let mut chist: Option<Histogram> = None;
             for &i in &siblings {
@@ -702,7 +698,7 @@ pub fn extract(
                     sc.best = Some((a, total));
                 }
             }
-        });
+        }
     }
 
     // Neighbourhood of a recipient the sender never wrote to: which of the

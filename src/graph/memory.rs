@@ -396,6 +396,37 @@ pub struct Graph {
     pub(crate) evicted: Vec<RecordKey>,
 }
 
+/// A sender's contacts as the lookalike scan reads them, in the order of
+/// [`GraphView::for_each_contact`]: each one's id, [`Sketch`] and message
+/// count (see [`GraphView::contact_sketches`]). A concrete iterator, so
+/// that the scan's loop is compiled with it.
+pub struct ContactSketches<'a> {
+    out: &'a [(Id, Edge)],
+    graph: &'a Graph,
+}
+
+impl Iterator for ContactSketches<'_> {
+    type Item = (Id, Sketch, u32);
+
+    fn next(&mut self) -> Option<(Id, Sketch, u32)> {
+        loop {
+            let ((id, edge), rest) = self.out.split_first()?;
+            self.out = rest;
+            let total = edge.stats().total();
+            match self.graph.sketches.get(*id as usize) {
+                Some(k) => return Some((*id, *k, total)),
+                // Only a graph built without its sketches (never by this
+                // module) lacks one: derive it from the address.
+                None => {
+                    if let Some(a) = self.graph.address_of(*id) {
+                        return Some((*id, Sketch::of(a), total));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Stable 64-bit hash (FNV-1a) for thread and attachment keys, so keys are
 /// the same across processes.
 pub fn key_hash(s: &str) -> u64 {
@@ -974,19 +1005,10 @@ impl GraphView for Graph {
         }
     }
 
-    fn for_each_contact_sketch(&self, sender: Id, f: &mut dyn FnMut(Id, &Sketch, u32)) {
-        let Some(adj) = self.adj(sender) else { return };
-        for (rid, edge) in &adj.out {
-            match self.sketches.get(*rid as usize) {
-                Some(k) => f(*rid, k, edge.stats().total()),
-                // Only a graph built without its sketches (never by this
-                // module) lacks one: derive it from the address.
-                None => {
-                    if let Some(a) = self.address_of(*rid) {
-                        f(*rid, &Sketch::of(a), edge.stats().total());
-                    }
-                }
-            }
+    fn contact_sketches(&self, sender: Id) -> ContactSketches<'_> {
+        ContactSketches {
+            out: self.adj(sender).map_or(&[], |a| &a.out),
+            graph: self,
         }
     }
 

@@ -9,7 +9,7 @@ pub mod memory;
 pub mod sketch;
 pub mod synth;
 
-pub use memory::{Graph, GraphConfig, Id, LearnInput};
+pub use memory::{ContactSketches, Graph, GraphConfig, Id, LearnInput};
 pub use sketch::Sketch;
 
 use serde::{Deserialize, Serialize};
@@ -147,8 +147,8 @@ pub trait GraphView: Send + Sync {
     /// The sender's contacts as the lookalike scan reads them, in
     /// [`Self::for_each_contact`] order: each one's id, [`Sketch`] and
     /// message count (the edge's total), without its address (see
-    /// [`Self::address_by_id_str`]).
-    fn for_each_contact_sketch(&self, sender: Id, f: &mut dyn FnMut(Id, &Sketch, u32));
+    /// [`Self::address_by_id_str`]). Empty for an unknown sender.
+    fn contact_sketches(&self, sender: Id) -> ContactSketches<'_>;
     /// The address of an id from [`Self::id_of`] or a contact list.
     fn address_by_id_str(&self, id: Id) -> Option<&str>;
     /// [`Self::contacts_with_mail`] by ids.

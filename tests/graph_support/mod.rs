@@ -124,11 +124,11 @@ pub fn load_config(cfg: &Path) -> misdirect::config::Config {
 pub fn contact_sketches_match(v: &dyn misdirect::graph::GraphView, sender: &str) -> usize {
     let s = v.id_of(sender).expect("sender known");
     let mut n = 0;
-    v.for_each_contact_sketch(s, &mut |id, k, total| {
+    for (id, k, total) in v.contact_sketches(s) {
         let a = v.address_by_id_str(id).expect("contact address");
-        assert_eq!(*k, misdirect::graph::Sketch::of(a), "{a}");
+        assert_eq!(k, misdirect::graph::Sketch::of(a), "{a}");
         assert!(total > 0, "{a}");
         n += 1;
-    });
+    }
     n
 }
