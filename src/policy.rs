@@ -118,14 +118,17 @@ impl Policy {
             hold_at: self.cfg.hold_at,
             reject_at: self.cfg.reject_at,
         };
-        let domain = domain_of(ctx.sender).to_ascii_lowercase();
-        global
-            .apply(self.cfg.tenant.get(ctx.tenant))
-            .apply(if domain.is_empty() {
-                None
-            } else {
-                self.cfg.sender_domain.get(&domain)
-            })
+        let domain = domain_of(ctx.sender);
+        // Normalised addresses have lower-case domains already: a copy
+        // only for one that has not (and none without overrides).
+        let over = if domain.is_empty() || self.cfg.sender_domain.is_empty() {
+            None
+        } else if domain.bytes().any(|b| b.is_ascii_uppercase()) {
+            self.cfg.sender_domain.get(&domain.to_ascii_lowercase())
+        } else {
+            self.cfg.sender_domain.get(domain)
+        };
+        global.apply(self.cfg.tenant.get(ctx.tenant)).apply(over)
     }
 
     /// The action for a message score under the global thresholds.
@@ -297,6 +300,13 @@ hold_at = 0.3
             Action::Hold
         );
         assert_eq!(p.thresholds(&legal).reject_at, Some(0.9));
+        // The same domain already lower-case (as normalised addresses are).
+        let lower = Context {
+            tenant: "acme",
+            sender: "a@legal.acme.com",
+        };
+        assert_eq!(p.thresholds(&lower).hold_at, Some(0.3));
+        assert_eq!(p.thresholds(&lower).lowest(), 0.3);
     }
 
     #[test]
