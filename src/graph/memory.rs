@@ -842,6 +842,10 @@ impl Graph {
         }
         self.n_edges = n_edges;
         self.n_co = n_co;
+        // Loading pushed address by address (capacities doubled).
+        self.addrs.shrink_to_fit();
+        self.sketches.shrink_to_fit();
+        self.domains.shrink_to_fit();
     }
 
     /// Trim every list's spare capacity (learning grows them by doubling).
