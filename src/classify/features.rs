@@ -13,8 +13,7 @@ use std::collections::HashSet;
 use crate::address::{domain_of, local_of};
 pub use crate::graph::sketch::skeleton;
 use crate::graph::sketch::{
-    bigram_mask, bigrams_rule_out_2, bucket_mask, histogram_bound, mask_bound, nibble_histogram,
-    pack3, saturate, skeleton_hash, skeleton_is, Sketch,
+    bigrams_rule_out_2, histogram_bound, mask_bound, pack3, skeleton_is, Sketch,
 };
 use crate::graph::{is_forward, is_reply, AddressStats, EdgeStats, GraphView, Id, Ts};
 use crate::message::{Field, MessageMeta, Recipient};
@@ -564,15 +563,7 @@ pub fn extract(
             let (skel, sketch) = match known {
                 None => {
                     let skel = skeleton(&r.address);
-                    let sketch = Sketch {
-                        mask: bucket_mask(ra),
-                        bigrams: bigram_mask(ra),
-                        hist16: nibble_histogram(ra),
-                        skel: skeleton_hash(&skel),
-                        pre3: 0,
-                        len: saturate(ra.len()),
-                        local_len: saturate(local_len),
-                    };
+                    let sketch = Sketch::with_skeleton(&r.address, &skel);
                     (skel, sketch)
                 }
                 Some(_) => Default::default(),
@@ -913,7 +904,7 @@ mod reference;
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::graph::sketch::address_pack3;
+    use crate::graph::sketch::{address_pack3, bigram_mask, bucket_mask, nibble_histogram};
     use crate::graph::{Graph, GraphConfig, LearnInput};
     use crate::message::Mailbox;
     use rand::rngs::StdRng;

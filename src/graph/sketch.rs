@@ -30,14 +30,22 @@ pub struct Sketch {
     pub local_len: u16,
 }
 
+// The size the README and the memory figures state.
+const _: () = assert!(std::mem::size_of::<Sketch>() == 40);
+
 impl Sketch {
     pub fn of(addr: &str) -> Sketch {
+        Sketch::with_skeleton(addr, &skeleton(addr))
+    }
+
+    /// [`Self::of`] when the caller has the address's [`skeleton`] at hand.
+    pub fn with_skeleton(addr: &str, skel: &str) -> Sketch {
         let b = addr.as_bytes();
         Sketch {
             mask: bucket_mask(b),
             bigrams: bigram_mask(b),
             hist16: nibble_histogram(b),
-            skel: skeleton_hash(&skeleton(addr)),
+            skel: skeleton_hash(skel),
             pre3: address_pack3(b),
             len: saturate(b.len()),
             local_len: saturate(local_of(addr).len()),
