@@ -947,8 +947,14 @@ impl GraphView for Graph {
     }
 
     fn for_each_contact(&self, sender: &str, f: &mut dyn FnMut(&str, &EdgeStats)) {
-        let Some(s) = self.id(sender) else { return };
-        self.for_each_contact_by_id(s, &mut |_, addr, e| f(addr, e));
+        let Some(adj) = self.id(sender).and_then(|s| self.adj(s)) else {
+            return;
+        };
+        for (rid, edge) in &adj.out {
+            if let Some(addr) = self.address_of(*rid) {
+                f(addr, &edge.stats());
+            }
+        }
     }
 
     fn contacts_with_mail(&self, sender: &str, addr: &str, limit: usize) -> u32 {
@@ -994,19 +1000,6 @@ impl GraphView for Graph {
             .get(domain as usize)
             .map(|d| d.1)
             .unwrap_or_default()
-    }
-
-    fn for_each_contact_by_id<'a>(
-        &'a self,
-        sender: Id,
-        f: &mut dyn FnMut(Id, &'a str, &EdgeStats),
-    ) {
-        let Some(adj) = self.adj(sender) else { return };
-        for (rid, edge) in &adj.out {
-            if let Some(addr) = self.address_of(*rid) {
-                f(*rid, addr, &edge.stats());
-            }
-        }
     }
 
     fn contact_sketches(&self, sender: Id) -> ContactSketches<'_> {

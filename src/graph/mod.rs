@@ -141,9 +141,6 @@ pub trait GraphView: Send + Sync {
     fn sender_domain_by_id(&self, sender: Id, domain: Id) -> Option<EdgeStats>;
     /// [`Self::domain`] by id (from [`Self::domain_id_of`]).
     fn domain_by_id(&self, domain: Id) -> DomainStats;
-    /// [`Self::for_each_contact`] by id, with each contact's id; the
-    /// addresses borrow from the graph.
-    fn for_each_contact_by_id<'a>(&'a self, sender: Id, f: &mut dyn FnMut(Id, &'a str, &EdgeStats));
     /// The sender's contacts as the lookalike scan reads them, in
     /// [`Self::for_each_contact`] order: each one's id, [`Sketch`] and
     /// message count (the edge's total), without its address (see
