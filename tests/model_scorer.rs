@@ -169,7 +169,8 @@ fn history() -> Graph {
     g
 }
 
-fn score(g: &Graph, to: &[&str]) -> misdirect::verdict::Scores {
+/// A message from Alice to `to` on day 41, and its recipients.
+fn message_to(to: &[&str]) -> (MessageMeta, Vec<Recipient>) {
     let rs: Vec<Recipient> = to.iter().map(|a| r(a)).collect();
     let meta = MessageMeta {
         from: Some(Mailbox {
@@ -181,6 +182,11 @@ fn score(g: &Graph, to: &[&str]) -> misdirect::verdict::Scores {
         date: Some(T0 + 41 * DAY),
         ..Default::default()
     };
+    (meta, rs)
+}
+
+fn score(g: &Graph, to: &[&str]) -> misdirect::verdict::Scores {
+    let (meta, rs) = message_to(to);
     let s = ModelScorer::shipped().unwrap();
     s.score(
         g,
@@ -235,17 +241,7 @@ fn reasons_only_when_a_recipient_reaches_explain_from() {
     let full = score(&g, &to);
     let worst = full.message_score();
     assert!(full.recipients.iter().all(|r| !r.reasons.is_empty()));
-    let rs: Vec<Recipient> = to.iter().map(|a| r(a)).collect();
-    let meta = MessageMeta {
-        from: Some(Mailbox {
-            address: ALICE.into(),
-            name: None,
-        }),
-        recipients: rs.clone(),
-        subject: Some("weekly".into()),
-        date: Some(T0 + 41 * DAY),
-        ..Default::default()
-    };
+    let (meta, rs) = message_to(&to);
     let input = ScoreInput {
         meta: &meta,
         recipients: &rs,
