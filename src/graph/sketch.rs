@@ -5,7 +5,8 @@
 //! known recipient with the contacts sharing its first letters
 //! (autocomplete siblings). Most contacts are ruled out by a few bit masks
 //! and lengths: the graph keeps them per address in a [`Sketch`], built when
-//! the address is interned, so that the scan neither re-derives them per
+//! the address is interned or its graph is loaded (and reset when it is
+//! erased), so that the scan neither re-derives them per
 //! message nor reads the address itself for a contact it rules out.
 
 use crate::address::{domain_of, local_of};
