@@ -302,6 +302,17 @@ impl Hdr {
             )
     }
 
+    /// The reader of this header's plain shapes, tried before mail-parser's
+    /// parser (Content-ID is never kept, so it has none).
+    fn fast_path(self) -> Option<FastPath> {
+        match self {
+            Hdr::From | Hdr::To | Hdr::Cc | Hdr::Bcc => Some(plain_addresses),
+            Hdr::MessageId | Hdr::InReplyTo | Hdr::References => Some(plain_ids),
+            Hdr::ContentType | Hdr::ContentDisposition => Some(plain_content_type),
+            _ => None,
+        }
+    }
+
     /// Decode the value at the stream's position with the parser
     /// mail-parser's configuration uses for this header.
     fn parse_value<'x>(self, s: &mut MessageStream<'x>) -> HeaderValue<'x> {
@@ -422,10 +433,22 @@ fn read_headers(data: &[u8], block: Block) -> Option<Headers<'_>> {
         let hdr = name.filter(|h| h.decoded_in(block));
         match hdr {
             Some(hdr) => {
-                let s = stream.get_or_insert_with(|| MessageStream::new(data));
-                s.skip_bytes(pos.saturating_sub(s.offset()));
-                let value = hdr.parse_value(s);
-                pos = s.offset();
+                // The common plain shapes of addresses, ids and MIME types
+                // are read here; anything else goes to mail-parser's
+                // parser, which reads those shapes the same way.
+                let value = match hdr.fast_path().and_then(|f| f(data, pos)) {
+                    Some((value, end)) => {
+                        pos = end;
+                        value
+                    }
+                    None => {
+                        let s = stream.get_or_insert_with(|| MessageStream::new(data));
+                        s.skip_bytes(pos.saturating_sub(s.offset()));
+                        let value = hdr.parse_value(s);
+                        pos = s.offset();
+                        value
+                    }
+                };
                 if let Some(slot) = h.values.get_mut(hdr as usize) {
                     *slot = Some(value);
                 }
@@ -434,6 +457,297 @@ fn read_headers(data: &[u8], block: Block) -> Option<Headers<'_>> {
         }
     }
     (fields > 0).then_some(h)
+}
+
+/// A fast path for one kind of field value: the value read from an offset
+/// and the offset after the field, or `None` to leave it to mail-parser.
+type FastPath = fn(&[u8], usize) -> Option<(HeaderValue<'_>, usize)>;
+
+/// Skip white space in a field's value from `i`: spaces, tabs and line
+/// breaks (`CRLF` or `LF`) followed by a space or tab, which fold the field
+/// onto the next line. Returns the first other byte's offset.
+fn skip_folding_ws(data: &[u8], mut i: usize) -> usize {
+    loop {
+        match data.get(i) {
+            Some(b' ' | b'\t') => i += 1,
+            Some(b'\r') if data.get(i + 1) == Some(&b'\n') => match data.get(i + 2) {
+                Some(b' ' | b'\t') => i += 3,
+                _ => return i,
+            },
+            Some(b'\n') => match data.get(i + 1) {
+                Some(b' ' | b'\t') => i += 2,
+                _ => return i,
+            },
+            _ => return i,
+        }
+    }
+}
+
+/// The end of a field at `i` (after [`skip_folding_ws`]): just after a line
+/// break (`CRLF` or `LF`) not followed by a space or tab; `None` for
+/// anything else, the end of the data included (where mail-parser's
+/// parsers drop the last address or every id).
+fn field_end(data: &[u8], i: usize) -> Option<usize> {
+    match data.get(i) {
+        Some(b'\n') => Some(i + 1),
+        Some(b'\r') if data.get(i + 1) == Some(&b'\n') => Some(i + 2),
+        _ => None,
+    }
+}
+
+/// A byte of an address in the plain shapes [`plain_addresses`] reads.
+fn is_plain_addr_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'+' | b'@')
+}
+
+/// A byte of an unquoted display name in those shapes (spaces apart).
+fn is_plain_name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'.' | b'-' | b'_' | b'\'')
+}
+
+/// A byte of a quoted display name in those shapes: printable ASCII but
+/// the quote, the backslash and `=` (which may start an encoded word).
+fn is_plain_quoted_byte(c: u8) -> bool {
+    matches!(c, b' '..=b'~') && !matches!(c, b'"' | b'\\' | b'=')
+}
+
+/// The address list of an address field whose value, from `start` (just
+/// after the colon), has only the plain shapes nearly every client writes:
+/// items `addr`, `<addr>`, `Name <addr>` or `"Name" <addr>` separated by
+/// commas, with spaces, tabs and folding between them. Returns the value
+/// mail-parser's `parse_address` gives for it, and the offset where that
+/// parser stops (after the field's line break); `None` for any other value
+/// (groups, comments, encoded words, escapes, 8-bit bytes, empty items),
+/// which is left to mail-parser. `address_fast_path_matches_mail_parser`
+/// holds the two parsers to the same results.
+fn plain_addresses(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
+    let text = |a: usize, b: usize| {
+        data.get(a..b)
+            .and_then(|s| std::str::from_utf8(s).ok())
+            .map(std::borrow::Cow::Borrowed)
+    };
+    // `<addr>` at `i`: the address's range and the offset after `>`.
+    let angle = |i: usize| -> Option<(usize, usize, usize)> {
+        let a = i + 1;
+        let len = data
+            .get(a..)?
+            .iter()
+            .take_while(|&&c| is_plain_addr_byte(c))
+            .count();
+        (len > 0 && data.get(a + len) == Some(&b'>')).then_some((a, a + len, a + len + 1))
+    };
+    let mut list = Vec::new();
+    let mut i = skip_folding_ws(data, start);
+    loop {
+        let &c = data.get(i)?;
+        let (name, address, next) = if c == b'"' {
+            let q = i + 1;
+            let len = data
+                .get(q..)?
+                .iter()
+                .take_while(|&&c| is_plain_quoted_byte(c))
+                .count();
+            if len == 0 || data.get(q + len) != Some(&b'"') {
+                return None;
+            }
+            let j = skip_folding_ws(data, q + len + 1);
+            if data.get(j) != Some(&b'<') {
+                return None;
+            }
+            let (a, b, next) = angle(j)?;
+            (Some(text(q, q + len)?), text(a, b)?, next)
+        } else if c == b'<' {
+            let (a, b, next) = angle(i)?;
+            (None, text(a, b)?, next)
+        } else {
+            // A bare address, or an unquoted name (words separated by
+            // spaces) before `<addr>`.
+            let rest = data.get(i..)?;
+            let addr_len = rest.iter().take_while(|&&c| is_plain_addr_byte(c)).count();
+            let after = i + addr_len;
+            if addr_len > 0 && rest[..addr_len].contains(&b'@') {
+                (None, text(i, after)?, after)
+            } else {
+                let mut end = i;
+                let mut j = i;
+                while let Some(&c) = data.get(j) {
+                    if is_plain_name_byte(c) {
+                        j += 1;
+                        end = j;
+                    } else if c == b' ' {
+                        j += 1;
+                    } else {
+                        break;
+                    }
+                }
+                if end == i {
+                    return None;
+                }
+                let k = skip_folding_ws(data, end);
+                if data.get(k) != Some(&b'<') {
+                    return None;
+                }
+                let (a, b, next) = angle(k)?;
+                (Some(text(i, end)?), text(a, b)?, next)
+            }
+        };
+        list.push(mail_parser::Addr {
+            name,
+            address: Some(address),
+        });
+        let j = skip_folding_ws(data, next);
+        if data.get(j) == Some(&b',') {
+            i = skip_folding_ws(data, j + 1);
+            continue;
+        }
+        let end = field_end(data, j)?;
+        return Some((HeaderValue::Address(Address::List(list)), end));
+    }
+}
+
+/// The ids of a message-id field (Message-ID, In-Reply-To, References)
+/// whose value, from `start`, is only `<id>` items of printable ASCII with
+/// white space and folding between them: mail-parser's `parse_id` value
+/// for it and the offset where that parser stops; `None` for anything
+/// else, left to mail-parser (`id_fast_path_matches_mail_parser`).
+fn plain_ids(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
+    let mut ids: Vec<std::borrow::Cow<'_, str>> = Vec::new();
+    let mut i = skip_folding_ws(data, start);
+    while data.get(i) == Some(&b'<') {
+        let a = i + 1;
+        let len = data
+            .get(a..)?
+            .iter()
+            .take_while(|&&c| c.is_ascii_graphic() && c != b'<' && c != b'>')
+            .count();
+        if len == 0 || data.get(a + len) != Some(&b'>') {
+            return None;
+        }
+        let id = std::str::from_utf8(data.get(a..a + len)?).ok()?;
+        ids.push(std::borrow::Cow::Borrowed(id));
+        i = skip_folding_ws(data, a + len + 1);
+    }
+    let end = field_end(data, i)?;
+    let value = match ids.len() {
+        0 => return None,
+        1 => HeaderValue::Text(ids.pop()?),
+        _ => HeaderValue::TextList(ids),
+    };
+    Some((value, end))
+}
+
+/// A byte of a type, subtype or parameter name in the plain shapes
+/// [`plain_content_type`] reads.
+fn is_plain_ct_name_byte(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'+' | b'_')
+}
+
+/// A byte of an unquoted parameter value in those shapes (`=` is checked
+/// apart: not before `?`, which may start an encoded word).
+fn is_plain_ct_token_byte(c: u8) -> bool {
+    c.is_ascii_graphic() && !matches!(c, b';' | b'"' | b'\\' | b'\'' | b'(' | b')' | b'*')
+}
+
+/// The length of the value at `data[i..]` whose bytes pass `ok`, with no
+/// `=?` in it.
+fn plain_run(data: &[u8], i: usize, ok: fn(u8) -> bool) -> usize {
+    let rest = data.get(i..).unwrap_or_default();
+    let mut n = 0;
+    while let Some(&c) = rest.get(n) {
+        if !ok(c) || (c == b'=' && rest.get(n + 1) == Some(&b'?')) {
+            break;
+        }
+        n += 1;
+    }
+    n
+}
+
+/// The type of a Content-Type or Content-Disposition field whose value,
+/// from `start`, has the plain shape nearly every client writes:
+/// `type/subtype` (or a disposition's one token) then `; name=token` or
+/// `; name="quoted"` parameters, with white space and folding around the
+/// semicolons. Returns mail-parser's `parse_content_type` value for it
+/// (names lower-cased as that parser does) and where that parser stops;
+/// `None` for anything else (comments, escapes, RFC 2231 continuations,
+/// encoded words, 8-bit bytes, empty values), left to mail-parser
+/// (`content_type_fast_path_matches_mail_parser`).
+fn plain_content_type(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
+    use std::borrow::Cow;
+    let text = |a: usize, b: usize| data.get(a..b).and_then(|s| std::str::from_utf8(s).ok());
+    let name = |a: usize, b: usize| -> Option<Cow<'_, str>> {
+        let t = text(a, b)?;
+        Some(if t.bytes().any(|c| c.is_ascii_uppercase()) {
+            Cow::Owned(t.to_ascii_lowercase())
+        } else {
+            Cow::Borrowed(t)
+        })
+    };
+    let mut i = skip_folding_ws(data, start);
+    let t_len = plain_run(data, i, is_plain_ct_name_byte);
+    if t_len == 0 {
+        return None;
+    }
+    let c_type = name(i, i + t_len)?;
+    i += t_len;
+    let c_subtype = if data.get(i) == Some(&b'/') {
+        let s_len = plain_run(data, i + 1, is_plain_ct_name_byte);
+        if s_len == 0 {
+            return None;
+        }
+        let sub = name(i + 1, i + 1 + s_len)?;
+        i += 1 + s_len;
+        Some(sub)
+    } else {
+        None
+    };
+    let mut attributes = Vec::new();
+    loop {
+        i = skip_folding_ws(data, i);
+        if data.get(i) != Some(&b';') {
+            break;
+        }
+        i = skip_folding_ws(data, i + 1);
+        let n_len = plain_run(data, i, is_plain_ct_name_byte);
+        if n_len == 0 {
+            // `;` at the end of the field.
+            break;
+        }
+        let attr = name(i, i + n_len)?;
+        i += n_len;
+        if data.get(i) != Some(&b'=') {
+            return None;
+        }
+        i += 1;
+        let value = if data.get(i) == Some(&b'"') {
+            let q = i + 1;
+            let len = plain_run(data, q, |c| {
+                matches!(c, b' '..=b'~') && !matches!(c, b'"' | b'\\')
+            });
+            if len == 0 || data.get(q + len) != Some(&b'"') {
+                return None;
+            }
+            i = q + len + 1;
+            text(q, q + len)?
+        } else {
+            let len = plain_run(data, i, is_plain_ct_token_byte);
+            if len == 0 {
+                return None;
+            }
+            i += len;
+            text(i - len, i)?
+        };
+        attributes.push(mail_parser::Attribute {
+            name: attr,
+            value: Cow::Borrowed(value),
+        });
+    }
+    let end = field_end(data, i)?;
+    let value = HeaderValue::ContentType(ContentType {
+        c_type,
+        c_subtype,
+        attributes: (!attributes.is_empty()).then_some(attributes),
+    });
+    Some((value, end))
 }
 
 /// Read a field name from `pos` (the first byte that is not white space) as
@@ -1383,6 +1697,229 @@ MIME-Version: 1.0\r\n";
         );
         let old = parse_reference(&raw, &norm());
         assert_eq!(old.attachments[0].size, 5);
+    }
+
+    /// Random field values built from items (`plain` and `odd`), `seps`,
+    /// `leads` and `tails`
+    /// (see the fast-path tests), each after a field name, so that a fast
+    /// path starts where the reader would call it: after the colon.
+    fn field_values(
+        seed: u64,
+        leads: &[&[u8]],
+        (plain, odd): (&[&[u8]], &[&[u8]]),
+        seps: &[&[u8]],
+        tails: &[&[u8]],
+    ) -> Vec<Vec<u8>> {
+        let mut rnd = crate::testutil::xorshift_below(seed);
+        (0..20_000)
+            .map(|_| {
+                let mut b = b"X:".to_vec();
+                b.extend_from_slice(leads[rnd(leads.len())]);
+                for k in 0..1 + rnd(4) {
+                    if k > 0 {
+                        b.extend_from_slice(seps[rnd(seps.len())]);
+                    }
+                    // One item in eight of the odd shapes.
+                    let items = if rnd(8) == 0 { odd } else { plain };
+                    b.extend_from_slice(items[rnd(items.len())]);
+                }
+                b.extend_from_slice(tails[rnd(tails.len())]);
+                b
+            })
+            .collect()
+    }
+
+    /// Compare a fast path with mail-parser's parser on `values`: wherever
+    /// the fast path reads a value, it is mail-parser's value and ends where
+    /// mail-parser stops. Returns how many values the fast path read.
+    fn fast_path_agrees(
+        values: &[Vec<u8>],
+        fast: FastPath,
+        slow: for<'x> fn(&mut MessageStream<'x>) -> HeaderValue<'x>,
+    ) -> usize {
+        let mut read = 0;
+        for v in values {
+            let Some((ours, end)) = fast(v, 2) else {
+                continue;
+            };
+            read += 1;
+            let mut s = MessageStream::new(v);
+            s.skip_bytes(2);
+            let theirs = slow(&mut s);
+            assert_eq!(ours, theirs, "{:?}", String::from_utf8_lossy(v));
+            assert_eq!(end, s.offset(), "{:?}", String::from_utf8_lossy(v));
+        }
+        read
+    }
+
+    #[test]
+    fn address_fast_path_matches_mail_parser() {
+        let items: &[&[u8]] = &[
+            // Plain shapes.
+            b"a@b.c",
+            b"Bob.Smith+tag@Example.COM",
+            b"<x@y.z>",
+            b"\"Alice A\" <alice@ex.com>",
+            b"\"Smith, J. (Sales)\" <j@x.org>",
+            b"\" Spaced \" <s@x.org>",
+            b"Bob <bob@x.y>",
+            b"Bob  O'Brien-Smith <b@x.y>",
+            b"Bob\r\n <folded@x.y>",
+            b"\"Q\"\r\n\t<q@x.y>",
+        ];
+        // Shapes left to mail-parser.
+        let odd: &[&[u8]] = &[
+            b"=?UTF-8?Q?J=C3=B6rg?= <j@x.de>",
+            b"\"=?UTF-8?Q?J=C3=B6rg?=\" <j@x.de>",
+            b"(comment) c@x.org",
+            b"c@x.org (Carol)",
+            b"team: a@x.org, b@x.org;",
+            b"undisclosed-recipients:;",
+            b"\"Esc\\\"aped\" <e@x.org>",
+            b"J\xc3\xb6rg <j@x.de>",
+            b"\"J\xc3\xb6rg\" <j@x.de>",
+            b"<a@b> Name",
+            b"a@b c@d",
+            b"Bob<b@x.y>",
+            b"\"x\"<y@z.w>",
+            b"<a b@c.d>",
+            b"<>",
+            b"\"\" <e@x.org>",
+            b"Bob @ x <a@b.c>",
+            b"<a@b.c",
+            b"a@b.c>",
+            b"\"unterminated <u@v.w>",
+            b"Bob\r\n Smith <b@x.y>",
+            b"a\r@b.c",
+            b"",
+        ];
+        let seps: &[&[u8]] = &[
+            b",",
+            b", ",
+            b",\r\n ",
+            b"\r\n\t, ",
+            b" ,",
+            b",,",
+            b";",
+            b"\n ,",
+        ];
+        let leads: &[&[u8]] = &[b"", b" ", b"  \t", b"\r\n ", b"\n\t"];
+        let tails: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"",
+            b" \r\n",
+            b"\r\r\n",
+            b"\n\t\n",
+            b"\r\nNext: x\r\n",
+            b",\r\n",
+            b"\r\n \r\n\r\n",
+        ];
+        let values = field_values(0x5eed_add7, leads, (items, odd), seps, tails);
+        let read = fast_path_agrees(&values, plain_addresses, |s| s.parse_address());
+        // Many values are read here, and many left to mail-parser.
+        assert!(read > 5_000 && read < values.len() - 5_000, "{read}");
+    }
+
+    #[test]
+    fn id_fast_path_matches_mail_parser() {
+        let items: &[&[u8]] = &[
+            b"<m1@example.com>",
+            b"<20261123101500.4711@corp.example>",
+            b"<a.b-c$d!#%&'*+/=?^_`{|}~@x>",
+            b"<\"quoted\"@x>",
+        ];
+        // Left to mail-parser.
+        let odd: &[&[u8]] = &[
+            b"m1@example.com",
+            b"<a b@c>",
+            b"<<a>>",
+            b"<>",
+            b"<\xc3\xa9@x>",
+            b"(comment)",
+            b"<a@b>junk",
+            b"<a@b",
+            b"",
+        ];
+        let seps: &[&[u8]] = &[b"", b" ", b"\r\n ", b"\n\t", b"\t \t", b","];
+        let leads: &[&[u8]] = &[b"", b" ", b"\r\n ", b"\n "];
+        let tails: &[&[u8]] = &[b"\r\n", b"\n", b"", b" \r\n", b"\r\r\n", b"\r\nNext: x\r\n"];
+        let values = field_values(0x1d50_f1d5, leads, (items, odd), seps, tails);
+        let read = fast_path_agrees(&values, plain_ids, |s| s.parse_id());
+        assert!(read > 5_000 && read < values.len() - 5_000, "{read}");
+    }
+
+    #[test]
+    fn content_type_fast_path_matches_mail_parser() {
+        let types: &[&[u8]] = &[
+            b"text/plain",
+            b"multipart/mixed",
+            b"Text/HTML",
+            b"application/vnd.ms-excel",
+            b"attachment",
+        ];
+        let params: &[&[u8]] = &[
+            b"charset=utf-8",
+            b"charset=UTF-8",
+            b"Charset=\"ISO-8859-1\"",
+            b"boundary=\"----=_Part_1_2.3\"",
+            b"boundary=b1=_x",
+            b"name=\"Q3 forecast; final (v2).pdf\"",
+            b"filename=q3.pdf",
+            b"format=flowed",
+        ];
+        let odd: &[&[u8]] = &[
+            b"name*=UTF-8''%C3%BCber.txt",
+            b"name*0=\"a\"",
+            b"name=\"=?UTF-8?Q?J=C3=B6rg?=\"",
+            b"name==?UTF-8?Q?x?=",
+            b"name=\"esc\\\"aped\"",
+            b"name=\"\"",
+            b"name=",
+            b"name = x",
+            b"(comment)",
+            b"text/plain (comment)",
+            b"name=\"J\xc3\xb6rg.pdf\"",
+            b"text/",
+            b"/plain",
+            b"name=\"unterminated",
+            b"a b",
+            b"",
+        ];
+        let seps: &[&[u8]] = &[b"; ", b";", b";\r\n ", b"\r\n\t; ", b" ;", b";;", b" "];
+        let leads: &[&[u8]] = &[b"", b" ", b"\r\n ", b"\n\t"];
+        let tails: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"",
+            b" \r\n",
+            b";\r\n",
+            b"\r\r\n",
+            b"\r\nNext: x\r\n",
+        ];
+        // A type, then parameters; one item in eight of the odd shapes.
+        let mut rnd = crate::testutil::xorshift_below(0xc0_47e7);
+        let values: Vec<Vec<u8>> = (0..20_000)
+            .map(|_| {
+                let mut b = b"X:".to_vec();
+                b.extend_from_slice(leads[rnd(leads.len())]);
+                for k in 0..1 + rnd(4) {
+                    let items = match (rnd(8), k) {
+                        (0, _) => odd,
+                        (_, 0) => types,
+                        _ => params,
+                    };
+                    if k > 0 {
+                        b.extend_from_slice(seps[rnd(seps.len())]);
+                    }
+                    b.extend_from_slice(items[rnd(items.len())]);
+                }
+                b.extend_from_slice(tails[rnd(tails.len())]);
+                b
+            })
+            .collect();
+        let read = fast_path_agrees(&values, plain_content_type, |s| s.parse_content_type());
+        assert!(read > 3_000 && read < values.len() - 3_000, "{read}");
     }
 
     #[test]
