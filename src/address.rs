@@ -94,10 +94,11 @@ impl Normalizer {
     /// lower-casing is Unicode lower-casing there and keeps every byte where
     /// it is, so the `+` is found before lower-casing, the domain needs no
     /// IDNA, and local part, `@` and domain are copied once into the result.
+    /// It works on bytes: every byte of an ASCII string is a character.
     fn basic_ascii(&self, raw: &str) -> Result<String, AddressError> {
-        let (mut local, domain) = split_at_sign(raw)?;
+        let (mut local, domain) = split_at_sign_ascii(raw.as_bytes())?;
         if self.cfg.strip_plus_tags {
-            if let Some(p) = local.find('+') {
+            if let Some(p) = memchr::memchr(b'+', local) {
                 if p > 0 {
                     local = &local[..p];
                 }
@@ -106,22 +107,27 @@ impl Normalizer {
         if local.is_empty() {
             return Err(AddressError::EmptyLocal);
         }
-        let d = domain.trim().trim_end_matches('.');
-        if d.is_empty() || d.split('.').any(|l| l.is_empty()) {
+        let mut d = trim_ascii_ws(domain);
+        while let [rest @ .., b'.'] = d {
+            d = rest;
+        }
+        // An empty label: a leading dot or two in a row (a trailing one
+        // is gone).
+        if d.is_empty() || d.first() == Some(&b'.') || d.windows(2).any(|w| w == b"..") {
             return Err(AddressError::BadDomain);
         }
-        let mut out = String::with_capacity(local.len() + 1 + d.len());
-        out.push_str(local);
+        let mut out = Vec::with_capacity(local.len() + 1 + d.len());
+        out.extend_from_slice(local);
         if !self.cfg.case_sensitive_local {
             out.make_ascii_lowercase();
         }
-        out.push('@');
-        let domain_at = out.len();
-        out.push_str(d);
-        if let Some(dom) = out.get_mut(domain_at..) {
+        out.push(b'@');
+        out.extend_from_slice(d);
+        if let Some(dom) = out.get_mut(local.len() + 1..) {
             dom.make_ascii_lowercase();
         }
-        Ok(out)
+        // ASCII in, ASCII out: never an error.
+        String::from_utf8(out).map_err(|_| AddressError::BadDomain)
     }
 
     /// The rules for any address (see the module documentation).
@@ -157,6 +163,40 @@ fn split_at_sign(raw: &str) -> Result<(&str, &str), AddressError> {
         .trim();
     let at = s.rfind('@').ok_or(AddressError::NoAt)?;
     Ok((&s[..at], &s[at + 1..]))
+}
+
+/// [`split_at_sign`] for an ASCII address, on its bytes: the white space
+/// `str::trim` removes is, in ASCII, tab, line feed, vertical tab, form
+/// feed, carriage return and space.
+fn split_at_sign_ascii(raw: &[u8]) -> Result<(&[u8], &[u8]), AddressError> {
+    let mut s = trim_ascii_ws(raw);
+    while let [b'<', rest @ ..] = s {
+        s = rest;
+    }
+    while let [rest @ .., b'>'] = s {
+        s = rest;
+    }
+    let s = trim_ascii_ws(s);
+    let at = memchr::memrchr(b'@', s).ok_or(AddressError::NoAt)?;
+    Ok((&s[..at], &s[at + 1..]))
+}
+
+/// `str::trim` for ASCII bytes.
+fn trim_ascii_ws(mut s: &[u8]) -> &[u8] {
+    let ws = |c: &u8| matches!(c, b'\t' | b'\n' | 0x0b | 0x0c | b'\r' | b' ');
+    while let [c, rest @ ..] = s {
+        if !ws(c) {
+            break;
+        }
+        s = rest;
+    }
+    while let [rest @ .., c] = s {
+        if !ws(c) {
+            break;
+        }
+        s = rest;
+    }
+    s
 }
 
 /// Lower-case and IDNA-encode a domain (`bücher.de` becomes `xn--bcher-kva.de`).
@@ -234,8 +274,8 @@ mod tests {
     fn generated_addresses() -> Vec<String> {
         const PIECES: &[&str] = &[
             "a", "B", "z", "Q", "0", "9", ".", "..", "+", "+tag", "-", "_", "@", "@", "<", ">",
-            " ", "\t", "\u{b}", "\r\n", "ex", "COM", "org", "xn--", "ü", "İ", "ß", "Σ", "\u{a0}",
-            "\"",
+            " ", "\t", "\u{b}", "\u{c}", "\r\n", "ex", "COM", "org", "xn--", "ü", "İ", "ß", "Σ",
+            "\u{a0}", "\"",
         ];
         let mut rnd = crate::testutil::xorshift(0x9e37_79b9_7f4a_7c15u64);
         let mut out = Vec::new();
