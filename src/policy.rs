@@ -138,6 +138,10 @@ impl Policy {
 
     /// Whether mail from `sender` to `rcpt` never triggers an action.
     pub fn is_allowed(&self, sender: &str, rcpt: &str) -> bool {
+        // Nothing allow-listed (the default): nothing to lower-case.
+        if self.allow_domains.is_empty() && self.allow_pairs.is_empty() {
+            return false;
+        }
         let rcpt = rcpt.to_lowercase();
         let d = domain_of(&rcpt);
         if self
