@@ -517,8 +517,8 @@ fn is_plain_quoted_byte(c: u8) -> bool {
 /// commas, with spaces, tabs and folding between them. Returns the value
 /// mail-parser's `parse_address` gives for it, and the offset where that
 /// parser stops (after the field's line break); `None` for any other value
-/// (groups, comments, encoded words, escapes, 8-bit bytes, empty items),
-/// which is left to mail-parser. `address_fast_path_matches_mail_parser`
+/// (groups, comments, encoded words, escapes, 8-bit bytes, empty items, a
+/// field without a line break at the end), which is left to mail-parser. `address_fast_path_matches_mail_parser`
 /// holds the two parsers to the same results.
 fn plain_addresses(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
     let text = |a: usize, b: usize| {
