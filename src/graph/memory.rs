@@ -2197,15 +2197,7 @@ mod discard_tests {
     }
 
     fn send(g: &mut Graph, from: &str, rcpt: &str, ts: Ts) {
-        g.learn(&LearnInput {
-            sender: from,
-            sender_name: None,
-            recipients: &[to(rcpt)],
-            message_id: None,
-            subject: None,
-            attachments: vec![],
-            ts,
-        });
+        super::id_view_tests::send_to(g, from, &[to(rcpt)], ts);
     }
 
     #[test]
@@ -2269,6 +2261,20 @@ mod id_view_tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
+    /// Learn a message with only a sender and recipients (no names, ids,
+    /// subject or attachments).
+    pub(super) fn send_to(g: &mut Graph, from: &str, rcpts: &[Recipient], ts: Ts) {
+        g.learn(&LearnInput {
+            sender: from,
+            sender_name: None,
+            recipients: rcpts,
+            message_id: None,
+            subject: None,
+            attachments: vec![],
+            ts,
+        });
+    }
+
     /// The neighbourhood count by sorted-list merge (or binary search when
     /// the address's own list is far longer) equals counting the first
     /// `limit` contacts one by one with edge lookups in both directions,
@@ -2301,15 +2307,7 @@ mod id_view_tests {
                     field: Field::To,
                 })
                 .collect();
-            g.learn(&LearnInput {
-                sender: &people[s],
-                sender_name: None,
-                recipients: &rcpts,
-                message_id: None,
-                subject: None,
-                attachments: vec![],
-                ts: 1_700_000_000 + t,
-            });
+            send_to(&mut g, &people[s], &rcpts, 1_700_000_000 + t);
         }
         g.forget(&people[7]).unwrap();
         assert_in_lists_exact(&g);
@@ -2372,15 +2370,7 @@ mod id_view_tests {
                         field: Field::To,
                     })
                     .collect();
-                g.learn(&LearnInput {
-                    sender: &people[s],
-                    sender_name: None,
-                    recipients: &rcpts,
-                    message_id: None,
-                    subject: None,
-                    attachments: vec![],
-                    ts: 86400 * (round * 400 + t + 1),
-                });
+                send_to(&mut g, &people[s], &rcpts, 86400 * (round * 400 + t + 1));
             }
             assert_in_lists_exact(&g);
             for _ in 0..3 {
