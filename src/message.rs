@@ -511,6 +511,26 @@ fn is_plain_quoted_byte(c: u8) -> bool {
     matches!(c, b' '..=b'~') && !matches!(c, b'"' | b'\\' | b'=')
 }
 
+/// How many bytes from `i` pass `ok`.
+fn run_len(data: &[u8], i: usize, ok: fn(u8) -> bool) -> usize {
+    data.get(i..)
+        .map_or(0, |r| r.iter().take_while(|&&c| ok(c)).count())
+}
+
+/// The non-empty content of a delimited item (`"Name"`, `<addr>`, `<id>`)
+/// whose opening byte is at `i`: its range, when bytes passing `ok` run up
+/// to `close`.
+fn delimited(data: &[u8], i: usize, ok: fn(u8) -> bool, close: u8) -> Option<(usize, usize)> {
+    let a = i + 1;
+    let b = a + run_len(data, a, ok);
+    (b > a && data.get(b) == Some(&close)).then_some((a, b))
+}
+
+/// `data[a..b]` as text: the fast paths read only ASCII, so it always is.
+fn field_text(data: &[u8], a: usize, b: usize) -> Option<&str> {
+    data.get(a..b).and_then(|s| std::str::from_utf8(s).ok())
+}
+
 /// The address list of an address field whose value, from `start` (just
 /// after the colon), has only the plain shapes nearly every client writes:
 /// items `addr`, `<addr>`, `Name <addr>` or `"Name" <addr>` separated by
@@ -518,54 +538,36 @@ fn is_plain_quoted_byte(c: u8) -> bool {
 /// mail-parser's `parse_address` gives for it, and the offset where that
 /// parser stops (after the field's line break); `None` for any other value
 /// (groups, comments, encoded words, escapes, 8-bit bytes, empty items, a
-/// field without a line break at the end), which is left to mail-parser. `address_fast_path_matches_mail_parser`
-/// holds the two parsers to the same results.
+/// field without a line break at the end), which is left to mail-parser.
+/// `address_fast_path_matches_mail_parser` holds the two parsers to the
+/// same results.
 fn plain_addresses(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
-    let text = |a: usize, b: usize| {
-        data.get(a..b)
-            .and_then(|s| std::str::from_utf8(s).ok())
-            .map(std::borrow::Cow::Borrowed)
-    };
+    let text = |a: usize, b: usize| field_text(data, a, b).map(std::borrow::Cow::Borrowed);
     // `<addr>` at `i`: the address's range and the offset after `>`.
-    let angle = |i: usize| -> Option<(usize, usize, usize)> {
-        let a = i + 1;
-        let len = data
-            .get(a..)?
-            .iter()
-            .take_while(|&&c| is_plain_addr_byte(c))
-            .count();
-        (len > 0 && data.get(a + len) == Some(&b'>')).then_some((a, a + len, a + len + 1))
+    let angle = |i: usize| {
+        let (a, b) = delimited(data, i, is_plain_addr_byte, b'>')?;
+        Some((a, b, b + 1))
     };
     let mut list = Vec::new();
     let mut i = skip_folding_ws(data, start);
     loop {
         let &c = data.get(i)?;
         let (name, address, next) = if c == b'"' {
-            let q = i + 1;
-            let len = data
-                .get(q..)?
-                .iter()
-                .take_while(|&&c| is_plain_quoted_byte(c))
-                .count();
-            if len == 0 || data.get(q + len) != Some(&b'"') {
-                return None;
-            }
-            let j = skip_folding_ws(data, q + len + 1);
+            let (q, qe) = delimited(data, i, is_plain_quoted_byte, b'"')?;
+            let j = skip_folding_ws(data, qe + 1);
             if data.get(j) != Some(&b'<') {
                 return None;
             }
             let (a, b, next) = angle(j)?;
-            (Some(text(q, q + len)?), text(a, b)?, next)
+            (Some(text(q, qe)?), text(a, b)?, next)
         } else if c == b'<' {
             let (a, b, next) = angle(i)?;
             (None, text(a, b)?, next)
         } else {
             // A bare address, or an unquoted name (words separated by
             // spaces) before `<addr>`.
-            let rest = data.get(i..)?;
-            let addr_len = rest.iter().take_while(|&&c| is_plain_addr_byte(c)).count();
-            let after = i + addr_len;
-            if addr_len > 0 && rest[..addr_len].contains(&b'@') {
+            let after = i + run_len(data, i, is_plain_addr_byte);
+            if data.get(i..after).is_some_and(|a| a.contains(&b'@')) {
                 (None, text(i, after)?, after)
             } else {
                 let mut end = i;
@@ -605,6 +607,11 @@ fn plain_addresses(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)
     }
 }
 
+/// A byte of a message id in the plain shape [`plain_ids`] reads.
+fn is_plain_id_byte(c: u8) -> bool {
+    c.is_ascii_graphic() && c != b'<' && c != b'>'
+}
+
 /// The ids of a message-id field (Message-ID, In-Reply-To, References)
 /// whose value, from `start`, is only `<id>` items of printable ASCII with
 /// white space and folding between them: mail-parser's `parse_id` value
@@ -614,18 +621,9 @@ fn plain_ids(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
     let mut ids: Vec<std::borrow::Cow<'_, str>> = Vec::new();
     let mut i = skip_folding_ws(data, start);
     while data.get(i) == Some(&b'<') {
-        let a = i + 1;
-        let len = data
-            .get(a..)?
-            .iter()
-            .take_while(|&&c| c.is_ascii_graphic() && c != b'<' && c != b'>')
-            .count();
-        if len == 0 || data.get(a + len) != Some(&b'>') {
-            return None;
-        }
-        let id = std::str::from_utf8(data.get(a..a + len)?).ok()?;
-        ids.push(std::borrow::Cow::Borrowed(id));
-        i = skip_folding_ws(data, a + len + 1);
+        let (a, b) = delimited(data, i, is_plain_id_byte, b'>')?;
+        ids.push(std::borrow::Cow::Borrowed(field_text(data, a, b)?));
+        i = skip_folding_ws(data, b + 1);
     }
     let end = field_end(data, i)?;
     let value = match ids.len() {
@@ -673,7 +671,7 @@ fn plain_run(data: &[u8], i: usize, ok: fn(u8) -> bool) -> usize {
 /// (`content_type_fast_path_matches_mail_parser`).
 fn plain_content_type(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
     use std::borrow::Cow;
-    let text = |a: usize, b: usize| data.get(a..b).and_then(|s| std::str::from_utf8(s).ok());
+    let text = |a: usize, b: usize| field_text(data, a, b);
     let name = |a: usize, b: usize| -> Option<Cow<'_, str>> {
         let t = text(a, b)?;
         Some(if t.bytes().any(|c| c.is_ascii_uppercase()) {
@@ -719,6 +717,7 @@ fn plain_content_type(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usi
         }
         i += 1;
         let value = if data.get(i) == Some(&b'"') {
+            // No `=?` inside: mail-parser decodes encoded words there.
             let q = i + 1;
             let len = plain_run(data, q, |c| {
                 matches!(c, b' '..=b'~') && !matches!(c, b'"' | b'\\')
