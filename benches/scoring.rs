@@ -189,6 +189,21 @@ fn bench(c: &mut Criterion<CpuTime>) {
             ..Default::default()
         };
         let now = 1_000_000_000 + 600 * contacts as i64;
+        if contacts == 500 && label == "varied" {
+            // The model alone on these five recipients' feature rows.
+            let rows: Vec<_> =
+                misdirect::classify::features::extract(&g, SENDER, &meta, &rcpts, now)
+                    .into_iter()
+                    .map(|f| f.values)
+                    .collect();
+            let mut out = [0f64; 5];
+            c.bench_function("model_5_rows", |b| {
+                b.iter(|| {
+                    scorer.raw_rows(std::hint::black_box(&rows), &mut out);
+                    std::hint::black_box(out[0])
+                })
+            });
+        }
         c.bench_function(
             &format!("score_5_recipients_{contacts}_{label}_contacts"),
             |b| {
