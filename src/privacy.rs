@@ -272,12 +272,18 @@ impl Keys {
     }
 
     /// Encrypt with AES-256-GCM under the current key (random nonce).
+    ///
+    /// The nonce comes from the thread's CSPRNG (`rand::thread_rng`:
+    /// ChaCha12 seeded from the OS, reseeded from it every 64 KiB of output
+    /// and after a fork), not from a `getrandom` call per record: a learned
+    /// message seals about ten store records, and the system call cost
+    /// 289 ns each against 19 ns here.
     pub fn seal(&self, plain: &[u8]) -> Vec<u8> {
         let Some(k) = self.current() else {
             return Vec::new();
         };
         let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
+        rand::thread_rng().fill_bytes(&mut nonce);
         let mut out = Vec::with_capacity(SEAL_HEADER + plain.len() + 16);
         out.push(SEAL_VERSION);
         out.extend_from_slice(&k.id.to_le_bytes());
@@ -447,6 +453,30 @@ mod tests {
         assert!(matches!(k.open(b"xx"), Err(PrivacyError::Malformed)));
         let other = Keys::from_secret([8; 32]);
         assert!(matches!(other.open(&s), Err(PrivacyError::Auth)));
+    }
+
+    /// Nonces do not repeat: 20,000 seals from four threads (each with its
+    /// own generator) carry 20,000 distinct nonces, and each opens.
+    #[test]
+    fn seal_nonces_are_distinct_across_threads() {
+        let k = std::sync::Arc::new(Keys::from_secret([7; 32]));
+        let sealed: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let hs: Vec<_> = (0..4)
+                .map(|t| {
+                    let k = k.clone();
+                    s.spawn(move || {
+                        (0..5_000)
+                            .map(|i| k.seal(format!("{t}/{i}").as_bytes()))
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
+        });
+        let nonces: std::collections::HashSet<&[u8]> =
+            sealed.iter().map(|s| &s[5..SEAL_HEADER]).collect();
+        assert_eq!(nonces.len(), 20_000);
+        assert_eq!(k.open(&sealed[12_345]).unwrap(), b"2/2345");
     }
 
     #[test]
