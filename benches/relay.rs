@@ -35,7 +35,11 @@
 //! `RELAY_BENCH_OUT` names a file for the results as JSON;
 //! `RELAY_BENCH_SIZES` (default `4,64`) picks message sizes in KiB;
 //! `RELAY_BENCH_MISDIRECTD` runs another misdirectd binary (an older build,
-//! to compare) instead of this one.
+//! to compare) instead of this one; `RELAY_BENCH_ROUNDS` (default 1) runs
+//! every measurement that many times, each round every set-up in turn, and
+//! prints the medians (misdirectd's ratios and added p99 as the medians of
+//! each round's own, which are listed too), so that the machine's slow
+//! spells weigh less.
 //! Needs Debian's `postfix` (smtp-sink, smtp-source, postfix) and root (Postfix
 //! starts its daemons as root and drops to the `postfix` user).
 
@@ -499,11 +503,36 @@ fn main() {
     }
 }
 
+/// The median of `v` (the mean of the middle two for an even count; NaN
+/// for none).
+fn median(v: &[f64]) -> f64 {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| !x.is_nan()).collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// `v`'s figures with `digits` decimals, separated by `sep`.
+fn join(v: &[f64], digits: usize, sep: &str) -> String {
+    v.iter()
+        .map(|x| format!("{x:.digits$}"))
+        .collect::<Vec<_>>()
+        .join(sep)
+}
+
 fn run() -> Res<()> {
     let base: usize = std::env::var("RELAY_BENCH_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
+    let rounds: usize = std::env::var("RELAY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
     for t in ["smtp-sink", "smtp-source", "postfix", "postqueue"] {
         tool(t)?;
     }
@@ -545,6 +574,9 @@ fn run() -> Res<()> {
     let md_pid = md.as_ref().map(|(p, _)| p.child.id());
     let md_cpu = || md_pid.and_then(|pid| cpu_secs(pid, tck));
     let mut rate: BTreeMap<(usize, usize, &str), f64> = BTreeMap::new();
+    // misdirectd / Postfix and misdirectd / direct, each round's.
+    type Ratios = (Vec<f64>, Vec<f64>);
+    let mut ratios: BTreeMap<(usize, usize), Ratios> = BTreeMap::new();
     // misdirectd's CPU time (user + system) per relayed message, µs.
     let mut cpu_us: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     // The whole machine's busy CPU per message (µs) and busy share of all
@@ -585,25 +617,56 @@ fn run() -> Res<()> {
     for size in sizes {
         for conc in CONCURRENCY {
             let msgs = if size > 16 * 1024 { base / 2 } else { base }.max(conc);
-            for &(name, port) in &setups {
-                let cpu0 = if name == "misdirectd" { md_cpu() } else { None };
-                let m0 = machine_ticks();
-                let t0 = Instant::now();
-                source(port, conc, msgs, size)?;
-                if name == "postfix" {
-                    postfix_drained(&pf)?;
-                }
-                let el = t0.elapsed().as_secs_f64();
-                if let (Some((b0, t0)), Some((b1, t1))) = (m0, machine_ticks()) {
-                    let busy = (b1 - b0) as f64 / tck;
-                    let share = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
-                    machine.insert((size, conc, name), (busy * 1e6 / msgs as f64, share));
-                }
-                rate.insert((size, conc, name), msgs as f64 / el);
-                if let (Some(a), Some(b)) = (cpu0, md_cpu()) {
-                    cpu_us.insert((size, conc), (b - a) * 1e6 / msgs as f64);
+            // Each round runs every set-up once, so that a slow spell of the
+            // machine falls on all of them alike; the figures printed are
+            // the medians over the rounds, misdirectd's ratios the medians
+            // of each round's own ratios.
+            let mut runs: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+            let mut mach_runs: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+            let mut cpu_runs = Vec::new();
+            for _ in 0..rounds {
+                for &(name, port) in &setups {
+                    let cpu0 = if name == "misdirectd" { md_cpu() } else { None };
+                    let m0 = machine_ticks();
+                    let t0 = Instant::now();
+                    source(port, conc, msgs, size)?;
+                    if name == "postfix" {
+                        postfix_drained(&pf)?;
+                    }
+                    let el = t0.elapsed().as_secs_f64();
+                    if let (Some((b0, t0)), Some((b1, t1))) = (m0, machine_ticks()) {
+                        let busy = (b1 - b0) as f64 / tck;
+                        let share = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+                        mach_runs
+                            .entry(name)
+                            .or_default()
+                            .push((busy * 1e6 / msgs as f64, share));
+                    }
+                    runs.entry(name).or_default().push(msgs as f64 / el);
+                    if let (Some(a), Some(b)) = (cpu0, md_cpu()) {
+                        cpu_runs.push((b - a) * 1e6 / msgs as f64);
+                    }
                 }
             }
+            for (&name, r) in &runs {
+                rate.insert((size, conc, name), median(r));
+            }
+            for (&name, m) in &mach_runs {
+                let (us, share): (Vec<f64>, Vec<f64>) = m.iter().copied().unzip();
+                machine.insert((size, conc, name), (median(&us), median(&share)));
+            }
+            if !cpu_runs.is_empty() {
+                cpu_us.insert((size, conc), median(&cpu_runs));
+            }
+            // misdirectd's rate over another set-up's, round by round.
+            let per_round = |other: &str| -> Vec<f64> {
+                match (runs.get("misdirectd"), runs.get(other)) {
+                    (Some(m), Some(o)) => m.iter().zip(o).map(|(m, o)| m / o).collect(),
+                    _ => Vec::new(),
+                }
+            };
+            let (vs_pfx, vs_direct) = (per_round("postfix"), per_round("direct"));
+            ratios.insert((size, conc), (vs_pfx.clone(), vs_direct.clone()));
             let g = |n| rate.get(&(size, conc, n)).copied().unwrap_or(f64::NAN);
             let mach = |n| {
                 machine
@@ -620,8 +683,8 @@ fn run() -> Res<()> {
                 g("direct"),
                 g("postfix"),
                 g("misdirectd"),
-                g("misdirectd") / g("postfix"),
-                g("misdirectd") / g("direct"),
+                median(&vs_pfx),
+                median(&vs_direct),
                 cpu_us.get(&(size, conc)).copied().unwrap_or(f64::NAN),
                 dm.0,
                 dm.1 * 100.0,
@@ -632,22 +695,50 @@ fn run() -> Res<()> {
         }
     }
 
+    if rounds > 1 {
+        println!("\nEach of the {rounds} rounds' ratios (the table gives their medians)");
+        for ((size, conc), (pfx, direct)) in &ratios {
+            println!(
+                "{:>5} {:>6}K | md/pfx {} | md/direct {}",
+                conc,
+                size / 1024,
+                join(pfx, 2, " "),
+                join(direct, 2, " ")
+            );
+        }
+    }
+
     println!("\nLatency per message, MAIL FROM to final 250 (ms), 4 KiB, harness client");
     println!(
         "{:>5} | {:>17} {:>17} {:>17} | {:>14}",
         "conc", "direct p50/p99", "postfix p50/p99", "misdirectd p50/p99", "added p99"
     );
     let mut lat = BTreeMap::new();
+    let mut added_runs: BTreeMap<usize, Vec<f64>> = BTreeMap::new();
     for conc in LATENCY_CONCURRENCY {
         let per_conn = (base / 4 / conc).max(20);
-        for &(name, port) in &setups {
-            lat.insert((conc, name), latency(port, conc, per_conn, 4096)?);
-            // Postfix answers 250 once queued and delivers afterwards: let
-            // it finish before the next set-up is timed on the same cores.
-            if name == "postfix" {
-                postfix_drained(&pf)?;
+        let mut runs: BTreeMap<&str, Vec<(f64, f64)>> = BTreeMap::new();
+        for _ in 0..rounds {
+            for &(name, port) in &setups {
+                runs.entry(name)
+                    .or_default()
+                    .push(latency(port, conc, per_conn, 4096)?);
+                // Postfix answers 250 once queued and delivers afterwards: let
+                // it finish before the next set-up is timed on the same cores.
+                if name == "postfix" {
+                    postfix_drained(&pf)?;
+                }
             }
         }
+        for (&name, r) in &runs {
+            let (p50, p99): (Vec<f64>, Vec<f64>) = r.iter().copied().unzip();
+            lat.insert((conc, name), (median(&p50), median(&p99)));
+        }
+        // misdirectd's p99 over direct's, round by round.
+        let added: Vec<f64> = match (runs.get("misdirectd"), runs.get("direct")) {
+            (Some(m), Some(d)) => m.iter().zip(d).map(|(m, d)| m.1 - d.1).collect(),
+            _ => Vec::new(),
+        };
         let g = |n| lat.get(&(conc, n)).copied().unwrap_or((f64::NAN, f64::NAN));
         let (d, p, m) = (g("direct"), g("postfix"), g("misdirectd"));
         println!(
@@ -659,8 +750,14 @@ fn run() -> Res<()> {
             p.1,
             m.0,
             m.1,
-            m.1 - d.1
+            median(&added)
         );
+        added_runs.insert(conc, added);
+    }
+    if rounds > 1 {
+        for (conc, added) in &added_runs {
+            println!("{conc:>5} | added p99 each round: {}", join(added, 3, " "));
+        }
     }
     let rss = md
         .as_ref()
@@ -711,7 +808,22 @@ fn run() -> Res<()> {
                 "{{\"setup\":\"{name}\",\"size\":{size},\"concurrency\":{conc},\"busy_us_per_msg\":{us:.1},\"busy_share\":{share:.3}}}"
             ));
         }
-        j.push_str(&format!("],\"cores\":{cores},\"latency_ms\":["));
+        j.push_str("],\"misdirectd_ratios_per_round\":[");
+        first = true;
+        for ((size, conc), (pfx, direct)) in &ratios {
+            if !first {
+                j.push(',');
+            }
+            first = false;
+            j.push_str(&format!(
+                "{{\"size\":{size},\"concurrency\":{conc},\"md_postfix\":[{}],\"md_direct\":[{}]}}",
+                join(pfx, 3, ","),
+                join(direct, 3, ",")
+            ));
+        }
+        j.push_str(&format!(
+            "],\"cores\":{cores},\"rounds\":{rounds},\"latency_ms\":["
+        ));
         first = true;
         for ((conc, name), (p50, p99)) in &lat {
             if !first {
