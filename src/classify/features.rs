@@ -458,6 +458,23 @@ fn ln1p(x: f64) -> f32 {
     (x.max(0.0)).ln_1p() as f32
 }
 
+/// Counts below this have their [`ln1p`] in [`LN1P_COUNTS`].
+const LN1P_TABLE_LEN: usize = 1024;
+
+/// [`ln1p`] of 0, 1, 2, … [`LN1P_TABLE_LEN`] − 1, computed once by the same
+/// function: a row has a dozen count features, most of them small.
+static LN1P_COUNTS: std::sync::LazyLock<Vec<f32>> =
+    std::sync::LazyLock::new(|| (0..LN1P_TABLE_LEN).map(|n| ln1p(n as f64)).collect());
+
+/// [`ln1p`] of a count, from [`LN1P_COUNTS`] when it is there: the same
+/// value, bit for bit.
+fn ln1p_count(n: u32) -> f32 {
+    match LN1P_COUNTS.get(n as usize) {
+        Some(&v) => v,
+        None => ln1p(f64::from(n)),
+    }
+}
+
 fn is_freemail(domain: &str) -> bool {
     FREEMAIL.contains(&domain)
 }
@@ -725,7 +742,7 @@ pub fn extract(
             Some(e) => {
                 let total = e.total();
                 ev.count = total;
-                v[idx::LOG_COUNT] = ln1p(total as f64);
+                v[idx::LOG_COUNT] = ln1p_count(total);
                 let days = ((now - e.last).max(0) as f64) / 86400.0;
                 ev.days_since = Some(days);
                 v[idx::LOG_DAYS_SINCE] = ln1p(days);
@@ -744,9 +761,9 @@ pub fn extract(
             _ => 0,
         };
         ev.replies = replies;
-        v[idx::LOG_REPLY_COUNT] = ln1p(replies as f64);
-        v[idx::LOG_SENDER_MSGS] = ln1p(sstats.messages as f64);
-        v[idx::LOG_SENDER_CONTACTS] = ln1p(sstats.contacts as f64);
+        v[idx::LOG_REPLY_COUNT] = ln1p_count(replies);
+        v[idx::LOG_SENDER_MSGS] = ln1p_count(sstats.messages);
+        v[idx::LOG_SENDER_CONTACTS] = ln1p_count(sstats.contacts);
         v[idx::LOG_N_RCPTS] = (n.max(1) as f32).ln();
         v[idx::FIELD_CC] = f32::from(u8::from(r.field == Field::Cc));
         v[idx::FIELD_BCC] = f32::from(u8::from(r.field == Field::Bcc));
@@ -782,7 +799,7 @@ pub fn extract(
                 }
             }
             ev.others_co = co_n;
-            v[idx::LOG_CO_MAX] = ln1p(co_max as f64);
+            v[idx::LOG_CO_MAX] = ln1p_count(co_max);
             v[idx::CO_FRAC] = co_n as f32 / others as f32;
             let mut checked = 0usize;
             let mut linked = 0usize;
@@ -819,7 +836,7 @@ pub fn extract(
         };
         let dcount = dstats.map(|d| d.total()).unwrap_or(0);
         ev.domain_count = dcount;
-        v[idx::LOG_DOMAIN_COUNT] = ln1p(dcount as f64);
+        v[idx::LOG_DOMAIN_COUNT] = ln1p_count(dcount);
         v[idx::DOMAIN_NEW] = f32::from(u8::from(dstats.is_none()));
         let internal = !dom.is_empty() && dom == sender_domain;
         v[idx::INTERNAL] = f32::from(u8::from(internal));
@@ -827,10 +844,10 @@ pub fn extract(
         let org = sc.org;
         ev.org_senders = org.senders;
         ev.rcpt_sent = org.sent;
-        v[idx::LOG_RCPT_SENT] = ln1p(org.sent as f64);
-        v[idx::LOG_ORG_SENDERS] = ln1p(org.senders as f64);
+        v[idx::LOG_RCPT_SENT] = ln1p_count(org.sent);
+        v[idx::LOG_ORG_SENDERS] = ln1p_count(org.senders);
         let dom_senders = did.map(|d| g.domain_by_id(d).senders).unwrap_or(0);
-        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p(dom_senders as f64);
+        v[idx::LOG_ORG_DOMAIN_SENDERS] = ln1p_count(dom_senders);
         if never {
             if let Some((addr, c)) = &sc.best {
                 if sc.best_dist <= 1 {
@@ -838,11 +855,11 @@ pub fn extract(
                 } else if sc.best_dist == 2 {
                     v[idx::LOOKALIKE2] = 1.0;
                 }
-                v[idx::LOG_LOOKALIKE_COUNT] = ln1p(*c as f64);
+                v[idx::LOG_LOOKALIKE_COUNT] = ln1p_count(*c);
                 ev.lookalike = Some((addr.to_string(), sc.best_dist as u32, *c));
             }
             ev.neighbour_links = sc.neighbours;
-            v[idx::LOG_NEIGHBOUR_LINKS] = ln1p(sc.neighbours as f64);
+            v[idx::LOG_NEIGHBOUR_LINKS] = ln1p_count(sc.neighbours);
             v[idx::NEW_NO_NEIGHBOURS] = f32::from(u8::from(sc.neighbours == 0));
             if let Some((addr, c)) = sc.same_local {
                 v[idx::SAME_LOCAL_OTHER_DOMAIN] = 1.0;
@@ -865,7 +882,7 @@ pub fn extract(
         v[idx::THREAD_NONE_IN] = f32::from(u8::from(thread_none_in));
         if out_of_thread {
             let co = g.co_max(sender, &r.address, &thread, MAX_THREAD_CO_CHECKS);
-            v[idx::LOG_THREAD_CO] = ln1p(co as f64);
+            v[idx::LOG_THREAD_CO] = ln1p_count(co);
         }
         v[idx::HAS_ATTACHMENT] = f32::from(u8::from(!att_names.is_empty()));
         let to_r = att_rcpts.iter().any(|(_, l)| l.contains(&r.address));
@@ -910,6 +927,16 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::seq::SliceRandom;
     use rand::{Rng, SeedableRng};
+
+    /// The count table gives `ln1p` bit for bit, inside it, at its edge
+    /// and past it.
+    #[test]
+    fn ln1p_count_is_ln1p() {
+        let edge = LN1P_TABLE_LEN as u32;
+        for n in (0..edge + 100).chain([65_535, 1 << 20, u32::MAX]) {
+            assert_eq!(ln1p_count(n).to_bits(), ln1p(f64::from(n)).to_bits(), "{n}");
+        }
+    }
 
     fn random_string(rng: &mut StdRng, alphabet: &[&str], max_len: usize) -> String {
         let len = rng.gen_range(0..=max_len);
