@@ -309,6 +309,10 @@ impl Hdr {
             Hdr::From | Hdr::To | Hdr::Cc | Hdr::Bcc => Some(plain_addresses),
             Hdr::MessageId | Hdr::InReplyTo | Hdr::References => Some(plain_ids),
             Hdr::ContentType | Hdr::ContentDisposition => Some(plain_content_type),
+            Hdr::Subject
+            | Hdr::ContentTransferEncoding
+            | Hdr::ContentDescription
+            | Hdr::ContentLocation => Some(plain_unstructured),
             _ => None,
         }
     }
@@ -632,6 +636,35 @@ fn plain_ids(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
         _ => HeaderValue::TextList(ids),
     };
     Some((value, end))
+}
+
+/// The text of an unstructured field (Subject, Content-Transfer-Encoding,
+/// …) whose value, from `start`, is one line without an encoded word
+/// (`=?`) and in UTF-8: the line without its leading and trailing spaces,
+/// tabs and CRs, borrowed from the message (`Empty` when nothing is left),
+/// as mail-parser's `parse_unstructured` gives it, and the offset after the
+/// line break where that parser stops. `None` for a folded field, one
+/// with `=?` or other bytes than UTF-8, or one without a line break at the
+/// end (where mail-parser gives `Empty`), which are left to mail-parser.
+/// `unstructured_fast_path_matches_mail_parser` holds the two to the same
+/// results.
+fn plain_unstructured(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
+    let rest = data.get(start..)?;
+    let nl = start + memchr::memchr(b'\n', rest)?;
+    if matches!(data.get(nl + 1), Some(b' ' | b'\t')) {
+        return None;
+    }
+    let line = data.get(start..nl)?;
+    if memchr::memmem::find(line, b"=?").is_some() {
+        return None;
+    }
+    let blank = |c: &u8| matches!(c, b' ' | b'\t' | b'\r');
+    let Some(a) = line.iter().position(|c| !blank(c)) else {
+        return Some((HeaderValue::Empty, nl + 1));
+    };
+    let b = line.iter().rposition(|c| !blank(c))? + 1;
+    let text = field_text(line, a, b)?;
+    Some((HeaderValue::Text(std::borrow::Cow::Borrowed(text)), nl + 1))
 }
 
 /// A byte of a type, subtype or parameter name in the plain shapes
@@ -1216,7 +1249,13 @@ pub fn envelope_recipients(
             continue;
         }
         let r = match named.find(&meta.recipients, &address) {
-            Some(i) => meta.recipients[i].clone(),
+            // The header's recipient has this very address: only its name
+            // and field are taken from it.
+            Some(i) => Recipient {
+                address,
+                name: meta.recipients[i].name.clone(),
+                field: meta.recipients[i].field,
+            },
             None => Recipient {
                 address,
                 name: None,
@@ -1845,6 +1884,44 @@ MIME-Version: 1.0\r\n";
         let tails: &[&[u8]] = &[b"\r\n", b"\n", b"", b" \r\n", b"\r\r\n", b"\r\nNext: x\r\n"];
         let values = field_values(0x1d50_f1d5, leads, (items, odd), seps, tails);
         let read = fast_path_agrees(&values, plain_ids, |s| s.parse_id());
+        assert!(read > 5_000 && read < values.len() - 5_000, "{read}");
+    }
+
+    #[test]
+    fn unstructured_fast_path_matches_mail_parser() {
+        let items: &[&[u8]] = &[
+            b"Q3 forecast",
+            b"RE: Lunch?",
+            b"base64",
+            b"7bit",
+            b"a\rb",
+            b"x = y? z",
+            b"caf\xc3\xa9",
+            b"100%",
+        ];
+        // Left to mail-parser (or read to Empty).
+        let odd: &[&[u8]] = &[
+            b"=?UTF-8?Q?J=C3=B6rg?=",
+            b"=?x",
+            b"a=?b",
+            b"\xff\xfe",
+            b"\xc3",
+            b"",
+            b"\r",
+        ];
+        let seps: &[&[u8]] = &[b" ", b"\t", b"\r\n ", b"\n\t", b"  ", b"\r"];
+        let leads: &[&[u8]] = &[b"", b" ", b"\t ", b"\r\n ", b"\r"];
+        let tails: &[&[u8]] = &[
+            b"\r\n",
+            b"\n",
+            b"",
+            b" \r\n",
+            b"\r\r\n",
+            b"\t\n",
+            b"\r\nNext: x\r\n",
+        ];
+        let values = field_values(0x5b1e_c7ed, leads, (items, odd), seps, tails);
+        let read = fast_path_agrees(&values, plain_unstructured, |s| s.parse_unstructured());
         assert!(read > 5_000 && read < values.len() - 5_000, "{read}");
     }
 
