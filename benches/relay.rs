@@ -515,12 +515,12 @@ fn median(v: &[f64]) -> f64 {
     }
 }
 
-/// `v`'s figures with `digits` decimals, separated by `sep`.
-fn join(v: &[f64], digits: usize, sep: &str) -> String {
+/// `v`'s figures with `digits` decimals, separated by spaces.
+fn join(v: &[f64], digits: usize) -> String {
     v.iter()
         .map(|x| format!("{x:.digits$}"))
         .collect::<Vec<_>>()
-        .join(sep)
+        .join(" ")
 }
 
 fn run() -> Res<()> {
@@ -666,7 +666,8 @@ fn run() -> Res<()> {
                 }
             };
             let (vs_pfx, vs_direct) = (per_round("postfix"), per_round("direct"));
-            ratios.insert((size, conc), (vs_pfx.clone(), vs_direct.clone()));
+            let (md_pfx, md_direct) = (median(&vs_pfx), median(&vs_direct));
+            ratios.insert((size, conc), (vs_pfx, vs_direct));
             let g = |n| rate.get(&(size, conc, n)).copied().unwrap_or(f64::NAN);
             let mach = |n| {
                 machine
@@ -683,8 +684,8 @@ fn run() -> Res<()> {
                 g("direct"),
                 g("postfix"),
                 g("misdirectd"),
-                median(&vs_pfx),
-                median(&vs_direct),
+                md_pfx,
+                md_direct,
                 cpu_us.get(&(size, conc)).copied().unwrap_or(f64::NAN),
                 dm.0,
                 dm.1 * 100.0,
@@ -702,8 +703,8 @@ fn run() -> Res<()> {
                 "{:>5} {:>6}K | md/pfx {} | md/direct {}",
                 conc,
                 size / 1024,
-                join(pfx, 2, " "),
-                join(direct, 2, " ")
+                join(pfx, 2),
+                join(direct, 2)
             );
         }
     }
@@ -756,7 +757,7 @@ fn run() -> Res<()> {
     }
     if rounds > 1 {
         for (conc, added) in &added_runs {
-            println!("{conc:>5} | added p99 each round: {}", join(added, 3, " "));
+            println!("{conc:>5} | added p99 each round: {}", join(added, 3));
         }
     }
     let rss = md
@@ -775,71 +776,32 @@ fn run() -> Res<()> {
     }
 
     if let Ok(path) = std::env::var("RELAY_BENCH_OUT") {
-        let mut j = String::from("{\"throughput\":[");
-        let mut first = true;
-        for ((size, conc, name), r) in &rate {
-            if !first {
-                j.push(',');
-            }
-            first = false;
-            j.push_str(&format!(
-                "{{\"setup\":\"{name}\",\"size\":{size},\"concurrency\":{conc},\"msgs_per_s\":{r:.1}}}"
-            ));
-        }
-        j.push_str("],\"misdirectd_cpu_us_per_msg\":[");
-        first = true;
-        for ((size, conc), us) in &cpu_us {
-            if !first {
-                j.push(',');
-            }
-            first = false;
-            j.push_str(&format!(
-                "{{\"size\":{size},\"concurrency\":{conc},\"cpu_us\":{us:.1}}}"
-            ));
-        }
-        j.push_str("],\"machine_cpu\":[");
-        first = true;
-        for ((size, conc, name), (us, share)) in &machine {
-            if !first {
-                j.push(',');
-            }
-            first = false;
-            j.push_str(&format!(
-                "{{\"setup\":\"{name}\",\"size\":{size},\"concurrency\":{conc},\"busy_us_per_msg\":{us:.1},\"busy_share\":{share:.3}}}"
-            ));
-        }
-        j.push_str("],\"misdirectd_ratios_per_round\":[");
-        first = true;
-        for ((size, conc), (pfx, direct)) in &ratios {
-            if !first {
-                j.push(',');
-            }
-            first = false;
-            j.push_str(&format!(
-                "{{\"size\":{size},\"concurrency\":{conc},\"md_postfix\":[{}],\"md_direct\":[{}]}}",
-                join(pfx, 3, ","),
-                join(direct, 3, ",")
-            ));
-        }
-        j.push_str(&format!(
-            "],\"cores\":{cores},\"rounds\":{rounds},\"latency_ms\":["
-        ));
-        first = true;
-        for ((conc, name), (p50, p99)) in &lat {
-            if !first {
-                j.push(',');
-            }
-            first = false;
-            j.push_str(&format!(
-                "{{\"setup\":\"{name}\",\"concurrency\":{conc},\"p50\":{p50:.3},\"p99\":{p99:.3}}}"
-            ));
-        }
-        j.push_str(&format!(
-            "],\"graph_edges_requested\":{graph_edges},\"misdirectd_loaded_rss_kib\":{},\"misdirectd_peak_rss_kib\":{}}}\n",
-            rss_loaded.unwrap_or(0),
-            rss.unwrap_or(0)
-        ));
-        std::fs::write(&path, j).map_err(|e| format!("{path}: {e}"))?;
+        use serde_json::json;
+        // (A figure that could not be taken, NaN, is written as null.)
+        let doc = json!({
+            "throughput": rate.iter().map(|((size, conc, name), r)| json!({
+                "setup": name, "size": size, "concurrency": conc, "msgs_per_s": r,
+            })).collect::<Vec<_>>(),
+            "misdirectd_cpu_us_per_msg": cpu_us.iter().map(|((size, conc), us)| json!({
+                "size": size, "concurrency": conc, "cpu_us": us,
+            })).collect::<Vec<_>>(),
+            "machine_cpu": machine.iter().map(|((size, conc, name), (us, share))| json!({
+                "setup": name, "size": size, "concurrency": conc,
+                "busy_us_per_msg": us, "busy_share": share,
+            })).collect::<Vec<_>>(),
+            "misdirectd_ratios_per_round": ratios.iter().map(|((size, conc), (pfx, direct))| json!({
+                "size": size, "concurrency": conc, "md_postfix": pfx, "md_direct": direct,
+            })).collect::<Vec<_>>(),
+            "cores": cores,
+            "rounds": rounds,
+            "latency_ms": lat.iter().map(|((conc, name), (p50, p99))| json!({
+                "setup": name, "concurrency": conc, "p50": p50, "p99": p99,
+            })).collect::<Vec<_>>(),
+            "graph_edges_requested": graph_edges,
+            "misdirectd_loaded_rss_kib": rss_loaded.unwrap_or(0),
+            "misdirectd_peak_rss_kib": rss.unwrap_or(0),
+        });
+        std::fs::write(&path, format!("{doc}\n")).map_err(|e| format!("{path}: {e}"))?;
     }
     Ok(())
 }
