@@ -649,15 +649,12 @@ fn plain_ids(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
 /// `unstructured_fast_path_matches_mail_parser` holds the two to the same
 /// results.
 fn plain_unstructured(data: &[u8], start: usize) -> Option<(HeaderValue<'_>, usize)> {
-    let rest = data.get(start..)?;
-    let nl = start + memchr::memchr(b'\n', rest)?;
-    if matches!(data.get(nl + 1), Some(b' ' | b'\t')) {
+    // Up to the line break, unless `=?` (or the end of the data) comes first.
+    let nl = start + plain_run(data, start, |c| c != b'\n');
+    if data.get(nl) != Some(&b'\n') || matches!(data.get(nl + 1), Some(b' ' | b'\t')) {
         return None;
     }
     let line = data.get(start..nl)?;
-    if memchr::memmem::find(line, b"=?").is_some() {
-        return None;
-    }
     let blank = |c: &u8| matches!(c, b' ' | b'\t' | b'\r');
     let Some(a) = line.iter().position(|c| !blank(c)) else {
         return Some((HeaderValue::Empty, nl + 1));
