@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod graph;
 pub mod hold;
 pub mod import;
+pub mod memory;
 pub mod message;
 pub mod outbound;
 pub mod pipeline;

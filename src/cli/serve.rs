@@ -48,6 +48,8 @@ pub fn load_config(path: Option<&Path>) -> anyhow::Result<Config> {
 
 /// Entry point of `misdirectd serve`.
 pub fn run(config: Option<PathBuf>) -> anyhow::Result<()> {
+    // Before any thread allocates (see `memory`).
+    crate::memory::limit_arenas();
     let cfg = load_config(config.as_deref())?;
     let _log = crate::telemetry::init_logging(&cfg.log)?;
     let scorer = scorer_for(&cfg)?;
