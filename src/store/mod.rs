@@ -545,24 +545,25 @@ impl GraphHandle {
             Some(p) => Some(p.flush_lock.lock().await),
             None => None,
         };
-        let (report, batch) = {
-            let mut map = self.graphs.write().unwrap_or_else(|p| p.into_inner());
-            forget_all(&mut map, self.persist.as_ref().map(|p| &p.store), addr)
-        };
-        if let Some(p) = &self.persist {
-            let p = p.clone();
-            let graphs = self.graphs.clone();
-            let known = report.tenants > 0;
-            tokio::task::spawn_blocking(move || {
+        // Erasing visits every address's co-recipient pairs and every
+        // thread and subject entry, under the write lock: on a blocking
+        // thread, as the commit and the rewrite are.
+        let (graphs, persist, addr) = (self.graphs.clone(), self.persist.clone(), addr.to_string());
+        let report = tokio::task::spawn_blocking(move || {
+            let (report, batch) = {
+                let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
+                forget_all(&mut map, persist.as_ref().map(|p| &p.store), &addr)
+            };
+            if let Some(p) = &persist {
                 p.store.commit(batch)?;
-                if known {
+                if report.tenants > 0 {
                     p.store.rewrite_live(&p.path, &graphs)?;
                 }
-                Ok::<_, StoreError>(())
-            })
-            .await
-            .map_err(|e| StoreError::Task(e.to_string()))??;
-        }
+            }
+            Ok::<_, StoreError>(report)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
         drop(guard);
         tracing::info!(
             target: "audit",
@@ -747,13 +748,28 @@ async fn learn_task(
                 let Some(cutoff) = retention_cutoff(retention_days, unix_now()) else { continue };
                 flush(&graphs, &persist, &mut pending, true).await;
                 let _guard = persist.flush_lock.lock().await;
-                let (counts, b) = {
-                    let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
-                    purge_all(&mut map, Some(&persist.store), cutoff)
-                };
-                let p = persist.clone();
-                match tokio::task::spawn_blocking(move || p.store.commit(b)).await {
-                    Ok(Ok(())) => log_purge(cutoff, &counts),
+                // The purge walks every association, under the write lock:
+                // on a blocking thread, so that no async worker is held.
+                // (Learning, this task, waits for it.)
+                let (g, p) = (graphs.clone(), persist.clone());
+                let done = tokio::task::spawn_blocking(move || {
+                    let start = std::time::Instant::now();
+                    let (counts, b) = {
+                        let mut map = g.write().unwrap_or_else(|p| p.into_inner());
+                        purge_all(&mut map, Some(&p.store), cutoff)
+                    };
+                    let locked = start.elapsed();
+                    p.store.commit(b).map(|()| (counts, locked))
+                })
+                .await;
+                match done {
+                    Ok(Ok((counts, locked))) => {
+                        log_purge(cutoff, &counts);
+                        tracing::debug!(
+                            graph_locked_ms = locked.as_millis() as u64,
+                            "Retention run committed."
+                        );
+                    }
                     Ok(Err(e)) => tracing::error!(error = %e, "Committing the retention run failed."),
                     Err(e) => tracing::error!(error = %e, "Retention commit task failed."),
                 }
