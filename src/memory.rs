@@ -17,11 +17,17 @@
 
 /// Cap the allocator's arenas at the number of cores (at least two;
 /// glibc's default is eight a core). Call it before the runtime starts its
-/// threads: the cap applies to arenas created afterwards. True when the
-/// cap was set; false where the allocator is not glibc's.
+/// threads: the cap applies to arenas created afterwards. An admin's own
+/// setting wins: with `MALLOC_ARENA_MAX` in the environment, or
+/// `glibc.malloc.arena_max` in `GLIBC_TUNABLES`, nothing is changed. True
+/// when the cap was set; false where the allocator is not glibc's or the
+/// admin set one.
 pub fn limit_arenas() -> bool {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {
+        if admin_set_arenas() {
+            return false;
+        }
         // SAFETY: mallopt takes plain integers and may be called at any
         // time.
         unsafe { libc::mallopt(libc::M_ARENA_MAX, arena_cap()) == 1 }
@@ -30,6 +36,12 @@ pub fn limit_arenas() -> bool {
     {
         false
     }
+}
+
+/// Whether the environment already sets glibc's arena limit.
+fn admin_set_arenas() -> bool {
+    std::env::var_os("MALLOC_ARENA_MAX").is_some()
+        || std::env::var("GLIBC_TUNABLES").is_ok_and(|t| t.contains("glibc.malloc.arena_max"))
 }
 
 /// The cap [`limit_arenas`] sets: the number of cores, at least two.
@@ -94,14 +106,23 @@ mod tests {
     fn arenas_stay_within_the_cap() {
         const CHILD: &str = "MISDIRECT_ARENA_CHILD";
         if let Ok(mode) = std::env::var(CHILD) {
-            if mode == "capped" {
-                assert!(limit_arenas());
+            match mode.as_str() {
+                "capped" => assert!(limit_arenas()),
+                // MALLOC_ARENA_MAX is set: the admin's limit stays.
+                "admin" => assert!(!limit_arenas()),
+                _ => {}
             }
             println!("ARENAS={}", arenas_after_threads());
             return;
         }
-        let run = |mode: &str| -> usize {
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
+        let run = |mode: &str, admin_max: Option<usize>| -> usize {
+            let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+            cmd.env_remove("MALLOC_ARENA_MAX")
+                .env_remove("GLIBC_TUNABLES");
+            if let Some(n) = admin_max {
+                cmd.env("MALLOC_ARENA_MAX", n.to_string());
+            }
+            let out = cmd
                 .args([
                     "--exact",
                     "memory::tests::arenas_stay_within_the_cap",
@@ -121,9 +142,16 @@ mod tests {
             digits.parse().unwrap()
         };
         let cap = usize::try_from(arena_cap()).unwrap();
-        let capped = run("capped");
-        let free = run("uncapped");
+        let capped = run("capped", None);
+        let free = run("uncapped", None);
         assert!(capped <= cap, "{capped} arenas with a cap of {cap}");
         assert!(free > cap, "only {free} arenas without a cap of {cap}");
+        // An admin's MALLOC_ARENA_MAX of cap + 4 is kept, not lowered.
+        let admin = run("admin", Some(cap + 4));
+        assert!(
+            admin > cap && admin <= cap + 4,
+            "{admin} arenas with MALLOC_ARENA_MAX={} (cap {cap})",
+            cap + 4
+        );
     }
 }
