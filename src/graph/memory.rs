@@ -11,6 +11,7 @@ use super::{
     decay, thread_subject, AddressStats, DomainStats, EdgeStats, GraphView, SenderStats, Ts,
 };
 use crate::address::domain_of;
+use crate::graph::recent::RecentIndex;
 use crate::graph::sketch::Sketch;
 use crate::message::{Field, MessageMeta, Recipient};
 
@@ -39,7 +40,8 @@ pub struct GraphConfig {
     /// Recipients kept per (sender, attachment name).
     pub max_attachment_recipients: usize,
     /// Entries kept in each of the thread (Message-ID) and subject indexes;
-    /// past it, learning evicts the least recently seen eighth.
+    /// past it, each insertion evicts the least recently seen entry (see
+    /// [`super::recent`]).
     pub max_threads: usize,
 }
 
@@ -147,10 +149,30 @@ pub struct CoEdge {
 }
 
 /// Participants of a thread (Message-ID or subject).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct ThreadEntry {
     pub participants: Vec<Id>,
     pub last: u32,
+    /// Seen again since the eviction queue last passed it (see
+    /// [`super::recent`]); not data, so neither stored nor compared.
+    #[serde(skip)]
+    pub(crate) seen_again: bool,
+}
+
+impl ThreadEntry {
+    pub fn new(participants: Vec<Id>, last: u32) -> Self {
+        ThreadEntry {
+            participants,
+            last,
+            seen_again: false,
+        }
+    }
+}
+
+impl PartialEq for ThreadEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.participants == other.participants && self.last == other.last
+    }
 }
 
 /// Per-address counters, and (for an address that has sent mail) its
@@ -383,9 +405,9 @@ pub struct Graph {
     /// Number of co-recipient pairs.
     pub(crate) n_co: usize,
     /// Hash of the Message-ID.
-    pub(crate) threads: FastMap<u64, ThreadEntry>,
+    pub(crate) threads: RecentIndex,
     /// Hash of the thread subject.
-    pub(crate) subjects: FastMap<u64, ThreadEntry>,
+    pub(crate) subjects: RecentIndex,
     /// (sender, hash of the lower-cased attachment name)
     pub(crate) attachments: FastMap<(Id, u64), Vec<Id>>,
     /// (sender, recipient) -> when a held message from the sender naming
@@ -467,38 +489,6 @@ fn dedup_keep_last<T, K: PartialEq>(v: &mut Vec<T>, key: impl Fn(&T) -> K) {
     v.reverse();
     v.dedup_by(|later, earlier| key(later) == key(earlier));
     v.reverse();
-}
-
-/// Drop the least recently seen eighth of a thread index that grew past
-/// `cap`, noting each evicted key.
-fn evict_oldest(
-    map: &mut FastMap<u64, ThreadEntry>,
-    cap: usize,
-    key: fn(u64) -> RecordKey,
-    evicted: &mut Vec<RecordKey>,
-) {
-    let keep = cap - cap / 8;
-    let mut lasts: Vec<u32> = map.values().map(|t| t.last).collect();
-    let drop_n = lasts.len().saturating_sub(keep);
-    if drop_n == 0 {
-        return;
-    }
-    let (_, cut, _) = lasts.select_nth_unstable(drop_n - 1);
-    let cut = *cut;
-    // Entries strictly older than the cut go; ties at the cut go until
-    // enough are dropped.
-    let mut ties = drop_n - lasts[..drop_n].iter().filter(|l| **l < cut).count();
-    map.retain(|h, t| {
-        let gone = t.last < cut
-            || (t.last == cut && ties > 0 && {
-                ties -= 1;
-                true
-            });
-        if gone {
-            evicted.push(key(*h));
-        }
-        !gone
-    });
 }
 
 impl Graph {
@@ -679,19 +669,14 @@ impl Graph {
         participants.push(s);
         participants.extend(rids.iter().take(max_p.saturating_sub(1)));
         if let Some(mid) = m.message_id {
-            self.threads.insert(
-                key_hash(mid),
-                ThreadEntry {
-                    participants: participants.clone(),
-                    last: t,
-                },
-            );
+            self.threads
+                .insert(key_hash(mid), ThreadEntry::new(participants.clone(), t));
         }
         if let Some(subj) = m.subject {
             let ts = thread_subject(subj);
             if !ts.is_empty() {
                 let window = u32::try_from(self.cfg.thread_window.as_secs()).unwrap_or(u32::MAX);
-                let e = self.subjects.entry(key_hash(&ts)).or_default();
+                let e = self.subjects.entry_or_default(key_hash(&ts));
                 if t > e.last.saturating_add(window) {
                     // A new conversation that reuses the subject.
                     e.participants = participants;
@@ -710,17 +695,11 @@ impl Graph {
             }
         }
         let cap = self.cfg.max_threads.max(1);
-        if self.threads.len() > cap {
-            evict_oldest(&mut self.threads, cap, RecordKey::Thread, &mut self.evicted);
-        }
-        if self.subjects.len() > cap {
-            evict_oldest(
-                &mut self.subjects,
-                cap,
-                RecordKey::Subject,
-                &mut self.evicted,
-            );
-        }
+        let evicted = &mut self.evicted;
+        self.threads
+            .evict_over(cap, |h| evicted.push(RecordKey::Thread(h)));
+        self.subjects
+            .evict_over(cap, |h| evicted.push(RecordKey::Subject(h)));
         let max_a = self.cfg.max_attachment_recipients;
         for name in &m.attachments {
             let list = self
@@ -1745,8 +1724,8 @@ impl Graph {
                 .iter()
                 .map(|(d, _)| 16 + d.len())
                 .sum::<usize>()
-            + map(&self.threads)
-            + map(&self.subjects)
+            + self.threads.bytes(map)
+            + self.subjects.bytes(map)
             + map(&self.attachments)
             + map(&self.discards)
             + lists

@@ -6,6 +6,7 @@
 //! it.
 
 pub mod memory;
+pub mod recent;
 pub mod sketch;
 pub mod synth;
 

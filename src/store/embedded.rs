@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use super::StoreError;
 use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, RecordKey, ThreadEntry};
+use crate::graph::recent::RecentIndex;
 use crate::graph::{DomainStats, Graph, GraphConfig};
 use crate::privacy::{Keys, Pseudonym, PSEUDONYM_LEN};
 
@@ -345,6 +346,7 @@ impl EmbeddedStore {
             }
             g.finish_load();
             for kind in ["thread", "subject"] {
+                let mut entries = Vec::new();
                 if let Some(t) = open(kind)? {
                     for row in t.iter()? {
                         let (_, v) = row?;
@@ -358,13 +360,14 @@ impl EmbeddedStore {
                         let participants: Vec<Id> = (0..rest.len() / PSEUDONYM_LEN)
                             .filter_map(|i| id_of(rest, i))
                             .collect();
-                        let entry = ThreadEntry { participants, last };
-                        if kind == "thread" {
-                            g.threads.insert(h, entry);
-                        } else {
-                            g.subjects.insert(h, entry);
-                        }
+                        entries.push((h, ThreadEntry::new(participants, last)));
                     }
+                }
+                let index = RecentIndex::from_loaded(entries);
+                if kind == "thread" {
+                    g.threads = index;
+                } else {
+                    g.subjects = index;
                 }
             }
             if let Some(t) = open("att")? {

@@ -61,6 +61,7 @@ use super::{
 use crate::config::store::{PgTls, StoreConfig};
 use crate::config::Config;
 use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, ThreadEntry};
+use crate::graph::recent::RecentIndex;
 use crate::graph::{DomainStats, Graph, GraphConfig, Ts};
 use crate::message::{MessageMeta, Recipient};
 use crate::privacy::Keys;
@@ -535,8 +536,8 @@ pub fn open_graph(keys: &Keys, body: &[u8], cfg: &GraphConfig) -> Result<Graph, 
         g.load_sdom(a, d, e);
     }
     g.finish_load();
-    g.threads = s.threads.into_iter().collect();
-    g.subjects = s.subjects.into_iter().collect();
+    g.threads = RecentIndex::from_loaded(s.threads);
+    g.subjects = RecentIndex::from_loaded(s.subjects);
     g.attachments = s.att.into_iter().map(|(a, h, v)| ((a, h), v)).collect();
     g.discards = s
         .discards
