@@ -728,6 +728,7 @@ async fn learn_task(
                 }
                 {
                     let mut map = graphs.write().unwrap_or_else(|p| p.into_inner());
+                    let start = std::time::Instant::now();
                     for ev in batch.drain(..) {
                         ev.apply(&mut map, &cfg);
                         if let Some(g) = map.get(&ev.tenant) {
@@ -739,6 +740,17 @@ async fn learn_task(
                                 ev.touched(g, set);
                             }
                         }
+                    }
+                    drop(map);
+                    // Scoring waits while this lock is held: say when a
+                    // batch held it long enough to show in reply times.
+                    let locked = start.elapsed();
+                    if locked >= std::time::Duration::from_millis(5) {
+                        tracing::debug!(
+                            graph_locked_ms = locked.as_millis() as u64,
+                            events = n,
+                            "A learning batch held the graph's write lock."
+                        );
                     }
                 }
                 progress.applied(n);
