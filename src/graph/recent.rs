@@ -4,7 +4,7 @@
 //!
 //! The index used to be cut back by an eighth whenever it outgrew its cap:
 //! a pass over every entry (finding the cut, then dropping what is older)
-//! under the graph's write lock, 32-44 ms at a million entries, during
+//! under the graph's write lock, 32-52 ms at a million entries, during
 //! which no message could be scored. Here a queue holds the keys in the
 //! order they were first seen, and each insertion past the cap evicts from
 //! its front with the "second chance" (CLOCK) rule: an entry seen again
@@ -17,8 +17,8 @@
 //!
 //! The entries are spread over [`SHARDS`] hash tables by key, so that a
 //! table growing (rehashing everything it holds) holds the lock for a
-//! sixty-fourth of the time one table would: one table of 917,504 entries
-//! took 54 ms to grow.
+//! sixty-fourth of the time one table would: one table growing to 917,504
+//! entries took 50-61 ms.
 
 use std::collections::hash_map::Entry;
 use std::collections::VecDeque;
@@ -30,9 +30,10 @@ pub const SHARDS: usize = 64;
 
 type Shard = FastMap<u64, ThreadEntry>;
 
-/// The shard of a key (the key is already a hash; the multiplication mixes
-/// its bits so that the top six do not depend on the input's last bytes
-/// alone).
+/// The shard of a key: the top six bits of the key times 2^64/φ
+/// (Fibonacci hashing), which spreads even keys that differ in few bits.
+/// The tables hash the key again with their own seeds, so their placement
+/// does not depend on the bits used here.
 fn shard_of(key: u64) -> usize {
     (key.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 58) as usize
 }
