@@ -1612,8 +1612,9 @@ impl Graph {
     }
 
     /// Retention: delete associations last seen before `cutoff` (edges,
-    /// co-recipient pairs, threads, subjects) and addresses with nothing
-    /// left that were last seen before it. Co-recipient pairs keep the day
+    /// co-recipient pairs, threads, subjects) and addresses last seen
+    /// before it, taking them out of the thread, subject and attachment
+    /// lists that still name them. Co-recipient pairs keep the day
     /// they were last seen, so a pair goes when its day began before the
     /// cutoff. Returns the counts and every record changed.
     pub fn purge_older_than(&mut self, cutoff: Ts) -> (PurgeCounts, Vec<RecordKey>) {
@@ -1667,6 +1668,33 @@ impl Graph {
             counts.discards += 1;
             touched.push(RecordKey::Discard(k.0, k.1));
         }
+        // An address last seen before the cutoff appears only in mail older
+        // than it, yet a list kept for newer mail (a subject that went on,
+        // a sender's attachment name used again) may still name it: the
+        // list loses it, so that no list keeps an address past retention.
+        let addrs = &self.addrs;
+        let expired = |id: &Id| addrs.get(*id as usize).is_some_and(|e| e.last_seen < c);
+        let before = self.threads.len() + self.subjects.len();
+        for (index, key) in [
+            (&mut self.threads, RecordKey::Thread as fn(u64) -> RecordKey),
+            (&mut self.subjects, RecordKey::Subject),
+        ] {
+            index.retain(|h, t| {
+                if t.participants.iter().any(&expired) {
+                    t.participants.retain(|p| !expired(p));
+                    touched.push(key(*h));
+                }
+                !t.participants.is_empty()
+            });
+        }
+        counts.threads += before - self.threads.len() - self.subjects.len();
+        self.attachments.retain(|(s, h), list| {
+            if list.iter().any(&expired) {
+                list.retain(|p| !expired(p));
+                touched.push(RecordKey::Attachment(*s, *h));
+            }
+            !list.is_empty()
+        });
         let in_use: std::collections::HashSet<Id> = self
             .threads
             .values()
@@ -2102,6 +2130,50 @@ mod privacy_tests {
         assert_eq!(g.edge_count(), 0);
         assert_eq!(g.address("carol@x.com"), AddressStats::default());
         assert_eq!(g.domain("x.com").senders, 0);
+    }
+
+    /// Retention removes an address last seen before the cutoff even when
+    /// an attachment list or a long-running subject still names it: the
+    /// lists lose it instead of keeping it alive.
+    #[test]
+    fn retention_removes_expired_addresses_from_attachment_and_subject_lists() {
+        let mut g = Graph::new(GraphConfig {
+            thread_window: std::time::Duration::from_secs(1_000_000),
+            ..Default::default()
+        });
+        let learn = |g: &mut Graph, to: &str, att: &'static str, ts: Ts| {
+            let rc = [r(to)];
+            g.learn(&LearnInput {
+                sender: "alice@a.com",
+                sender_name: None,
+                recipients: &rc,
+                message_id: None,
+                subject: Some("budget"),
+                attachments: vec![att],
+                ts,
+            });
+        };
+        // bob: one message long ago; carol: then and recently, on the same
+        // subject and attachment name.
+        learn(&mut g, "bob@x.com", "plan.pdf", 1_000);
+        learn(&mut g, "carol@x.com", "plan.pdf", 1_000);
+        learn(&mut g, "carol@x.com", "plan.pdf", 500_000);
+        let (counts, touched) = g.purge_older_than(100_000);
+        assert!(g.id("bob@x.com").is_none(), "bob outlived retention");
+        assert_eq!(counts.addresses, 1);
+        assert_eq!(
+            g.attachment_recipients("alice@a.com", "plan.pdf"),
+            vec!["carol@x.com"]
+        );
+        let subj = g.subject_participants("alice@a.com", "budget");
+        assert!(subj.contains(&"carol@x.com".to_string()));
+        assert!(!subj.contains(&"bob@x.com".to_string()));
+        let a = g.id("alice@a.com").unwrap();
+        assert!(touched.contains(&RecordKey::Attachment(a, attachment_key("plan.pdf"))));
+        assert!(touched.contains(&RecordKey::Subject(key_hash(&thread_subject("budget")))));
+        // What is left is consistent with a graph that only ever saw the
+        // recent message.
+        assert!(g.id("carol@x.com").is_some());
     }
 
     #[test]
