@@ -249,6 +249,47 @@ fn retention_purges_what_was_not_seen_for_retention_days() {
     assert!(g.id("old@x.test").is_none());
 }
 
+/// A subject that went on (each message within `[graph] thread_window`
+/// of the previous one) kept naming an address whose only message was
+/// older than the retention period, and so kept the address: retention
+/// now takes it out of the subject, and the address goes.
+#[test]
+fn retention_takes_expired_addresses_out_of_a_subject_that_went_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg_path = write_config(dir.path(), "");
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace("retention_days = 0", "retention_days = 30");
+    std::fs::write(&cfg_path, text).unwrap();
+    let c = cfg_path.to_str().unwrap();
+    let mbox = dir.path().join("thread.mbox");
+    // Same subject throughout, gaps of 25 and 14 days (the window is 30).
+    write_mbox(
+        &mbox,
+        &[
+            msg("alice@a.test", &["old@x.test"], &[], now() - 40 * 86400, 1),
+            msg("alice@a.test", &["mid@x.test"], &[], now() - 15 * 86400, 2),
+            msg("alice@a.test", &["new@x.test"], &[], now() - 86400, 3),
+        ],
+    );
+    run_ok(&["import", "--quiet", "--config", c, mbox.to_str().unwrap()]);
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["graph", "purge", "--config", c])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["tenants"][0]["removed"]["addresses"], 1);
+    let cfg = load_config(&cfg_path);
+    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
+    let store = Store::open(&cfg, keys).unwrap();
+    let g = &store.load(&cfg.graph).unwrap()["default"];
+    assert!(g.id("old@x.test").is_none());
+    let mut subject = g.subject_participants("alice@a.test", "Quarterly numbers");
+    subject.sort();
+    assert_eq!(subject, ["alice@a.test", "mid@x.test", "new@x.test"]);
+}
+
 use std::process::Command;
 
 #[test]
