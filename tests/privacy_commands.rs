@@ -195,8 +195,10 @@ fn export_is_readable_json_of_everything_about_the_address() {
     );
 }
 
-#[test]
-fn retention_purges_what_was_not_seen_for_retention_days() {
+/// Import `msgs` into a store with `retention_days = 30`, run `misdirectd
+/// graph purge` once, and return its JSON report, its log and the default
+/// tenant's graph reloaded from the store.
+fn import_then_purge(msgs: &[Msg<'_>]) -> (serde_json::Value, String, misdirect::graph::Graph) {
     let dir = tempfile::tempdir().unwrap();
     let cfg_path = write_config(dir.path(), "");
     // Same store, but with retention on.
@@ -205,23 +207,8 @@ fn retention_purges_what_was_not_seen_for_retention_days() {
         .replace("retention_days = 0", "retention_days = 30");
     std::fs::write(&cfg_path, text).unwrap();
     let c = cfg_path.to_str().unwrap();
-    let old = now() - 40 * 86400;
-    let recent = now() - 86400;
     let mbox = dir.path().join("mix.mbox");
-    write_mbox(
-        &mbox,
-        &[
-            msg("alice@a.test", &["old@x.test"], &[], old, 1),
-            msg(
-                "alice@a.test",
-                &["new@x.test", "old2@x.test"],
-                &[],
-                old + 60,
-                2,
-            ),
-            msg("alice@a.test", &["new@x.test"], &[], recent, 3),
-        ],
-    );
+    write_mbox(&mbox, msgs);
     run_ok(&["import", "--quiet", "--config", c, mbox.to_str().unwrap()]);
     let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
         .args(["graph", "purge", "--config", c])
@@ -229,19 +216,37 @@ fn retention_purges_what_was_not_seen_for_retention_days() {
         .unwrap();
     assert!(out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    let cfg = load_config(&cfg_path);
+    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
+    let store = Store::open(&cfg, keys).unwrap();
+    let g = store.load(&cfg.graph).unwrap().remove("default").unwrap();
+    (v, log, g)
+}
+
+#[test]
+fn retention_purges_what_was_not_seen_for_retention_days() {
+    let old = now() - 40 * 86400;
+    let recent = now() - 86400;
+    let (v, log, g) = import_then_purge(&[
+        msg("alice@a.test", &["old@x.test"], &[], old, 1),
+        msg(
+            "alice@a.test",
+            &["new@x.test", "old2@x.test"],
+            &[],
+            old + 60,
+            2,
+        ),
+        msg("alice@a.test", &["new@x.test"], &[], recent, 3),
+    ]);
     let removed = &v["tenants"][0]["removed"];
     assert_eq!(removed["edges"], 2);
     assert_eq!(removed["co_pairs"], 1);
     assert_eq!(removed["addresses"], 2);
-    let log = String::from_utf8_lossy(&out.stderr);
     assert!(
         log.contains("Retention removed") && log.contains("cutoff"),
         "{log}"
     );
-    let cfg = load_config(&cfg_path);
-    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
-    let store = Store::open(&cfg, keys).unwrap();
-    let g = &store.load(&cfg.graph).unwrap()["default"];
     assert!(g.edge("alice@a.test", "old@x.test").is_none());
     assert!(g.edge("alice@a.test", "old2@x.test").is_none());
     assert_eq!(g.edge("alice@a.test", "new@x.test").unwrap().to, 2);
@@ -255,35 +260,13 @@ fn retention_purges_what_was_not_seen_for_retention_days() {
 /// now takes it out of the subject, and the address goes.
 #[test]
 fn retention_takes_expired_addresses_out_of_a_subject_that_went_on() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg_path = write_config(dir.path(), "");
-    let text = std::fs::read_to_string(&cfg_path)
-        .unwrap()
-        .replace("retention_days = 0", "retention_days = 30");
-    std::fs::write(&cfg_path, text).unwrap();
-    let c = cfg_path.to_str().unwrap();
-    let mbox = dir.path().join("thread.mbox");
     // Same subject throughout, gaps of 25 and 14 days (the window is 30).
-    write_mbox(
-        &mbox,
-        &[
-            msg("alice@a.test", &["old@x.test"], &[], now() - 40 * 86400, 1),
-            msg("alice@a.test", &["mid@x.test"], &[], now() - 15 * 86400, 2),
-            msg("alice@a.test", &["new@x.test"], &[], now() - 86400, 3),
-        ],
-    );
-    run_ok(&["import", "--quiet", "--config", c, mbox.to_str().unwrap()]);
-    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-        .args(["graph", "purge", "--config", c])
-        .output()
-        .unwrap();
-    assert!(out.status.success());
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (v, _, g) = import_then_purge(&[
+        msg("alice@a.test", &["old@x.test"], &[], now() - 40 * 86400, 1),
+        msg("alice@a.test", &["mid@x.test"], &[], now() - 15 * 86400, 2),
+        msg("alice@a.test", &["new@x.test"], &[], now() - 86400, 3),
+    ]);
     assert_eq!(v["tenants"][0]["removed"]["addresses"], 1);
-    let cfg = load_config(&cfg_path);
-    let keys = Arc::new(Keys::load_or_create(&cfg.privacy.key_file).unwrap());
-    let store = Store::open(&cfg, keys).unwrap();
-    let g = &store.load(&cfg.graph).unwrap()["default"];
     assert!(g.id("old@x.test").is_none());
     let mut subject = g.subject_participants("alice@a.test", "Quarterly numbers");
     subject.sort();
