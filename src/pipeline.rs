@@ -334,38 +334,29 @@ impl Pipeline {
     /// and scored right here on the async worker (tens of microseconds of
     /// CPU for a sender with hundreds of contacts, a few hundred for one
     /// with thousands, as `cargo bench --bench scoring` shows: cheaper than
-    /// handing it to the blocking pool and waking this task again), but
-    /// only if the graph is free at that moment: while a
-    /// writer holds it (a learn batch, a retention run, an erasure) the
-    /// scoring goes to the blocking pool, like bigger messages, so an async
-    /// worker never waits for the lock. `None` when the blocking task
-    /// failed: the caller answers 451 and the upstream keeps the message.
+    /// handing it to the blocking pool and waking this task again). While a
+    /// writer holds the graph (a learn batch, a retention run, an erasure)
+    /// the task waits for it without holding the worker
+    /// ([`GraphHandle::view_when_free`]). Bigger messages are parsed and
+    /// scored on the blocking pool. `None` when the blocking task failed:
+    /// the caller answers 451 and the upstream keeps the message.
     async fn score(&self, env: &Envelope, raw: Vec<u8>, now: Ts) -> Option<(Parsed, ScoreResult)> {
-        let pending =
-            if env.rcpt_to.len() <= INLINE_SCORE_MAX_RCPTS && raw.len() <= INLINE_SCORE_MAX_BYTES {
-                let p = Parsed::new(&self.norm, &self.shared, env, raw);
-                let shared = &self.shared;
-                let explain_from = p.explain_from(&self.policy);
-                match shared
-                    .graph
-                    .try_with_view(&p.tenant, |g| p.score(shared, g, now, explain_from))
-                {
-                    Some(scores) => return Some((p, scores)),
-                    None => Ok(p),
-                }
-            } else {
-                Err(raw)
-            };
-        // Only the hand-off to the blocking pool needs its own envelope.
+        if env.rcpt_to.len() <= INLINE_SCORE_MAX_RCPTS && raw.len() <= INLINE_SCORE_MAX_BYTES {
+            let p = Parsed::new(&self.norm, &self.shared, env, raw);
+            let shared = &self.shared;
+            let explain_from = p.explain_from(&self.policy);
+            let scores = shared
+                .graph
+                .view_when_free(&p.tenant, |g| p.score(shared, g, now, explain_from))
+                .await;
+            return Some((p, scores));
+        }
         let env = env.clone();
         let norm = self.norm.clone();
         let shared = self.shared.clone();
         let policy = self.policy.clone();
         let job = tokio::task::spawn_blocking(move || {
-            let p = match pending {
-                Ok(p) => p,
-                Err(raw) => Parsed::new(&norm, &shared, &env, raw),
-            };
+            let p = Parsed::new(&norm, &shared, &env, raw);
             let explain_from = p.explain_from(&policy);
             let scores = shared
                 .graph

@@ -363,6 +363,10 @@ pub(crate) struct LearnProgress {
     advanced: tokio::sync::Notify,
 }
 
+/// How often [`GraphHandle::view_when_free`] tries the graph again when no
+/// release woke it.
+const VIEW_RETRY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// How long an erasure waits for the learning queued before it.
 const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -591,17 +595,26 @@ impl GraphHandle {
         view_of(&map, tenant, f)
     }
 
-    /// Like [`GraphHandle::with_view`], but only when the graph is free
-    /// right now: `None` while a writer holds it (the learn task applying a
-    /// batch, a retention run, an erasure), so that an async worker never
-    /// waits for the lock.
-    pub fn try_with_view<R>(&self, tenant: &str, f: impl FnOnce(&dyn GraphView) -> R) -> Option<R> {
-        let map = match self.graphs.try_read() {
-            Ok(map) => map,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        Some(view_of(&map, tenant, f))
+    /// Like [`GraphHandle::with_view`], for an async worker: while a writer
+    /// holds the graph this task waits without holding a thread, woken when
+    /// the learning task releases the graph after a batch (and every
+    /// [`VIEW_RETRY`] at the latest, for the rarer writers: a retention run,
+    /// an erasure, a store reload).
+    pub async fn view_when_free<R>(&self, tenant: &str, f: impl FnOnce(&dyn GraphView) -> R) -> R {
+        loop {
+            let released = self.progress.advanced.notified();
+            tokio::pin!(released);
+            // Registered before the attempt, so a release in between wakes it.
+            released.as_mut().enable();
+            match self.graphs.try_read() {
+                Ok(map) => return view_of(&map, tenant, f),
+                Err(std::sync::TryLockError::Poisoned(p)) => {
+                    return view_of(&p.into_inner(), tenant, f)
+                }
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+            let _ = tokio::time::timeout(VIEW_RETRY, released).await;
+        }
     }
 
     /// Queue a message for learning; never waits.
@@ -859,20 +872,50 @@ mod tests {
         });
     }
 
-    /// The async workers' view never waits: while a writer holds the graph
-    /// it declines, and it reads as usual once the writer is done.
-    #[tokio::test]
-    async fn try_with_view_declines_while_a_writer_holds_the_graph() {
+    /// While a writer holds the graph, a view waits without holding the
+    /// worker (on a one-thread runtime this test's own task keeps running),
+    /// and reads once the learning task says it released the graph.
+    #[tokio::test(flavor = "current_thread")]
+    // The test plays the writer: it holds the lock while the view waits.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_view_waits_for_a_writer_without_holding_the_worker() {
         let (h, _task) =
             GraphHandle::in_memory(GraphConfig::default(), TenantsConfig::default(), 16);
         let tenant = h.tenant_for("a@x.test");
-        assert_eq!(
-            h.try_with_view(&tenant, |g| g.sender("a@x.test").messages),
-            Some(0)
-        );
+        h.learn(delivered(&h, "From: a@x.test\r\nTo: b@y.test\r\n\r\n"))
+            .unwrap();
+        h.settle_learning().await;
         let guard = h.graphs.write().unwrap();
-        assert!(h.try_with_view(&tenant, |_| ()).is_none());
+        let (h2, t2) = (h.clone(), tenant.clone());
+        let view = tokio::spawn(async move {
+            h2.view_when_free(&t2, |g| g.sender("a@x.test").messages)
+                .await
+        });
+        // Several retry periods pass with the writer still there.
+        tokio::time::sleep(VIEW_RETRY * 10).await;
+        assert!(!view.is_finished());
         drop(guard);
-        assert_eq!(h.try_with_view(&tenant, |_| 7), Some(7));
+        h.progress.applied(0);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), view).await;
+        assert_eq!(read.unwrap().unwrap(), 1);
+    }
+
+    /// A writer that does not announce its release (a retention run, an
+    /// erasure) still lets a waiting view through, at its next retry.
+    #[tokio::test(flavor = "current_thread")]
+    // The test plays the writer: it holds the lock while the view waits.
+    #[allow(clippy::await_holding_lock)]
+    async fn a_view_reads_after_an_unannounced_release() {
+        let (h, _task) =
+            GraphHandle::in_memory(GraphConfig::default(), TenantsConfig::default(), 16);
+        let tenant = h.tenant_for("a@x.test");
+        let guard = h.graphs.write().unwrap();
+        let (h2, t2) = (h.clone(), tenant.clone());
+        let view = tokio::spawn(async move { h2.view_when_free(&t2, |_| 7).await });
+        tokio::time::sleep(VIEW_RETRY * 3).await;
+        assert!(!view.is_finished());
+        drop(guard);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), view).await;
+        assert_eq!(read.unwrap().unwrap(), 7);
     }
 }
