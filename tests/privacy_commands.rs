@@ -273,6 +273,32 @@ fn retention_takes_expired_addresses_out_of_a_subject_that_went_on() {
     assert_eq!(subject, ["alice@a.test", "mid@x.test", "new@x.test"]);
 }
 
+/// An attachment list entry keeps its own date: "alice sent plan.pdf to
+/// carol" 40 days ago leaves with retention (30 days) although alice wrote
+/// to carol yesterday, and the list keeps the recipient it was sent to
+/// within the period.
+#[test]
+fn retention_takes_an_old_attachment_recipient_out_while_the_contact_goes_on() {
+    let (v, _, g) = import_then_purge(&[
+        msg(
+            "alice@a.test",
+            &["carol@x.test"],
+            &[],
+            now() - 40 * 86400,
+            1,
+        )
+        .attaching("plan.pdf"),
+        msg("alice@a.test", &["dave@x.test"], &[], now() - 5 * 86400, 2).attaching("plan.pdf"),
+        msg("alice@a.test", &["carol@x.test"], &[], now() - 86400, 3),
+    ]);
+    assert_eq!(v["tenants"][0]["removed"]["addresses"], 0);
+    assert!(g.edge("alice@a.test", "carol@x.test").is_some());
+    assert_eq!(
+        g.attachment_recipients("alice@a.test", "plan.pdf"),
+        ["dave@x.test"]
+    );
+}
+
 use std::process::Command;
 
 #[test]

@@ -450,8 +450,10 @@ pub struct Graph {
     pub(crate) threads: RecentIndex,
     /// Hash of the thread subject.
     pub(crate) subjects: RecentIndex,
-    /// (sender, hash of the lower-cased attachment name)
-    pub(crate) attachments: FastMap<(Id, u64), Vec<Id>>,
+    /// (sender, hash of the lower-cased attachment name) -> each recipient
+    /// of that name with when it was last sent to them, so that retention
+    /// removes a recipient's entry on its own date.
+    pub(crate) attachments: FastMap<(Id, u64), Vec<AttRecipient>>,
     /// (sender, recipient) -> when a held message from the sender naming
     /// the recipient was last discarded by an admin (judged misaddressed).
     /// Rare, so a plain map.
@@ -490,6 +492,14 @@ impl Iterator for ContactSketches<'_> {
             }
         }
     }
+}
+
+/// One recipient of a (sender, attachment name) list: who, and when the
+/// sender last sent that attachment name to them (unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttRecipient {
+    pub id: Id,
+    pub last: u32,
 }
 
 /// Stable 64-bit hash (FNV-1a) for thread and attachment keys, so keys are
@@ -749,11 +759,16 @@ impl Graph {
                 .entry((s, attachment_key(name)))
                 .or_default();
             for rid in &rids {
-                if !list.contains(rid) {
+                if let Some(e) = list.iter_mut().find(|e| e.id == *rid) {
+                    e.last = e.last.max(t);
+                } else {
                     if list.len() >= max_a {
-                        list.remove(0);
+                        // The one sent to longest ago makes room.
+                        if let Some(i) = (0..list.len()).min_by_key(|&i| list[i].last) {
+                            list.remove(i);
+                        }
                     }
-                    list.push(*rid);
+                    list.push(AttRecipient { id: *rid, last: t });
                 }
             }
         }
@@ -1192,7 +1207,7 @@ impl GraphView for Graph {
             .get(&(s, attachment_key(name)))
             .map(|l| {
                 l.iter()
-                    .filter_map(|id| self.address_of(*id).map(str::to_string))
+                    .filter_map(|e| self.address_of(e.id).map(str::to_string))
                     .collect()
             })
             .unwrap_or_default()
@@ -1462,7 +1477,7 @@ impl Graph {
         let mut atts = std::mem::take(&mut self.attachments);
         for ((s, h), list) in atts.iter_mut() {
             let before = list.len();
-            list.retain(|r| self.edge_ids(*s, *r).is_some());
+            list.retain(|r| self.edge_ids(*s, r.id).is_some());
             if list.len() != before {
                 touched.push(RecordKey::Attachment(*s, *h));
             }
@@ -1579,14 +1594,14 @@ impl Graph {
         let att_keys: Vec<(Id, u64)> = self
             .attachments
             .iter()
-            .filter(|((s, _), l)| *s == x || l.contains(&x))
+            .filter(|((s, _), l)| *s == x || l.iter().any(|e| e.id == x))
             .map(|(k, _)| *k)
             .collect();
         for k in att_keys {
             if k.0 == x {
                 self.attachments.remove(&k);
             } else if let Some(l) = self.attachments.get_mut(&k) {
-                l.retain(|r| *r != x);
+                l.retain(|r| r.id != x);
                 if l.is_empty() {
                     self.attachments.remove(&k);
                 }
@@ -1688,9 +1703,12 @@ impl Graph {
             });
         }
         counts.threads += before - self.threads.len() - self.subjects.len();
+        // An attachment list entry goes on its own date, and with an
+        // expired address.
+        let gone = |e: &AttRecipient| e.last < c || expired(&e.id);
         self.attachments.retain(|(s, h), list| {
-            if list.iter().any(&expired) {
-                list.retain(|p| !expired(p));
+            if list.iter().any(gone) {
+                list.retain(|e| !gone(e));
                 touched.push(RecordKey::Attachment(*s, *h));
             }
             !list.is_empty()
@@ -1700,7 +1718,7 @@ impl Graph {
             .values()
             .chain(self.subjects.values())
             .flat_map(|t| t.participants.iter().copied())
-            .chain(self.attachments.values().flatten().copied())
+            .chain(self.attachments.values().flatten().map(|e| e.id))
             .chain(self.discards.keys().flat_map(|(s, r)| [*s, *r]))
             .collect();
         for id in 0..self.addrs.len() as Id {
@@ -1779,7 +1797,7 @@ impl Graph {
             + self
                 .attachments
                 .values()
-                .map(|l| l.capacity() * 4)
+                .map(|l| l.capacity() * std::mem::size_of::<AttRecipient>())
                 .sum::<usize>();
         self.ids.bytes()
             + self.addrs.capacity() * std::mem::size_of::<AddrEntry>()
@@ -1881,7 +1899,11 @@ impl Graph {
             .filter(|t| t.participants.contains(&x))
             .count();
         let att_sent = self.attachments.keys().filter(|(s, _)| *s == x).count();
-        let att_received = self.attachments.values().filter(|l| l.contains(&x)).count();
+        let att_received = self
+            .attachments
+            .values()
+            .filter(|l| l.iter().any(|e| e.id == x))
+            .count();
         let mut discarded: Vec<_> = self
             .discards
             .iter()
@@ -2085,6 +2107,26 @@ fn reloaded(g: &Graph) -> Graph {
     g2
 }
 
+/// Learn one message from `sender` to `to` with at most one attachment
+/// and no Message-ID or subject (for tests).
+#[cfg(test)]
+pub(crate) fn learn_one(g: &mut Graph, sender: &str, to: &str, att: Option<&str>, ts: Ts) {
+    let rc = [Recipient {
+        address: to.into(),
+        name: None,
+        field: Field::To,
+    }];
+    g.learn(&LearnInput {
+        sender,
+        sender_name: None,
+        recipients: &rc,
+        message_id: None,
+        subject: None,
+        attachments: att.into_iter().collect(),
+        ts,
+    });
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod privacy_tests {
@@ -2130,6 +2172,40 @@ mod privacy_tests {
         assert_eq!(g.edge_count(), 0);
         assert_eq!(g.address("carol@x.com"), AddressStats::default());
         assert_eq!(g.domain("x.com").senders, 0);
+    }
+
+    /// Each recipient of an attachment list has its own date: retention
+    /// takes out one the attachment was last sent to before the cutoff
+    /// although the sender writes to that recipient since; sending it
+    /// again renews the date; a full list makes room by dropping the one
+    /// sent to longest ago.
+    #[test]
+    fn attachment_list_entries_keep_and_lose_their_own_dates() {
+        let mut g = Graph::new(GraphConfig {
+            max_attachment_recipients: 2,
+            ..Default::default()
+        });
+        let learn = |g: &mut Graph, to: &str, att: Option<&str>, ts: Ts| {
+            learn_one(g, "alice@a.com", to, att, ts)
+        };
+        learn(&mut g, "carol@x.com", Some("plan.pdf"), 1_000);
+        learn(&mut g, "dave@x.com", Some("plan.pdf"), 2_000);
+        learn(&mut g, "dave@x.com", Some("plan.pdf"), 300_000);
+        learn(&mut g, "carol@x.com", None, 400_000);
+        let (_, touched) = g.purge_older_than(100_000);
+        assert!(g.edge("alice@a.com", "carol@x.com").is_some());
+        assert_eq!(
+            g.attachment_recipients("alice@a.com", "plan.pdf"),
+            vec!["dave@x.com"]
+        );
+        let a = g.id("alice@a.com").unwrap();
+        assert!(touched.contains(&RecordKey::Attachment(a, attachment_key("plan.pdf"))));
+        // Full at two: erin, sent last, replaces frank, sent longest ago.
+        learn(&mut g, "frank@x.com", Some("plan.pdf"), 200_000);
+        learn(&mut g, "erin@x.com", Some("plan.pdf"), 500_000);
+        let mut list = g.attachment_recipients("alice@a.com", "plan.pdf");
+        list.sort();
+        assert_eq!(list, vec!["dave@x.com", "erin@x.com"]);
     }
 
     /// Retention removes an address last seen before the cutoff even when

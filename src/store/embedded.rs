@@ -25,13 +25,14 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use serde::{Deserialize, Serialize};
 
 use super::StoreError;
-use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, RecordKey, ThreadEntry};
+use crate::graph::memory::{AddrEntry, AttRecipient, CoEdge, Edge, Id, RecordKey, ThreadEntry};
 use crate::graph::recent::RecentIndex;
 use crate::graph::{DomainStats, Graph, GraphConfig};
 use crate::privacy::{Keys, Pseudonym, PSEUDONYM_LEN};
@@ -46,8 +47,11 @@ const CACHE_BYTES: usize = 64 << 20;
 const REWRITE_CHUNK: usize = 200_000;
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const KINDS: [&str; 9] = [
-    "addr", "domain", "edge", "sdom", "co", "thread", "subject", "att", "discard",
+/// `att` holds attachment lists without dates (stores written before
+/// 2026-12-03), read at load and emptied as lists are written again to
+/// `attd`, which dates each recipient.
+const KINDS: [&str; 10] = [
+    "addr", "domain", "edge", "sdom", "co", "thread", "subject", "att", "attd", "discard",
 ];
 
 fn table_name(tenant: &str, kind: &str) -> String {
@@ -155,6 +159,9 @@ pub struct EmbeddedStore {
     /// Per tenant, id -> pseudonym (ids are never reused, so a forgotten
     /// address keeps its pseudonym here and its records can be deleted).
     cache: Mutex<HashMap<String, Vec<Option<Pseudonym>>>>,
+    /// The file still had undated attachment lists (`att`) when loaded:
+    /// writing a list then also deletes its undated record.
+    legacy_att: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -202,6 +209,7 @@ impl EmbeddedStore {
             keys,
             key_id,
             cache: Mutex::new(HashMap::new()),
+            legacy_att: Default::default(),
         })
     }
 
@@ -370,7 +378,13 @@ impl EmbeddedStore {
                     g.subjects = index;
                 }
             }
-            if let Some(t) = open("att")? {
+            // `att` (undated, older stores) first, then `attd`.
+            for (kind, dated) in [("att", false), ("attd", true)] {
+                let Some(t) = open(kind)? else { continue };
+                if !dated && !t.is_empty()? {
+                    self.legacy_att.store(true, Ordering::Relaxed);
+                }
+                let entry = PSEUDONYM_LEN + if dated { 4 } else { 0 };
                 for row in t.iter()? {
                     let (k, v) = row?;
                     let Some(s) = id_of(k.value(), 0) else {
@@ -382,8 +396,20 @@ impl EmbeddedStore {
                         .map_err(|e| corrupt(&e.to_string()))?;
                     let h = u64_at(&plain, 0);
                     let rest = plain.get(8..).unwrap_or_default();
-                    let list: Vec<Id> = (0..rest.len() / PSEUDONYM_LEN)
-                        .filter_map(|i| id_of(rest, i))
+                    let list: Vec<AttRecipient> = rest
+                        .chunks_exact(entry)
+                        .filter_map(|e| {
+                            let id = id_of(e, 0)?;
+                            // Undated: each recipient takes the last time the
+                            // sender wrote to them at all, so the entry is
+                            // kept no longer than that association.
+                            let last = if dated {
+                                u32_at(e, PSEUDONYM_LEN)
+                            } else {
+                                g.edge_ids(s, id).map_or(0, |e| e.last)
+                            };
+                            Some(AttRecipient { id, last })
+                        })
                         .collect();
                     g.attachments.insert((s, h), list);
                 }
@@ -461,6 +487,7 @@ impl EmbeddedStore {
             Some(self.ps(tenant, &format!("@{name}")))
         };
         let hash_ps = |tag: &str, h: u64| self.ps(tenant, &format!("{tag}{h:016x}"));
+        let legacy_att = self.legacy_att.load(Ordering::Relaxed);
         for rec in records {
             let op: Option<KindOp<'_>> = match rec {
                 RecordKey::Addr(id) => self.id_ps(cache, tenant, g, id).map(|p| {
@@ -550,16 +577,25 @@ impl EmbeddedStore {
                 }
                 RecordKey::Attachment(s, h) => self.id_ps(cache, tenant, g, s).map(|ps| {
                     let val = g.attachments.get(&(s, h)).map(|list| {
-                        let mut plain = Vec::with_capacity(8 + list.len() * PSEUDONYM_LEN);
+                        let mut plain = Vec::with_capacity(8 + list.len() * (PSEUDONYM_LEN + 4));
                         plain.extend_from_slice(&h.to_le_bytes());
                         for r in list {
-                            if let Some(p) = self.id_ps(cache, tenant, g, *r) {
+                            if let Some(p) = self.id_ps(cache, tenant, g, r.id) {
                                 plain.extend_from_slice(&p);
+                                plain.extend_from_slice(&r.last.to_le_bytes());
                             }
                         }
                         self.keys.seal(&plain)
                     });
-                    ("att", [ps, hash_ps("#a", h)].concat(), val)
+                    let key = [ps, hash_ps("#a", h)].concat();
+                    // The record moves to the dated table: the undated one
+                    // (written before 2026-12-03) loses it.
+                    if legacy_att {
+                        batch
+                            .ops
+                            .push((table_name(tenant, "att"), key.clone(), None));
+                    }
+                    ("attd", key, val)
                 }),
                 RecordKey::Discard(s, r) => {
                     match (
@@ -667,6 +703,7 @@ impl EmbeddedStore {
             keys: self.keys.clone(),
             key_id,
             cache: Mutex::new(HashMap::new()),
+            legacy_att: Default::default(),
         };
         {
             let db = fresh.db();
@@ -815,4 +852,91 @@ fn restrict(path: &Path) -> Result<(), StoreError> {
             .map_err(|e| StoreError::Io(path.display().to_string(), e))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::graph::memory::attachment_key;
+
+    fn learn(g: &mut Graph, to: &str, att: Option<&str>, ts: i64) {
+        crate::graph::memory::learn_one(g, "alice@a.test", to, att, ts);
+    }
+
+    fn commit_all(store: &EmbeddedStore, g: &Graph) {
+        let mut b = Batch::default();
+        store.encode(&mut b, "default", g, g.all_records());
+        store.commit(b).unwrap();
+    }
+
+    fn count(store: &EmbeddedStore, kind: &str) -> u64 {
+        let name = table_name("default", kind);
+        store
+            .table_counts()
+            .unwrap()
+            .into_iter()
+            .find(|(t, _)| *t == name)
+            .map_or(0, |(_, n)| n)
+    }
+
+    /// A store written before attachment lists had dates keeps an undated
+    /// record in `att`: it loads with each recipient dated by the sender's
+    /// last message to them, and writing the list again moves it to `attd`.
+    #[test]
+    fn undated_attachment_lists_load_dated_by_the_contact_and_move_when_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.redb");
+        let keys = Arc::new(Keys::from_secret([7; 32]));
+        let mut g = Graph::new(GraphConfig::default());
+        learn(&mut g, "carol@x.test", Some("plan.pdf"), 1_000);
+        learn(&mut g, "carol@x.test", None, 5_000);
+        {
+            let store = EmbeddedStore::open(&path, keys.clone()).unwrap();
+            commit_all(&store, &g);
+            assert_eq!((count(&store, "att"), count(&store, "attd")), (0, 1));
+            // Rewrite the record in the older form: no dates, in `att`.
+            let db = store.db();
+            let wtx = db.begin_write().unwrap();
+            {
+                let dated_name = table_name("default", "attd");
+                let mut dated = wtx
+                    .open_table(TableDefinition::<&[u8], &[u8]>::new(&dated_name))
+                    .unwrap();
+                let (k, v) = {
+                    let (k, v) = dated.first().unwrap().unwrap();
+                    (k.value().to_vec(), v.value().to_vec())
+                };
+                let plain = keys.open(&v).unwrap();
+                assert_eq!(plain.len(), 8 + PSEUDONYM_LEN + 4);
+                let undated = keys.seal(&plain[..8 + PSEUDONYM_LEN]);
+                dated.remove(k.as_slice()).unwrap();
+                let undated_name = table_name("default", "att");
+                let mut old = wtx
+                    .open_table(TableDefinition::<&[u8], &[u8]>::new(&undated_name))
+                    .unwrap();
+                old.insert(k.as_slice(), undated.as_slice()).unwrap();
+            }
+            wtx.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, keys).unwrap();
+        assert_eq!((count(&store, "att"), count(&store, "attd")), (1, 0));
+        let mut loaded = store.load(&GraphConfig::default()).unwrap();
+        let g = loaded.get_mut("default").unwrap();
+        let (a, c) = (g.id("alice@a.test").unwrap(), g.id("carol@x.test").unwrap());
+        let key = (a, attachment_key("plan.pdf"));
+        assert_eq!(g.attachments[&key], [AttRecipient { id: c, last: 5_000 }]);
+        // Sent again: written to `attd` with its own date, gone from `att`.
+        learn(g, "carol@x.test", Some("plan.pdf"), 9_000);
+        let mut b = Batch::default();
+        store.encode(&mut b, "default", g, [RecordKey::Attachment(key.0, key.1)]);
+        store.commit(b).unwrap();
+        assert_eq!((count(&store, "att"), count(&store, "attd")), (0, 1));
+        let g = store
+            .load(&GraphConfig::default())
+            .unwrap()
+            .remove("default")
+            .unwrap();
+        assert_eq!(g.attachments[&key], [AttRecipient { id: c, last: 9_000 }]);
+    }
 }

@@ -60,7 +60,7 @@ use super::{
 };
 use crate::config::store::{PgTls, StoreConfig};
 use crate::config::Config;
-use crate::graph::memory::{AddrEntry, CoEdge, Edge, Id, ThreadEntry};
+use crate::graph::memory::{AddrEntry, AttRecipient, CoEdge, Edge, Id, ThreadEntry};
 use crate::graph::recent::RecentIndex;
 use crate::graph::{DomainStats, Graph, GraphConfig, Ts};
 use crate::message::{MessageMeta, Recipient};
@@ -474,7 +474,13 @@ struct Snap {
     sdom: Vec<(Id, Id, Edge)>,
     threads: Vec<(u64, ThreadEntry)>,
     subjects: Vec<(u64, ThreadEntry)>,
+    /// Attachment lists without dates, in snapshots written before
+    /// 2026-12-03 (read only; `attd` replaces it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     att: Vec<(Id, u64, Vec<Id>)>,
+    /// Attachment lists, each recipient with when it was last sent to.
+    #[serde(default)]
+    attd: Vec<(Id, u64, Vec<AttRecipient>)>,
     /// Absent in snapshots written before discards were recorded.
     #[serde(default)]
     discards: Vec<(Id, Id, u32)>,
@@ -491,7 +497,8 @@ pub fn seal_graph(keys: &Keys, g: &Graph) -> Result<Vec<u8>, PgError> {
         sdom: g.sdom_iter().map(|(s, d, e)| (s, d, *e)).collect(),
         threads: g.threads.iter().map(|(k, v)| (*k, v.clone())).collect(),
         subjects: g.subjects.iter().map(|(k, v)| (*k, v.clone())).collect(),
-        att: g
+        att: Vec::new(),
+        attd: g
             .attachments
             .iter()
             .map(|((s, h), v)| (*s, *h, v.clone()))
@@ -538,7 +545,25 @@ pub fn open_graph(keys: &Keys, body: &[u8], cfg: &GraphConfig) -> Result<Graph, 
     g.finish_load();
     g.threads = RecentIndex::from_loaded(s.threads);
     g.subjects = RecentIndex::from_loaded(s.subjects);
-    g.attachments = s.att.into_iter().map(|(a, h, v)| ((a, h), v)).collect();
+    // An undated list's recipients take the last time the sender wrote to
+    // them at all (kept no longer than that association).
+    let undated: Vec<_> = s
+        .att
+        .into_iter()
+        .map(|(a, h, v)| {
+            let list = v
+                .into_iter()
+                .map(|r| AttRecipient {
+                    id: r,
+                    last: g.edge_ids(a, r).map_or(0, |e| e.last),
+                })
+                .collect::<Vec<_>>();
+            ((a, h), list)
+        })
+        .collect();
+    g.attachments = undated.into_iter().collect();
+    g.attachments
+        .extend(s.attd.into_iter().map(|(a, h, v)| ((a, h), v)));
     g.discards = s
         .discards
         .into_iter()
@@ -1383,4 +1408,67 @@ pub async fn open_admin(
 /// The key id the store's pseudonyms use (see [`open_admin`]).
 pub async fn key_id(pool: &Pool, keys: &Keys) -> Result<u32, PgError> {
     store_key_id(pool, keys).await
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::graph::memory::attachment_key;
+
+    fn learn(g: &mut Graph, att: Option<&str>, ts: i64) {
+        crate::graph::memory::learn_one(g, "alice@a.test", "carol@x.test", att, ts);
+    }
+
+    /// Snapshots keep each attachment recipient's date; one written before
+    /// they had dates (`att`, ids only) opens with each recipient dated by
+    /// the sender's last message to them.
+    #[test]
+    fn snapshots_keep_attachment_dates_and_open_undated_ones() {
+        use std::io::{Read, Write};
+        let keys = Keys::from_secret([9; 32]);
+        let cfg = GraphConfig::default();
+        let mut g = Graph::new(cfg.clone());
+        learn(&mut g, Some("plan.pdf"), 1_000);
+        learn(&mut g, None, 5_000);
+        let (a, c) = (g.id("alice@a.test").unwrap(), g.id("carol@x.test").unwrap());
+        let key = (a, attachment_key("plan.pdf"));
+        let sealed = seal_graph(&keys, &g).unwrap();
+        let back = open_graph(&keys, &sealed, &cfg).unwrap();
+        assert_eq!(
+            back.attachments[&key],
+            [AttRecipient { id: c, last: 1_000 }]
+        );
+        // The same snapshot in the older form.
+        let mut json = Vec::new();
+        flate2::read::ZlibDecoder::new(&keys.open(&sealed).unwrap()[..])
+            .read_to_end(&mut json)
+            .unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        assert!(v.get("att").is_none());
+        let undated: Vec<serde_json::Value> = v["attd"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let ids: Vec<serde_json::Value> = e[2]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|r| r["id"].clone())
+                    .collect();
+                serde_json::json!([e[0], e[1], ids])
+            })
+            .collect();
+        v["att"] = serde_json::Value::Array(undated);
+        v.as_object_mut().unwrap().remove("attd");
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+        z.write_all(&serde_json::to_vec(&v).unwrap()).unwrap();
+        let old = keys.seal(&z.finish().unwrap());
+        let back = open_graph(&keys, &old, &cfg).unwrap();
+        assert_eq!(
+            back.attachments[&key],
+            [AttRecipient { id: c, last: 5_000 }]
+        );
+    }
 }

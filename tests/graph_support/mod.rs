@@ -13,6 +13,18 @@ pub struct Msg<'a> {
     pub ts: i64,
     pub subject: &'a str,
     pub id: String,
+    /// A file attached under this name (a multipart message).
+    pub attachment: Option<&'a str>,
+}
+
+impl<'a> Msg<'a> {
+    /// The same message with a file attached under `name`.
+    pub fn attaching(self, name: &'a str) -> Msg<'a> {
+        Msg {
+            attachment: Some(name),
+            ..self
+        }
+    }
 }
 
 pub fn msg<'a>(from: &'a str, to: &'a [&'a str], cc: &'a [&'a str], ts: i64, n: usize) -> Msg<'a> {
@@ -23,6 +35,7 @@ pub fn msg<'a>(from: &'a str, to: &'a [&'a str], cc: &'a [&'a str], ts: i64, n: 
         ts,
         subject: "Quarterly numbers",
         id: format!("m{n}.{ts}@fixture.test"),
+        attachment: None,
     }
 }
 
@@ -38,9 +51,19 @@ pub fn rfc822(m: &Msg<'_>) -> String {
         s.push_str(&format!("Cc: {}\r\n", m.cc.join(", ")));
     }
     s.push_str(&format!(
-        "Subject: {}\r\nDate: {date}\r\nMessage-ID: <{}>\r\n\r\nbody text that is never stored\r\n",
+        "Subject: {}\r\nDate: {date}\r\nMessage-ID: <{}>\r\n",
         m.subject, m.id
     ));
+    match m.attachment {
+        None => s.push_str("\r\nbody text that is never stored\r\n"),
+        Some(name) => s.push_str(&format!(
+            "MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+             --b1\r\nContent-Type: text/plain\r\n\r\nbody text that is never stored\r\n\
+             --b1\r\nContent-Type: application/pdf\r\n\
+             Content-Disposition: attachment; filename=\"{name}\"\r\n\
+             Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQK\r\n--b1--\r\n"
+        )),
+    }
     s
 }
 
