@@ -5,6 +5,7 @@
 //! Learning goes through a bounded queue to a background task
 //! ([`GraphHandle::learn`]) so it never delays an SMTP reply.
 
+mod committer;
 pub mod embedded;
 pub mod pg_spool;
 mod pg_tls;
@@ -257,6 +258,8 @@ struct Persist {
     /// Serialises encode + commit so that an older snapshot never lands
     /// after a newer one.
     flush_lock: tokio::sync::Mutex<()>,
+    /// Where the learning task's commits run (at a lower CPU priority).
+    committer: committer::Committer,
 }
 
 /// What a [`LearnEvent`] teaches the graph.
@@ -506,6 +509,8 @@ impl GraphHandle {
             store,
             path: cfg.store.path.clone(),
             flush_lock: tokio::sync::Mutex::new(()),
+            committer: committer::Committer::start()
+                .map_err(|e| StoreError::Io("commit thread".into(), e))?,
         });
         let (tx, rx) = mpsc::channel::<LearnEvent>(cfg.store.queue.max(1));
         let progress = Arc::new(LearnProgress::default());
@@ -690,20 +695,24 @@ async fn flush(
     let work = pending.clone();
     let graphs = graphs.clone();
     let p = persist.clone();
-    let done = tokio::task::spawn_blocking(move || {
-        let mut batch = Batch::default();
-        {
-            let map = graphs.read().unwrap_or_else(|p| p.into_inner());
-            for (t, keys) in work.iter() {
-                if let Some(g) = map.get(t) {
-                    p.store.encode(&mut batch, t, g, keys.iter().copied());
+    // On the commit thread, not the blocking pool: this burst of CPU (once
+    // per `batch_interval`) yields to the relay's threads.
+    let done = persist
+        .committer
+        .run(move || {
+            let mut batch = Batch::default();
+            {
+                let map = graphs.read().unwrap_or_else(|p| p.into_inner());
+                for (t, keys) in work.iter() {
+                    if let Some(g) = map.get(t) {
+                        p.store.encode(&mut batch, t, g, keys.iter().copied());
+                    }
                 }
             }
-        }
-        let records = batch.len();
-        p.store.commit(batch).map(|()| records)
-    })
-    .await;
+            let records = batch.len();
+            p.store.commit(batch).map(|()| records)
+        })
+        .await;
     match done {
         Ok(Ok(records)) => {
             pending.clear();
