@@ -2,14 +2,15 @@
 //! embedded store, at a lower CPU priority than the relay.
 //!
 //! Once every `[store] batch_interval` the learning task hands the records
-//! it touched to be sealed and committed: tens of milliseconds of CPU in one
-//! burst at ten thousand messages a second. On the blocking pool, at the
-//! same priority as the relay's threads, that burst took a core from the
-//! SMTP sessions for its whole length, and the replies of every session
-//! waiting then came late (see README, "Round of 2026-12-03, sixth"). Here
-//! it runs on one thread of its own at nice [`COMMIT_NICE`]: the kernel
-//! gives it the CPU the relay leaves, and a fair share of a busy machine,
-//! so commits go on (more slowly) under full load.
+//! it touched to be sealed and committed: about 5% of the daemon's CPU at
+//! ten thousand messages a second, in one burst. On the blocking pool, at
+//! the same priority as the relay's threads, that burst competed with the
+//! SMTP sessions for its whole length; with it at a lower priority, fewer
+//! rounds of the relay harness's c20 latency pass had a slow p99 (README,
+//! "Round of 2026-12-03, sixth"). Here it runs on one thread of its own at
+//! nice [`COMMIT_NICE`]: the kernel gives it the CPU the relay leaves, and
+//! a smaller share of a busy machine, so commits go on (more slowly) under
+//! full load.
 
 use std::sync::mpsc;
 
