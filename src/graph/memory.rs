@@ -1627,7 +1627,8 @@ impl Graph {
     }
 
     /// Retention: delete associations last seen before `cutoff` (edges,
-    /// co-recipient pairs, threads, subjects) and addresses last seen
+    /// co-recipient pairs, threads, subjects, attachment list entries,
+    /// discarded pairs) and addresses last seen
     /// before it, taking them out of the thread, subject and attachment
     /// lists that still name them. Co-recipient pairs keep the day
     /// they were last seen, so a pair goes when its day began before the
