@@ -159,8 +159,9 @@ pub struct EmbeddedStore {
     /// Per tenant, id -> pseudonym (ids are never reused, so a forgotten
     /// address keeps its pseudonym here and its records can be deleted).
     cache: Mutex<HashMap<String, Vec<Option<Pseudonym>>>>,
-    /// The file still had undated attachment lists (`att`) when loaded:
-    /// writing a list then also deletes its undated record.
+    /// The file still had undated attachment lists (`att`) when loaded
+    /// (cleared by a live rewrite): writing a list then also deletes its
+    /// undated record.
     legacy_att: std::sync::atomic::AtomicBool,
 }
 
@@ -783,6 +784,8 @@ impl EmbeddedStore {
         let mut db = self.db.write().unwrap_or_else(|p| p.into_inner());
         replace_file(&tmp, path)?;
         *db = fresh.db.into_inner().unwrap_or_else(|p| p.into_inner());
+        // The fresh file has only dated attachment lists.
+        self.legacy_att.store(false, Ordering::Relaxed);
         Ok(())
     }
 
