@@ -218,6 +218,14 @@ impl EmbeddedStore {
         self.db.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Begin a write transaction and keep it: every commit waits until it
+    /// is dropped (a store that is slow to write, for tests).
+    #[cfg(test)]
+    pub(crate) fn hold_writes(&self) -> redb::WriteTransaction {
+        #[allow(clippy::unwrap_used)]
+        self.db().begin_write().unwrap()
+    }
+
     /// Key id of the stored pseudonyms.
     pub fn key_id(&self) -> u32 {
         self.key_id

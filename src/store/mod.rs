@@ -256,8 +256,8 @@ struct Persist {
     /// The store file (embedded store), for rewrites after an erasure.
     path: std::path::PathBuf,
     /// Serialises encode + commit so that an older snapshot never lands
-    /// after a newer one.
-    flush_lock: tokio::sync::Mutex<()>,
+    /// after a newer one (a commit in flight holds it until it has landed).
+    flush_lock: Arc<tokio::sync::Mutex<()>>,
     /// Where the learning task's commits run (at a lower CPU priority).
     committer: committer::Committer,
 }
@@ -508,7 +508,7 @@ impl GraphHandle {
         let persist = Arc::new(Persist {
             store,
             path: cfg.store.path.clone(),
-            flush_lock: tokio::sync::Mutex::new(()),
+            flush_lock: Arc::new(tokio::sync::Mutex::new(())),
             committer: committer::Committer::start()
                 .map_err(|e| StoreError::Io("commit thread".into(), e))?,
         });
@@ -662,64 +662,109 @@ impl GraphHandle {
     }
 }
 
-/// Encode what is pending and commit it; on failure the records stay
-/// pending for the next round. Encoding (which seals every record) and the
-/// commit both run on a blocking thread: the async workers that serve SMTP
-/// sessions never wait for them, and the graph's read lock held while
-/// encoding does not stop scoring (which reads too); only learning, in
-/// this task, waits.
-/// Commit what learning changed. With `wait` false (the periodic tick) a
-/// busy store (an erasure rewriting the file) is left alone and `pending`
-/// kept for a later tick, so that the learn task goes on taking events
-/// meanwhile; at shutdown and before a retention run it waits.
+/// Records touched by learning and not yet committed, per tenant.
+type Pending = HashMap<String, HashSet<RecordKey>>;
+
+/// What a commit on the commit thread returns: how many records it wrote.
+type CommitResult = Result<Result<usize, StoreError>, committer::CommitterError>;
+
+/// A commit handed to the commit thread whose outcome is not in yet: the
+/// records it encoded (pending again if it fails) and its result.
+struct InFlight {
+    work: Arc<Pending>,
+    done: std::pin::Pin<Box<dyn std::future::Future<Output = CommitResult> + Send>>,
+}
+
+/// Take a commit's outcome: on failure its records are pending again, for
+/// the next round (together with whatever learning touched since).
+fn commit_outcome(done: CommitResult, work: &Pending, pending: &mut Pending) {
+    let failed = match done {
+        Ok(Ok(records)) => {
+            tracing::debug!(records, "Graph changes committed.");
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    tracing::error!(error = %failed, "Committing graph changes failed; will retry.");
+    for (tenant, keys) in work {
+        pending.entry(tenant.clone()).or_default().extend(keys);
+    }
+}
+
+/// Wait for the commit in flight, if any, and take its outcome.
+async fn settle_commit(inflight: &mut Option<InFlight>, pending: &mut Pending) {
+    if let Some(f) = inflight.take() {
+        let done = f.done.await;
+        commit_outcome(done, &f.work, pending);
+    }
+}
+
+/// Encode what is pending and commit it, on the commit thread.
+///
+/// Encoding reads the graph (its read lock held; scoring reads alongside)
+/// and learning waits for it, so that this task never blocks a worker on
+/// the write lock behind that read. Then learning goes on while the store
+/// writes and syncs the batch: with `wait` false (the periodic tick) the
+/// commit is left in flight in `inflight`, and a tick that finds it, or
+/// the store busy otherwise (an erasure rewriting the file), leaves
+/// `pending` for a later one. With `wait` true (shutdown, before a
+/// retention run) every commit has landed on return. Commits hold
+/// `flush_lock` to their end, so that an older snapshot never lands after
+/// a newer one, nor after an erasure.
 async fn flush(
     graphs: &Arc<RwLock<HashMap<String, Graph>>>,
     persist: &Arc<Persist>,
-    pending: &mut HashMap<String, HashSet<RecordKey>>,
+    pending: &mut Pending,
+    inflight: &mut Option<InFlight>,
     wait: bool,
 ) {
-    if pending.values().all(HashSet::is_empty) {
-        return;
-    }
-    let _guard = if wait {
-        persist.flush_lock.lock().await
+    let guard = if wait {
+        persist.flush_lock.clone().lock_owned().await
     } else {
-        match persist.flush_lock.try_lock() {
+        match persist.flush_lock.clone().try_lock_owned() {
             Ok(g) => g,
             Err(_) => return,
         }
     };
-    // Learning waits for this function, so `pending` cannot change
-    // meanwhile: a copy goes to the blocking thread and the original is
-    // cleared once the commit succeeded.
-    let work = pending.clone();
-    let graphs = graphs.clone();
-    let p = persist.clone();
+    // A commit of ours still in flight held the lock to its end: it has
+    // ended (its outcome is at most on its way). Its records, if it
+    // failed, go out again with this one.
+    settle_commit(inflight, pending).await;
+    if pending.values().all(HashSet::is_empty) {
+        return;
+    }
+    let work = Arc::new(std::mem::take(pending));
+    let (graphs, p, w) = (graphs.clone(), persist.clone(), work.clone());
+    let (released_tx, released_rx) = tokio::sync::oneshot::channel::<()>();
     // On the commit thread, not the blocking pool: this burst of CPU (once
     // per `batch_interval`) yields to the relay's threads.
-    let done = persist
-        .committer
-        .run(move || {
-            let mut batch = Batch::default();
-            {
-                let map = graphs.read().unwrap_or_else(|p| p.into_inner());
-                for (t, keys) in work.iter() {
-                    if let Some(g) = map.get(t) {
-                        p.store.encode(&mut batch, t, g, keys.iter().copied());
-                    }
+    let done = persist.committer.run(move || {
+        let _guard = guard;
+        let mut batch = Batch::default();
+        {
+            let map = graphs.read().unwrap_or_else(|p| p.into_inner());
+            for (t, keys) in w.iter() {
+                if let Some(g) = map.get(t) {
+                    p.store.encode(&mut batch, t, g, keys.iter().copied());
                 }
             }
-            let records = batch.len();
-            p.store.commit(batch).map(|()| records)
-        })
-        .await;
-    match done {
-        Ok(Ok(records)) => {
-            pending.clear();
-            tracing::debug!(records, "Graph changes committed.");
         }
-        Ok(Err(e)) => tracing::error!(error = %e, "Committing graph changes failed; will retry."),
-        Err(e) => tracing::error!(error = %e, "Graph commit task failed; will retry."),
+        let _ = released_tx.send(());
+        let records = batch.len();
+        p.store.commit(batch).map(|()| records)
+    });
+    let mut f = InFlight {
+        work,
+        done: Box::pin(done),
+    };
+    // (Also over when the job failed before it released the graph.)
+    let _ = released_rx.await;
+    if wait {
+        let done = (&mut f.done).await;
+        commit_outcome(done, &f.work, pending);
+    } else {
+        *inflight = Some(f);
     }
 }
 
@@ -735,7 +780,8 @@ async fn learn_task(
     retention_days: u32,
     retention_interval: std::time::Duration,
 ) {
-    let mut pending: HashMap<String, HashSet<RecordKey>> = HashMap::new();
+    let mut pending: Pending = HashMap::new();
+    let mut inflight: Option<InFlight> = None;
     let mut batch: Vec<LearnEvent> = Vec::with_capacity(256);
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -745,7 +791,7 @@ async fn learn_task(
         tokio::select! {
             n = rx.recv_many(&mut batch, 256) => {
                 if n == 0 {
-                    flush(&graphs, &persist, &mut pending, true).await;
+                    flush(&graphs, &persist, &mut pending, &mut inflight, true).await;
                     break;
                 }
                 {
@@ -777,10 +823,20 @@ async fn learn_task(
                 }
                 progress.applied(n);
             }
-            _ = tick.tick() => flush(&graphs, &persist, &mut pending, false).await,
+            _ = tick.tick() => flush(&graphs, &persist, &mut pending, &mut inflight, false).await,
+            done = async {
+                match inflight.as_mut() {
+                    Some(f) => (&mut f.done).await,
+                    None => std::future::pending().await,
+                }
+            }, if inflight.is_some() => {
+                if let Some(f) = inflight.take() {
+                    commit_outcome(done, &f.work, &mut pending);
+                }
+            }
             _ = retention.tick() => {
                 let Some(cutoff) = retention_cutoff(retention_days, unix_now()) else { continue };
-                flush(&graphs, &persist, &mut pending, true).await;
+                flush(&graphs, &persist, &mut pending, &mut inflight, true).await;
                 let _guard = persist.flush_lock.lock().await;
                 // The purge walks every association, under the write lock:
                 // on a blocking thread, so that no async worker is held.
@@ -878,6 +934,52 @@ mod tests {
             assert_eq!(g.address("bob@y.test").senders, 0);
             // The rest of the sender's history stays.
             assert!(g.edge("alice@x.test", "carol@y.test").is_some());
+        });
+    }
+
+    /// While the store is slow to write (here: a write transaction the test
+    /// holds, so the periodic commit waits in it), learning goes on: a
+    /// message queued meanwhile is in the graph at once. Once the store is
+    /// free, both messages are committed and read back after a restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn learning_goes_on_while_a_commit_waits_for_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::default();
+        cfg.store.path = dir.path().join("graph.redb");
+        cfg.store.batch_interval = std::time::Duration::from_millis(20);
+        // (No retention run: it waits for its commit, by design.)
+        cfg.privacy.retention_days = 0;
+        let keys = Arc::new(Keys::from_secret(rand::random()));
+        let (h, task) = GraphHandle::open(&cfg, keys.clone()).await.unwrap();
+        let tenant = h.tenant_for("alice@x.test");
+        let msg =
+            |to: &str| format!("From: alice@x.test\r\nTo: {to}\r\nSubject: s\r\n\r\nbody\r\n");
+        h.learn(delivered(&h, &msg("carol@y.test"))).unwrap();
+        assert!(h.progress.settle(SETTLE_TIMEOUT).await);
+        let persist = h.persist.clone().unwrap();
+        let Store::Embedded(store) = &persist.store;
+        let held = store.hold_writes();
+        // A tick comes within 20 ms: its commit of carol's records waits.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        assert!(
+            persist.flush_lock.try_lock().is_err(),
+            "no commit is waiting for the store"
+        );
+        h.learn(delivered(&h, &msg("dave@y.test"))).unwrap();
+        assert!(
+            h.progress.settle(std::time::Duration::from_secs(5)).await,
+            "learning waited for the commit"
+        );
+        h.with_view(&tenant, |g| {
+            assert!(g.edge("alice@x.test", "dave@y.test").is_some());
+        });
+        drop(held);
+        drop((h, persist));
+        task.await.unwrap();
+        let (h, _task) = GraphHandle::open(&cfg, keys).await.unwrap();
+        h.with_view(&tenant, |g| {
+            assert!(g.edge("alice@x.test", "carol@y.test").is_some());
+            assert!(g.edge("alice@x.test", "dave@y.test").is_some());
         });
     }
 
