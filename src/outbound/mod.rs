@@ -2,5 +2,6 @@
 //! holding in the spool, encrypting.
 
 pub mod dsn;
+pub mod outbox;
 pub mod relay;
 pub mod spool;

@@ -69,7 +69,7 @@ pub fn new_id(now: Ts) -> String {
     format!("{:010x}-{:016x}", now.max(0), r)
 }
 
-async fn blocking<T: Send + 'static>(
+pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, SpoolError> + Send + 'static,
 ) -> Result<T, SpoolError> {
     tokio::task::spawn_blocking(f)
@@ -111,33 +111,10 @@ impl Spool {
     /// Store a message durably. Returns once it is on disk.
     pub async fn put(&self, meta: &HeldMeta, raw: &[u8]) -> Result<(), SpoolError> {
         let path = self.path(&meta.id)?;
-        let tmp = path.with_extension("tmp");
         let json = serde_json::to_vec(meta).map_err(|e| SpoolError::Corrupt(e.to_string()))?;
-        let sealed_meta = self.keys.seal(&json);
-        let sealed_raw = self.keys.seal(raw);
-        if sealed_meta.is_empty() || sealed_raw.is_empty() {
-            return Err(SpoolError::Corrupt(
-                "sealing failed (no current key)".into(),
-            ));
-        }
-        let meta_len = u32::try_from(sealed_meta.len())
-            .map_err(|_| SpoolError::Corrupt("metadata too large".into()))?;
-        let mut buf = Vec::with_capacity(8 + sealed_meta.len() + sealed_raw.len());
-        buf.extend_from_slice(MAGIC);
-        buf.extend_from_slice(&meta_len.to_le_bytes());
-        buf.extend_from_slice(&sealed_meta);
-        buf.extend_from_slice(&sealed_raw);
+        let buf = seal_file(&self.keys, &json, raw)?;
         let dir = self.dir.clone();
-        blocking(move || {
-            let mut f = std::fs::File::create(&tmp)?;
-            f.write_all(&buf)?;
-            f.sync_all()?;
-            drop(f);
-            std::fs::rename(&tmp, &path)?;
-            std::fs::File::open(&dir)?.sync_all()?;
-            Ok(())
-        })
-        .await
+        blocking(move || Ok(write_durably(&dir, &path, &buf)?)).await
     }
 
     /// Read a held message; `None` when no such id is held.
@@ -180,16 +157,74 @@ impl Spool {
     pub async fn remove(&self, id: &str) -> Result<bool, SpoolError> {
         let path = self.path(id)?;
         let dir = self.dir.clone();
-        blocking(move || match std::fs::remove_file(&path) {
-            Ok(()) => {
-                std::fs::File::open(&dir)?.sync_all()?;
-                Ok(true)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e.into()),
-        })
-        .await
+        blocking(move || Ok(remove_durably(&dir, &path)?)).await
     }
+}
+
+/// A spool file's bytes: the magic, the length of the sealed metadata, the
+/// sealed metadata `json`, then the sealed message `raw`.
+pub(crate) fn seal_file(keys: &Keys, json: &[u8], raw: &[u8]) -> Result<Vec<u8>, SpoolError> {
+    let sealed_meta = keys.seal(json);
+    let sealed_raw = keys.seal(raw);
+    if sealed_meta.is_empty() || sealed_raw.is_empty() {
+        return Err(SpoolError::Corrupt(
+            "sealing failed (no current key)".into(),
+        ));
+    }
+    let meta_len = u32::try_from(sealed_meta.len())
+        .map_err(|_| SpoolError::Corrupt("metadata too large".into()))?;
+    let mut buf = Vec::with_capacity(8 + sealed_meta.len() + sealed_raw.len());
+    buf.extend_from_slice(MAGIC);
+    buf.extend_from_slice(&meta_len.to_le_bytes());
+    buf.extend_from_slice(&sealed_meta);
+    buf.extend_from_slice(&sealed_raw);
+    Ok(buf)
+}
+
+/// Write `buf` as `path` in `dir`, all or nothing: a temporary file,
+/// fsynced, renamed into place, the directory fsynced. Blocking.
+pub(crate) fn write_durably(dir: &Path, path: &Path, buf: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(buf)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Remove `path` from `dir` durably; `false` when it was not there.
+/// Blocking.
+pub(crate) fn remove_durably(dir: &Path, path: &Path) -> std::io::Result<bool> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(true)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// A sealed spool file's metadata JSON and message bytes.
+pub(crate) fn open_sealed(
+    keys: &Keys,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), SpoolError> {
+    if bytes.len() < 8 || &bytes[..4] != MAGIC {
+        return Err(corrupt(path));
+    }
+    let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
+    let end = 8usize
+        .checked_add(len)
+        .filter(|e| *e <= bytes.len())
+        .ok_or_else(|| corrupt(path))?;
+    let open = |b: &[u8]| {
+        keys.open(b)
+            .map_err(|e| SpoolError::Corrupt(format!("{} ({e})", path.display())))
+    };
+    Ok((open(&bytes[8..end])?, open(&bytes[end..])?))
 }
 
 fn corrupt(path: &Path) -> SpoolError {
@@ -235,15 +270,8 @@ fn read_meta(keys: &Keys, path: &Path, f: std::fs::File) -> Result<HeldMeta, Spo
 
 fn parse(keys: &Keys, path: &Path, mut bytes: Vec<u8>) -> Result<(HeldMeta, Vec<u8>), SpoolError> {
     if bytes.len() >= 8 && &bytes[..4] == MAGIC {
-        let len = u32::from_le_bytes([bytes[4], bytes[5], bytes[6], bytes[7]]) as usize;
-        let end = 8usize
-            .checked_add(len)
-            .filter(|e| *e <= bytes.len())
-            .ok_or_else(|| corrupt(path))?;
-        let meta = open_meta(keys, path, &bytes[8..end])?;
-        let raw = keys
-            .open(&bytes[end..])
-            .map_err(|e| SpoolError::Corrupt(format!("{} ({e})", path.display())))?;
+        let (json, raw) = open_sealed(keys, path, &bytes)?;
+        let meta = serde_json::from_slice(&json).map_err(|_| corrupt(path))?;
         return Ok((meta, raw));
     }
     let nl = bytes
