@@ -97,6 +97,13 @@ pub async fn forget_live(
             Err(e) => return Err(ForgetError::Failed(e.to_string())),
         }
     }
+    // Queued DSNs to or naming the address (mail in transit for at most
+    // `[relay] dsn_lifetime`) go too.
+    let dsns = p
+        .outbox()
+        .erase_naming(&addr)
+        .await
+        .map_err(|e| ForgetError::Failed(e.to_string()))?;
     let report = p
         .shared()
         .graph
@@ -112,9 +119,10 @@ pub async fn forget_live(
     tracing::info!(
         target: "audit",
         held,
+        dsns,
         "Erasure of one address from the running daemon (admin API) performed."
     );
-    Ok(json!({ "tenants": report.tenants, "records": report.records, "held": held }))
+    Ok(json!({ "tenants": report.tenants, "records": report.records, "held": held, "dsns": dsns }))
 }
 
 /// Largest message `POST /check` accepts.

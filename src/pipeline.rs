@@ -30,6 +30,7 @@ use crate::graph::Ts;
 use crate::hold::{Deliver, DeliverError, DeliverFuture, HoldService, ReplyOutcome, TokenKey};
 use crate::message::{envelope_recipients, MessageMeta, Recipient};
 use crate::outbound::dsn::{self, DsnInput};
+use crate::outbound::outbox::{Outbox, OutboxMeta};
 use crate::outbound::relay::{Relay, RelayOutcome};
 use crate::outbound::spool::new_id;
 use crate::policy::{Context, FailAction, Policy};
@@ -90,8 +91,23 @@ pub enum BuildError {
     Relay(#[from] crate::outbound::relay::RelayError),
     #[error("hold spool {0}: {1}")]
     Spool(String, crate::outbound::spool::SpoolError),
+    #[error("DSN outbox {0}: {1}")]
+    Outbox(String, crate::outbound::spool::SpoolError),
     #[error("{0}")]
     Hold(String),
+}
+
+/// What one pass over the DSN outbox did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct OutboxPass {
+    /// Taken by the next hop (and removed).
+    pub sent: usize,
+    /// Refused for good by the next hop (and removed).
+    pub refused: usize,
+    /// Older than `dsn_lifetime` (and removed, untried).
+    pub expired: usize,
+    /// Not taken this time; still queued.
+    pub waiting: usize,
 }
 
 /// Everything a transaction needs, built from one configuration.
@@ -105,6 +121,8 @@ pub struct Pipeline {
     logs: LogNames,
     encryptor: Encryptor,
     relay: Relay,
+    /// DSNs waiting for the next hop to take them.
+    outbox: Outbox,
     tls: Option<Arc<rustls::ServerConfig>>,
     networks: Vec<IpNet>,
     interceptors: Vec<Arc<dyn Intercept>>,
@@ -152,6 +170,10 @@ impl Pipeline {
                 .await
                 .map_err(|(at, e)| BuildError::Spool(at, e))?,
         };
+        let outbox_dir = cfg.server.data_dir.join("outbox");
+        let outbox = Outbox::open(&outbox_dir, shared.graph.keys().clone())
+            .await
+            .map_err(|e| BuildError::Outbox(outbox_dir.display().to_string(), e))?;
         let relay = Relay::new(&cfg.relay, &cfg.server.hostname)?;
         let norm = Normalizer::new(cfg.addresses.clone());
         let logs = LogNames::new(shared.graph.keys().clone(), cfg.privacy.pseudonymise_logs);
@@ -178,6 +200,7 @@ impl Pipeline {
             hold,
             logs,
             relay,
+            outbox,
             tls,
             interceptors: Vec::new(),
         })
@@ -191,6 +214,11 @@ impl Pipeline {
 
     pub fn config(&self) -> &Arc<Config> {
         &self.cfg
+    }
+
+    /// DSNs waiting for the next hop.
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
     }
 
     /// The hold spool.
@@ -717,12 +745,74 @@ impl Pipeline {
                 info!(queue_id = tx.queue_id, "DSN sent to sender.");
                 "DSN sent"
             }
+            RelayOutcome::Deferred { reason } => {
+                let meta = OutboxMeta {
+                    id: new_id(tx.now),
+                    envelope: env,
+                    queued_at: tx.now,
+                    about: tx.queue_id.to_string(),
+                };
+                match self.outbox.put(&meta, &msg).await {
+                    Ok(()) => {
+                        warn!(queue_id = tx.queue_id, reason = %self.logs.text(&reason), "Next hop did not take the DSN; queued to be sent again.");
+                        "the DSN to the sender is queued (next hop unavailable)"
+                    }
+                    Err(e) => {
+                        metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "dsn")
+                            .increment(1);
+                        error!(queue_id = tx.queue_id, error = %e, "DSN could not be delivered nor queued.");
+                        "the DSN to the sender could not be delivered"
+                    }
+                }
+            }
             other => {
                 metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "dsn").increment(1);
                 error!(queue_id = tx.queue_id, outcome = %self.logs.text(&format!("{other:?}")), "DSN could not be delivered.");
                 "the DSN to the sender could not be delivered"
             }
         }
+    }
+
+    /// Send every queued DSN again (see [`crate::outbound::outbox`]): one
+    /// the next hop takes, or refuses for good, or older than `[relay]
+    /// dsn_lifetime` leaves the outbox; the others stay for the next pass.
+    pub async fn retry_outbox(
+        &self,
+        now: Ts,
+    ) -> Result<OutboxPass, crate::outbound::spool::SpoolError> {
+        let (queued, unreadable) = self.outbox.list().await?;
+        for e in &unreadable {
+            error!(error = %e, "Unreadable DSN outbox file; left in place.");
+        }
+        let lifetime = self.cfg.relay.dsn_lifetime.as_secs() as Ts;
+        let mut pass = OutboxPass::default();
+        for (meta, msg) in queued {
+            let outcome = if now.saturating_sub(meta.queued_at) > lifetime {
+                error!(queue_id = %meta.about, "DSN not taken by the next hop within dsn_lifetime; dropped.");
+                pass.expired += 1;
+                None
+            } else {
+                Some(self.relay.send_raw(&meta.envelope, &msg).await)
+            };
+            match outcome {
+                None => {}
+                Some(RelayOutcome::Delivered { .. }) => {
+                    info!(queue_id = %meta.about, "Queued DSN sent to sender.");
+                    pass.sent += 1;
+                }
+                Some(RelayOutcome::Deferred { .. }) => {
+                    pass.waiting += 1;
+                    continue;
+                }
+                Some(other) => {
+                    metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "dsn").increment(1);
+                    error!(queue_id = %meta.about, outcome = %self.logs.text(&format!("{other:?}")), "Queued DSN refused by the next hop; dropped.");
+                    pass.refused += 1;
+                }
+            }
+            self.outbox.remove(&meta.id).await?;
+        }
+        Ok(pass)
     }
 
     /// Learn the message for the recipients of `env` (those it went to).

@@ -150,3 +150,67 @@ async fn forget_on_the_running_daemon_erases_graph_store_and_holds() {
     assert_eq!(d.score("dave@acme.test", STRANGER).await, 0.9);
     d.terminate().await;
 }
+
+/// Erasing an address also removes the queued DSNs naming it: DSNs the
+/// next hop deferred (to Alice, about a refused address) leave the outbox
+/// with that address's erasure, through the admin API and through
+/// `misdirectd forget` on the stopped daemon's files, before they could go
+/// out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forget_removes_the_queued_dsns_naming_the_address() {
+    const GONE: [&str; 2] = ["gone@partner.test", "left@partner.test"];
+    let dir = tempfile::tempdir().unwrap();
+    let mut sink = Sink::start().await;
+    {
+        let mut c = sink.ctl.lock().unwrap();
+        c.tempfail_null_sender = true;
+        c.reject_rcpts.extend(GONE.iter().map(|g| g.to_string()));
+    }
+    let d = Daemon::start(dir.path(), sink.addr.port(), "").await;
+    for gone in GONE {
+        let r = d
+            .send(ALICE, &[BOB, gone], &message(ALICE, BOB, "partial"))
+            .await;
+        assert!(r.starts_with("250") && r.contains("is queued"), "{r}");
+        assert_eq!(sink.recv().await.rcpt_to, vec![BOB]);
+    }
+    let outbox = dir.path().join("data").join("outbox");
+    let queued = || {
+        std::fs::read_dir(&outbox)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "dsn")
+            })
+            .count()
+    };
+    assert_eq!(queued(), 2);
+    // Someone else's erasure leaves them.
+    let (st, v) = d.forget(STRANGER).await;
+    assert_eq!((st, &v["dsns"]), (200, &serde_json::json!(0)), "{v}");
+    assert_eq!(queued(), 2);
+    let (st, v) = d.forget(GONE[0]).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["dsns"], 1, "{v}");
+    assert_eq!(queued(), 1);
+    let config = d.config.clone();
+    d.terminate().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
+        .args(["forget", "--config"])
+        .arg(&config)
+        .arg(GONE[1])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dsns"], 1, "{v}");
+    assert_eq!(queued(), 0);
+    assert!(sink.nothing_more().await);
+}

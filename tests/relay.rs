@@ -408,6 +408,197 @@ async fn partial_rejection_with_an_undeliverable_dsn_says_so() {
     assert!(sink.nothing_more().await);
 }
 
+/// The files waiting in a daemon's DSN outbox (`<data_dir>/outbox`).
+fn outbox_files(data_dir: &std::path::Path) -> usize {
+    std::fs::read_dir(data_dir.join("outbox"))
+        .map(|d| {
+            d.filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "dsn"))
+            })
+            .count()
+        })
+        .unwrap_or(0)
+}
+
+/// When the next hop takes the message for some recipients but not the
+/// DSN about the others (4xx), the DSN is queued before the upstream's
+/// `250`, and a later outbox pass sends it once the next hop takes it.
+#[tokio::test]
+async fn a_dsn_the_next_hop_defers_is_queued_and_sent_later() {
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().tempfail_null_sender = true;
+    sink.ctl
+        .lock()
+        .unwrap()
+        .reject_rcpts
+        .insert("gone@example.org".into());
+    let d = start(sink.addr, |_| {}).await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "b@example.org", "partial");
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["b@example.org", "gone@example.org"],
+            &m,
+        )
+        .await;
+    assert!(
+        r.starts_with("250 2.0.0")
+            && r.trim_end().ends_with(
+                "1 recipient(s) refused by next hop, the DSN to the sender is queued (next hop unavailable)"
+            ),
+        "{r}"
+    );
+    assert_eq!(sink.recv().await.rcpt_to, vec!["b@example.org"]);
+    assert!(sink.nothing_more().await);
+    assert_eq!(outbox_files(d.dir.path()), 1);
+    let p = d.cell.current();
+    let now = misdirect::hold::now();
+    // Still deferred: it stays.
+    let pass = p.retry_outbox(now).await.unwrap();
+    assert_eq!((pass.sent, pass.waiting), (0, 1), "{pass:?}");
+    assert_eq!(outbox_files(d.dir.path()), 1);
+    sink.ctl.lock().unwrap().tempfail_null_sender = false;
+    let pass = p.retry_outbox(now).await.unwrap();
+    assert_eq!((pass.sent, pass.waiting), (1, 0), "{pass:?}");
+    let dsn = sink.recv().await;
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.rcpt_to, vec!["alice@example.com"]);
+    let text = String::from_utf8_lossy(&dsn.data);
+    assert!(
+        text.contains(
+            "Final-Recipient: rfc822; gone@example.org\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("Subject: partial"), "{text}");
+    assert_eq!(outbox_files(d.dir.path()), 0);
+    assert!(sink.nothing_more().await);
+}
+
+/// A queued DSN older than `[relay] dsn_lifetime` is dropped untried; one
+/// the next hop refuses for good (5xx) is dropped too.
+#[tokio::test]
+async fn queued_dsns_leave_when_too_old_or_refused_for_good() {
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().tempfail_null_sender = true;
+    sink.ctl
+        .lock()
+        .unwrap()
+        .reject_rcpts
+        .insert("gone@example.org".into());
+    let d = start(sink.addr, |cfg| {
+        cfg.relay.dsn_lifetime = Duration::from_secs(3600);
+    })
+    .await;
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    for from in ["alice@example.com", "carol@example.com"] {
+        let m = message(from, "b@example.org", "partial");
+        let r = c
+            .send_mail(from, &["b@example.org", "gone@example.org"], &m)
+            .await;
+        assert!(r.contains("is queued"), "{r}");
+        sink.recv().await;
+    }
+    assert_eq!(outbox_files(d.dir.path()), 2);
+    let p = d.cell.current();
+    let pass = p.retry_outbox(misdirect::hold::now() + 3601).await.unwrap();
+    assert_eq!(pass.expired, 2, "{pass:?}");
+    assert_eq!(outbox_files(d.dir.path()), 0);
+    // Refused for good: the sender's address is now unknown at the hop.
+    let m = message("alice@example.com", "b@example.org", "partial");
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["b@example.org", "gone@example.org"],
+            &m,
+        )
+        .await;
+    assert!(r.contains("is queued"), "{r}");
+    sink.recv().await;
+    {
+        let mut ctl = sink.ctl.lock().unwrap();
+        ctl.tempfail_null_sender = false;
+        ctl.reject_rcpts.insert("alice@example.com".into());
+    }
+    let pass = p.retry_outbox(misdirect::hold::now()).await.unwrap();
+    assert_eq!((pass.refused, pass.sent), (1, 0), "{pass:?}");
+    assert_eq!(outbox_files(d.dir.path()), 0);
+    assert!(sink.nothing_more().await);
+}
+
+/// The `250` for a message whose DSN was queued holds across `kill -9`:
+/// the restarted daemon sends the DSN (its outbox pass runs at start).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_dsn_survives_kill_9_and_goes_out_after_the_restart() {
+    use common::binary::{free_port, DaemonProcess, Output};
+    let mut sink = Sink::start().await;
+    sink.ctl.lock().unwrap().tempfail_null_sender = true;
+    sink.ctl
+        .lock()
+        .unwrap()
+        .reject_rcpts
+        .insert("gone@example.org".into());
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let port = free_port();
+    let config = dir.path().join("misdirectd.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
+             [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\ndsn_retry_interval = \"1h\"\n\
+             [store]\npath = \"{d}/graph.redb\"\n[privacy]\nkey_file = \"{d}/keys.json\"\n\
+             [metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[model]\nscorer = \"never-seen\"\n",
+            d = data.display(),
+            hop = sink.addr.port()
+        ),
+    )
+    .unwrap();
+    let c2 = config.clone();
+    let daemon =
+        tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c2, port, Output::Inherit))
+            .await
+            .unwrap();
+    let mut c = Client::greeted(daemon.addr()).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message("alice@example.com", "b@example.org", "partial");
+    let r = c
+        .send_mail(
+            "alice@example.com",
+            &["b@example.org", "gone@example.org"],
+            &m,
+        )
+        .await;
+    assert!(r.starts_with("250 2.0.0") && r.contains("is queued"), "{r}");
+    assert_eq!(sink.recv().await.rcpt_to, vec!["b@example.org"]);
+    daemon.kill_9();
+    assert_eq!(outbox_files(&data), 1);
+    sink.ctl.lock().unwrap().tempfail_null_sender = false;
+    let c2 = config.clone();
+    let daemon =
+        tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c2, port, Output::Inherit))
+            .await
+            .unwrap();
+    // (The retry interval is an hour: this is the pass at start.)
+    let dsn = sink.recv().await;
+    assert_eq!(dsn.mail_from, "");
+    assert_eq!(dsn.rcpt_to, vec!["alice@example.com"]);
+    assert!(String::from_utf8_lossy(&dsn.data).contains("gone@example.org"));
+    for _ in 0..100 {
+        if outbox_files(&data) == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(outbox_files(&data), 0);
+    drop(daemon);
+    assert!(sink.nothing_more().await);
+}
+
 /// Teach the graph that alice writes to bob, then wait until it learnt.
 async fn teach(d: &common::Daemon, sink: &mut Sink) {
     let mut c = Client::greeted(d.addr).await;

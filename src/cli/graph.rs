@@ -652,6 +652,23 @@ fn forget_held(cfg: &Config, addr: &str) -> anyhow::Result<HeldErased> {
     })
 }
 
+/// Remove the queued DSNs to or naming `addr` from this relay's outbox
+/// (`<server.data_dir>/outbox`; none when it does not exist).
+fn forget_dsns(cfg: &Config, addr: &str) -> anyhow::Result<usize> {
+    let dir = cfg.server.data_dir.join("outbox");
+    if !dir.is_dir() {
+        return Ok(0);
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let keys = crate::cli::hold::load_keys(cfg).await?;
+        let outbox = crate::outbound::outbox::Outbox::open(dir, keys).await?;
+        Ok(outbox.erase_naming(addr).await?)
+    })
+}
+
 /// `misdirectd forget ADDRESS`: erase the address from every tenant and
 /// every held message to or from it, durably. Prints what was removed
 /// (counts only) and logs an audit line that does not name the address.
@@ -661,10 +678,12 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
     if cfg.store.backend == crate::config::store::StoreBackend::Postgres {
         let addr = normalise_arg(&cfg, &a.address)?;
         let held = forget_held(&cfg, &addr)?;
+        let dsns = forget_dsns(&cfg, &addr)?;
         let r = crate::cli::postgres::forget(cfg, &addr)?;
         let mut v = serde_json::to_value(r)?;
         if let Some(o) = v.as_object_mut() {
             o.insert("held".into(), held.removed.into());
+            o.insert("dsns".into(), dsns.into());
         }
         emit(&serde_json::to_string(&v)?)?;
         return held.check();
@@ -679,16 +698,19 @@ pub fn forget(a: AddressArgs) -> anyhow::Result<()> {
         o.store.rewrite(&o.cfg, &o.graphs)?;
     }
     let held = forget_held(&o.cfg, &addr)?;
+    let dsns = forget_dsns(&o.cfg, &addr)?;
     tracing::info!(
         target: "audit",
         tenants = report.tenants,
         records = report.records,
         held = held.removed,
+        dsns,
         "Erasure of one address performed."
     );
     let mut v = serde_json::to_value(&report)?;
     if let Some(obj) = v.as_object_mut() {
         obj.insert("held".into(), held.removed.into());
+        obj.insert("dsns".into(), dsns.into());
     }
     emit(&serde_json::to_string(&v)?)?;
     held.check()

@@ -2,7 +2,8 @@
 //!
 //! Besides the SMTP listener, serve runs the persistent association store
 //! (`[store]`, keys from `[privacy] key_file`) with its learning task, the
-//! hold expiry task (every `[hold] expiry_interval`) and, when `[admin]
+//! hold expiry task (every `[hold] expiry_interval`), the DSN outbox task
+//! (at start, then every `[relay] dsn_retry_interval`) and, when `[admin]
 //! listen` is set, the admin API. SIGTERM stops them all: the store commits
 //! what was learnt before the process exits.
 
@@ -124,6 +125,7 @@ async fn serve(cfg: Config, path: Option<PathBuf>, scorer: Arc<dyn Scorer>) -> a
         trigger.trigger();
     });
     let expiry = tokio::spawn(expiry_loop(cell.clone(), shutdown.clone()));
+    let outbox = tokio::spawn(outbox_loop(cell.clone(), shutdown.clone()));
     let admin_task = admin_listener.map(|(l, token)| {
         let (hc, cc, fc) = (cell.clone(), cell.clone(), cell.clone());
         let state = AdminState::live(
@@ -150,6 +152,9 @@ async fn serve(cfg: Config, path: Option<PathBuf>, scorer: Arc<dyn Scorer>) -> a
     if let Err(e) = expiry.await {
         warn!(error = %e, "Expiry task ended abnormally.");
     }
+    if let Err(e) = outbox.await {
+        warn!(error = %e, "DSN outbox task ended abnormally.");
+    }
     // Every graph handle is gone with the pipelines: the learning task
     // commits what is pending and ends.
     match tokio::time::timeout(STORE_FLUSH_WAIT, learner).await {
@@ -159,6 +164,36 @@ async fn serve(cfg: Config, path: Option<PathBuf>, scorer: Arc<dyn Scorer>) -> a
     }
     info!("Stopped.");
     Ok(())
+}
+
+/// Send the DSNs waiting in the outbox at start and then every `[relay]
+/// dsn_retry_interval` (of the configuration in force) until shutdown.
+async fn outbox_loop(cell: Arc<PipelineCell>, mut shutdown: crate::shutdown::Shutdown) {
+    loop {
+        let every = {
+            let p = cell.current();
+            let pass = tokio::select! {
+                _ = shutdown.recv() => break,
+                pass = p.retry_outbox(now()) => pass,
+            };
+            match pass {
+                Ok(pass) if pass != Default::default() => info!(
+                    sent = pass.sent,
+                    refused = pass.refused,
+                    expired = pass.expired,
+                    waiting = pass.waiting,
+                    "DSN outbox pass."
+                ),
+                Ok(_) => {}
+                Err(e) => error!(error = %e, "DSN outbox pass failed."),
+            }
+            p.config().relay.dsn_retry_interval
+        };
+        tokio::select! {
+            _ = shutdown.recv() => break,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
 }
 
 /// Apply the hold expiry action every `[hold] expiry_interval` (of the

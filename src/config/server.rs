@@ -172,6 +172,12 @@ pub struct RelayConfig {
     pub timeout: Duration,
     /// Name sent in EHLO (default: `server.hostname`).
     pub hello_name: Option<String>,
+    /// How often DSNs the next hop did not take at once are sent again.
+    #[serde(with = "humantime_serde")]
+    pub dsn_retry_interval: Duration,
+    /// How long such a DSN is tried before it is given up (and logged).
+    #[serde(with = "humantime_serde")]
+    pub dsn_lifetime: Duration,
 }
 
 impl Default for RelayConfig {
@@ -186,6 +192,8 @@ impl Default for RelayConfig {
             pool_size: 8,
             timeout: Duration::from_secs(60),
             hello_name: None,
+            dsn_retry_interval: Duration::from_secs(300),
+            dsn_lifetime: Duration::from_secs(5 * 86400),
         }
     }
 }
@@ -206,6 +214,9 @@ impl RelayConfig {
         }
         if self.username.is_some() != self.password.is_some() {
             errs.push(format!("{path}.username/password: set both or neither"));
+        }
+        if self.dsn_retry_interval.is_zero() {
+            errs.push(format!("{path}.dsn_retry_interval: must be longer than 0"));
         }
     }
 }

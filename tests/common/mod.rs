@@ -37,6 +37,8 @@ pub struct SinkCtl {
     pub reject_all: bool,
     /// Every MAIL answered `451 4.3.0`.
     pub tempfail: bool,
+    /// MAIL with the null sender (DSNs) answered `451 4.3.0`.
+    pub tempfail_null_sender: bool,
     /// Offer AUTH PLAIN and require it before MAIL.
     pub require_auth: bool,
     /// The decoded `AUTH PLAIN` credentials last received.
@@ -171,7 +173,8 @@ async fn sink_session(
         } else if up.starts_with("HELO") {
             "250 sink\r\n".into()
         } else if up.starts_with("MAIL FROM:") {
-            if ctl.lock().unwrap().tempfail {
+            let c = ctl.lock().unwrap();
+            if c.tempfail || (c.tempfail_null_sender && arg_addr(&line).is_empty()) {
                 "451 4.3.0 try later\r\n".into()
             } else {
                 from = arg_addr(&line);
