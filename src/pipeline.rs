@@ -788,6 +788,7 @@ impl Pipeline {
         let mut pass = OutboxPass::default();
         for (meta, msg) in queued {
             let outcome = if now.saturating_sub(meta.queued_at) > lifetime {
+                metrics::counter!(telemetry::NEXT_HOP_FAILURES, "kind" => "dsn").increment(1);
                 error!(queue_id = %meta.about, "DSN not taken by the next hop within dsn_lifetime; dropped.");
                 pass.expired += 1;
                 None
