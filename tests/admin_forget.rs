@@ -40,8 +40,13 @@ impl AdminDaemon {
 }
 
 fn export(config: &Path, addr: &str) -> serde_json::Value {
+    cli_json(config, "export", addr)
+}
+
+/// `misdirectd CMD --config CONFIG ADDR`, which must succeed; its JSON.
+fn cli_json(config: &Path, cmd: &str, addr: &str) -> serde_json::Value {
     let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-        .args(["export", "--config"])
+        .args([cmd, "--config"])
         .arg(config)
         .arg(addr)
         .output()
@@ -198,18 +203,7 @@ async fn forget_removes_the_queued_dsns_naming_the_address() {
     assert_eq!(queued(), 1);
     let config = d.config.clone();
     d.terminate().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_misdirectd"))
-        .args(["forget", "--config"])
-        .arg(&config)
-        .arg(GONE[1])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let v = cli_json(&config, "forget", GONE[1]);
     assert_eq!(v["dsns"], 1, "{v}");
     assert_eq!(queued(), 0);
     assert!(sink.nothing_more().await);

@@ -330,26 +330,39 @@ async fn next_hop_5xx_for_all_recipients_is_passed_back() {
     assert!(sink.nothing_more().await);
 }
 
+/// `from`'s message to b@ and gone@ through daemon `d`: the message and
+/// the daemon's reply.
+async fn send_partial(d: &common::Daemon, from: &str) -> (Vec<u8>, String) {
+    let mut c = Client::greeted(d.addr).await;
+    c.expect("EHLO client.test", "250").await;
+    let m = message(from, "b@example.org", "partial");
+    let r = c
+        .send_mail(from, &["b@example.org", "gone@example.org"], &m)
+        .await;
+    (m, r)
+}
+
+/// A daemon whose next hop refuses `refused` (gone@ among them) and, with
+/// `defer_dsns`, answers MAIL with the null sender (a DSN) `451`.
+async fn partial_hop(
+    sink: &Sink,
+    refused: &[&str],
+    defer_dsns: bool,
+    adjust: impl FnOnce(&mut misdirect::config::Config),
+) -> common::Daemon {
+    {
+        let mut c = sink.ctl.lock().unwrap();
+        c.reject_rcpts.extend(refused.iter().map(|r| r.to_string()));
+        c.tempfail_null_sender = defer_dsns;
+    }
+    start(sink.addr, adjust).await
+}
+
 /// Alice's message to b@ and gone@ through a daemon whose next hop refuses
 /// `refused` (gone@ among them): the message and the daemon's reply.
 async fn send_partially_refused(sink: &Sink, refused: &[&str]) -> (Vec<u8>, String) {
-    sink.ctl
-        .lock()
-        .unwrap()
-        .reject_rcpts
-        .extend(refused.iter().map(|r| r.to_string()));
-    let d = start(sink.addr, |_| {}).await;
-    let mut c = Client::greeted(d.addr).await;
-    c.expect("EHLO client.test", "250").await;
-    let m = message("alice@example.com", "b@example.org", "partial");
-    let r = c
-        .send_mail(
-            "alice@example.com",
-            &["b@example.org", "gone@example.org"],
-            &m,
-        )
-        .await;
-    (m, r)
+    let d = partial_hop(sink, refused, false, |_| {}).await;
+    send_partial(&d, "alice@example.com").await
 }
 
 #[tokio::test]
@@ -427,23 +440,8 @@ fn outbox_files(data_dir: &std::path::Path) -> usize {
 #[tokio::test]
 async fn a_dsn_the_next_hop_defers_is_queued_and_sent_later() {
     let mut sink = Sink::start().await;
-    sink.ctl.lock().unwrap().tempfail_null_sender = true;
-    sink.ctl
-        .lock()
-        .unwrap()
-        .reject_rcpts
-        .insert("gone@example.org".into());
-    let d = start(sink.addr, |_| {}).await;
-    let mut c = Client::greeted(d.addr).await;
-    c.expect("EHLO client.test", "250").await;
-    let m = message("alice@example.com", "b@example.org", "partial");
-    let r = c
-        .send_mail(
-            "alice@example.com",
-            &["b@example.org", "gone@example.org"],
-            &m,
-        )
-        .await;
+    let d = partial_hop(&sink, &["gone@example.org"], true, |_| {}).await;
+    let (_, r) = send_partial(&d, "alice@example.com").await;
     assert!(
         r.starts_with("250 2.0.0")
             && r.trim_end().ends_with(
@@ -483,23 +481,12 @@ async fn a_dsn_the_next_hop_defers_is_queued_and_sent_later() {
 #[tokio::test]
 async fn queued_dsns_leave_when_too_old_or_refused_for_good() {
     let mut sink = Sink::start().await;
-    sink.ctl.lock().unwrap().tempfail_null_sender = true;
-    sink.ctl
-        .lock()
-        .unwrap()
-        .reject_rcpts
-        .insert("gone@example.org".into());
-    let d = start(sink.addr, |cfg| {
+    let d = partial_hop(&sink, &["gone@example.org"], true, |cfg| {
         cfg.relay.dsn_lifetime = Duration::from_secs(3600);
     })
     .await;
-    let mut c = Client::greeted(d.addr).await;
-    c.expect("EHLO client.test", "250").await;
     for from in ["alice@example.com", "carol@example.com"] {
-        let m = message(from, "b@example.org", "partial");
-        let r = c
-            .send_mail(from, &["b@example.org", "gone@example.org"], &m)
-            .await;
+        let (_, r) = send_partial(&d, from).await;
         assert!(r.contains("is queued"), "{r}");
         sink.recv().await;
     }
@@ -509,14 +496,7 @@ async fn queued_dsns_leave_when_too_old_or_refused_for_good() {
     assert_eq!(pass.expired, 2, "{pass:?}");
     assert_eq!(outbox_files(d.dir.path()), 0);
     // Refused for good: the sender's address is now unknown at the hop.
-    let m = message("alice@example.com", "b@example.org", "partial");
-    let r = c
-        .send_mail(
-            "alice@example.com",
-            &["b@example.org", "gone@example.org"],
-            &m,
-        )
-        .await;
+    let (_, r) = send_partial(&d, "alice@example.com").await;
     assert!(r.contains("is queued"), "{r}");
     sink.recv().await;
     {
@@ -531,7 +511,8 @@ async fn queued_dsns_leave_when_too_old_or_refused_for_good() {
 }
 
 /// The `250` for a message whose DSN was queued holds across `kill -9`:
-/// the restarted daemon sends the DSN (its outbox pass runs at start).
+/// the restarted daemon keeps the DSN while the next hop defers it and
+/// sends it on a later pass (every `dsn_retry_interval`) once it takes it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_queued_dsn_survives_kill_9_and_goes_out_after_the_restart() {
     use common::binary::{free_port, DaemonProcess, Output};
@@ -550,7 +531,7 @@ async fn a_queued_dsn_survives_kill_9_and_goes_out_after_the_restart() {
         &config,
         format!(
             "[server]\nlisten = \"127.0.0.1:{port}\"\nhostname = \"relay.test\"\ndata_dir = \"{d}\"\n\
-             [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\ndsn_retry_interval = \"1h\"\n\
+             [relay]\nhost = \"127.0.0.1\"\nport = {hop}\ntls = \"none\"\ndsn_retry_interval = \"300ms\"\n\
              [store]\npath = \"{d}/graph.redb\"\n[privacy]\nkey_file = \"{d}/keys.json\"\n\
              [metrics]\nenabled = false\n[log]\nlevel = \"warn\"\n[model]\nscorer = \"never-seen\"\n",
             d = data.display(),
@@ -577,13 +558,16 @@ async fn a_queued_dsn_survives_kill_9_and_goes_out_after_the_restart() {
     assert_eq!(sink.recv().await.rcpt_to, vec!["b@example.org"]);
     daemon.kill_9();
     assert_eq!(outbox_files(&data), 1);
-    sink.ctl.lock().unwrap().tempfail_null_sender = false;
     let c2 = config.clone();
     let daemon =
         tokio::task::spawn_blocking(move || DaemonProcess::spawn(&c2, port, Output::Inherit))
             .await
             .unwrap();
-    // (The retry interval is an hour: this is the pass at start.)
+    // Passes come and go while the next hop defers it.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(outbox_files(&data), 1);
+    assert!(sink.nothing_more().await);
+    sink.ctl.lock().unwrap().tempfail_null_sender = false;
     let dsn = sink.recv().await;
     assert_eq!(dsn.mail_from, "");
     assert_eq!(dsn.rcpt_to, vec!["alice@example.com"]);

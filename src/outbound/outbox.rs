@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::envelope::Envelope;
 use crate::graph::Ts;
 use crate::outbound::spool::{
-    blocking, open_sealed, remove_durably, seal_file, write_durably, SpoolError,
+    blocking, open_sealed, prepare_dir, remove_durably, seal_file, write_durably, SpoolError,
 };
 use crate::privacy::Keys;
 
@@ -58,24 +58,7 @@ impl Outbox {
     pub async fn open(dir: impl Into<PathBuf>, keys: Arc<Keys>) -> Result<Outbox, SpoolError> {
         let dir = dir.into();
         let d = dir.clone();
-        blocking(move || {
-            std::fs::create_dir_all(&d)?;
-            for entry in std::fs::read_dir(&d)? {
-                let entry = entry?;
-                let p = entry.path();
-                let old = entry
-                    .metadata()
-                    .and_then(|m| m.modified())
-                    .ok()
-                    .and_then(|t| t.elapsed().ok())
-                    .is_some_and(|age| age > STALE_TMP);
-                if old && p.extension().is_some_and(|e| e == "tmp") {
-                    std::fs::remove_file(&p)?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        blocking(move || Ok(prepare_dir(&d, STALE_TMP)?)).await?;
         Ok(Outbox { dir, keys })
     }
 

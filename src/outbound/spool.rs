@@ -83,17 +83,7 @@ impl Spool {
     pub async fn open(dir: impl Into<PathBuf>, keys: Arc<Keys>) -> Result<Spool, SpoolError> {
         let dir = dir.into();
         let d = dir.clone();
-        blocking(move || {
-            std::fs::create_dir_all(&d)?;
-            for entry in std::fs::read_dir(&d)? {
-                let p = entry?.path();
-                if p.extension().is_some_and(|e| e == "tmp") {
-                    std::fs::remove_file(&p)?;
-                }
-            }
-            Ok(())
-        })
-        .await?;
+        blocking(move || Ok(prepare_dir(&d, std::time::Duration::ZERO)?)).await?;
         Ok(Spool { dir, keys })
     }
 
@@ -159,6 +149,29 @@ impl Spool {
         let dir = self.dir.clone();
         blocking(move || Ok(remove_durably(&dir, &path)?)).await
     }
+}
+
+/// Create `dir` if needed and remove the temporary files (a write a crash
+/// cut short) older than `older_than` in it. Blocking.
+pub(crate) fn prepare_dir(dir: &Path, older_than: std::time::Duration) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let p = entry.path();
+        if p.extension().is_none_or(|e| e != "tmp") {
+            continue;
+        }
+        let age = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .unwrap_or_default();
+        if age >= older_than {
+            std::fs::remove_file(&p)?;
+        }
+    }
+    Ok(())
 }
 
 /// A spool file's bytes: the magic, the length of the sealed metadata, the
